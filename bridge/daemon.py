@@ -1,0 +1,387 @@
+"""The bridge: one asyncio process that keeps every link drained.
+
+Shape of a run:
+- take the configuration's advisory lock on the hub (else wait as a hot
+  standby, heartbeating, until the active bridge dies);
+- LISTEN on every source peer (a wake-up only), then recover unfinished
+  batches, then drain each (link, direction) in its own named task that waits
+  on notify / poll timeout / stop, whichever comes first;
+- a stats task samples queue depth into the hub and heartbeats;
+- SIGTERM/SIGINT: stop claiming, let the batch in flight finish, exit 0.
+  A second signal exits at once (nothing is lost: claimed batches recover).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import socket
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import asyncpg
+from tenacity import AsyncRetrying, retry_if_exception, wait_exponential_jitter
+
+from syncbridge.engine import capture, errors, sdnotify
+from syncbridge.engine.config import Config
+from syncbridge.engine.drain import Q, PgDrain
+from syncbridge.engine.validate import shapes
+
+log = logging.getLogger("syncbridge.bridge")
+
+LISTEN_PING = 5.0  # seconds between liveness checks of a LISTEN connection
+LEADER_PING = 1.0  # seconds between checks that we still hold the advisory lock
+WATCHDOG_STALE = 30.0  # seconds without a drain-loop tick before the watchdog starves
+
+
+def _retryable(exc: BaseException) -> bool:
+    return errors.is_transient(exc) or isinstance(exc, asyncpg.PostgresError)
+
+
+class LostLeadership(Exception):
+    """The hub connection holding the advisory lock is gone: stop draining."""
+
+
+class Bridge:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.stop = asyncio.Event()
+        self.instance = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.pools: dict[str, asyncpg.Pool] = {}
+        self.drains: list[PgDrain] = []
+        self.events: dict[str, asyncio.Event] = {}
+        self.ticks: dict[str, float] = {}
+        self.role = "starting"
+        self.shapes = shapes(config)  # validate before anything starts
+
+    # -- lifecycle --------------------------------------------------------
+    async def run(self) -> None:
+        with _signals(self._on_signal):
+            sdnotify.notify("STATUS=connecting")
+            watchdog = asyncio.create_task(self._watchdog(), name="watchdog")
+            try:
+                while not self.stop.is_set():
+                    try:
+                        await self._lead_once()
+                    except LostLeadership as e:
+                        log.warning("event=leadership_lost reason=%s", e)
+                    except Exception as e:
+                        if not _retryable(e):
+                            raise
+                        log.warning("event=hub_unavailable error=%s", errors.describe(e))
+                        await self._sleep(1.0)
+            finally:
+                watchdog.cancel()
+                await self._close_pools()
+        log.info("event=stopped instance=%s", self.instance)
+
+    def _on_signal(self, signum: int) -> None:
+        if self.stop.is_set():
+            log.warning("event=forced_exit signal=%s", signal.Signals(signum).name)
+            os._exit(1)
+        log.info("event=stopping signal=%s", signal.Signals(signum).name)
+        self.stop.set()
+
+    async def _sleep(self, seconds: float) -> None:
+        """Sleep that a stop request cuts short."""
+        try:
+            await asyncio.wait_for(self.stop.wait(), seconds)
+        except TimeoutError:
+            pass
+
+    async def _close_pools(self) -> None:
+        for pool in self.pools.values():
+            pool.terminate()
+        self.pools.clear()
+
+    # -- leadership ----------------------------------------------------------
+    def _lock_key(self) -> str:
+        return "syncbridge:" + ",".join(sorted(self.config.links))
+
+    async def _lead_once(self) -> None:
+        hub_dsn = self.config.hub_peer.dsn
+        lock_conn = await asyncpg.connect(hub_dsn, timeout=10)
+        try:
+            await self._wait_for_lock(lock_conn)
+            if self.stop.is_set():
+                return
+            await self._active(lock_conn)
+        finally:
+            lock_conn.terminate()
+
+    async def _wait_for_lock(self, conn: asyncpg.Connection) -> None:
+        key = self._lock_key()
+        announced = False
+        while not self.stop.is_set():
+            got = await conn.fetchval("select pg_try_advisory_lock(hashtext($1))", key)
+            if got:
+                return
+            if not announced:
+                log.info("event=standby instance=%s", self.instance)
+                self.role = "standby"
+                sdnotify.notify("READY=1\nSTATUS=standby")
+                announced = True
+            await self._heartbeat(conn)
+            self.ticks = {"standby": time.monotonic()}
+            await self._sleep(1.0)
+
+    async def _heartbeat(self, conn: asyncpg.Connection) -> None:
+        await conn.execute(
+            """insert into sync.bridges (instance, host, pid, role) values ($1, $2, $3, $4)
+               on conflict (instance) do update set role = excluded.role,
+                      heartbeat = clock_timestamp()""",
+            self.instance, socket.gethostname(), os.getpid(), self.role,
+        )
+
+    async def _active(self, lock_conn: asyncpg.Connection) -> None:
+        self.role = "active"
+        log.info("event=active instance=%s links=%d", self.instance, len(self.shapes))
+        await self._connect()
+        tasks = [asyncio.create_task(self._guard_leadership(lock_conn), name="leader")]
+        for peer in self._source_peers():
+            tasks.append(asyncio.create_task(self._listen(peer), name=f"listen:{peer}"))
+        for d in self.drains:
+            tasks.append(asyncio.create_task(self._drain_loop(d), name=f"drain:{d.name}"))
+        tasks.append(asyncio.create_task(self._stats_loop(), name="stats"))
+        tasks.append(asyncio.create_task(self._extra_loops(), name="extra"))
+        sdnotify.notify("READY=1\nSTATUS=active")
+        stopper = asyncio.create_task(self.stop.wait(), name="stop")
+        try:
+            done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
+            for t in done:
+                if t is not stopper and t.exception():
+                    log.error("event=task_failed task=%s error=%r", t.get_name(), t.exception())
+                    raise t.exception()
+        finally:
+            await self._shutdown(tasks, stopper)
+            await self._close_pools()
+            self.drains.clear()
+
+    async def _shutdown(self, tasks: list[asyncio.Task], stopper: asyncio.Task) -> None:
+        """Drain loops see the stop flag between batches; give them time, then cancel."""
+        stopper.cancel()
+        drains = [t for t in tasks if t.get_name().startswith("drain:")]
+        others = [t for t in tasks if t not in drains]
+        for t in others:
+            t.cancel()
+        if drains:
+            _, pending = await asyncio.wait(drains, timeout=20)
+            for t in pending:
+                t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _guard_leadership(self, conn: asyncpg.Connection) -> None:
+        while not self.stop.is_set():
+            try:
+                await conn.fetchval("select 1", timeout=5)
+                await self._heartbeat(conn)
+            except Exception as e:
+                raise LostLeadership(errors.describe(e)) from e
+            await self._sleep(LEADER_PING)
+
+    # -- connections -----------------------------------------------------------
+    async def _connect(self) -> None:
+        for name, peer in self.config.peers.items():
+            if peer.dialect == "postgres" and name not in self.pools:
+                self.pools[name] = await asyncpg.create_pool(
+                    peer.dsn, min_size=1, max_size=4, timeout=10, command_timeout=300
+                )
+        hub = self.pools[self.config.hub]
+        max_attempts = self.config.setting("max_attempts")
+        self.drains = []
+        for shape in self.shapes.values():
+            for src, dst in shape.link.directions():
+                d = PgDrain(shape, src, self.pools[shape.link.side(src).peer],
+                            self.pools[shape.link.side(dst).peer], hub, max_attempts)
+                self.drains.append(d)
+                self.events.setdefault(f"{shape.link.name}:{src}", asyncio.Event())
+        self.events.setdefault("webhook", asyncio.Event())
+
+    def _source_peers(self) -> set[str]:
+        return {d.link.side(d.src).peer for d in self.drains} | {self.config.hub}
+
+    def _wake_all(self) -> None:
+        for ev in self.events.values():
+            ev.set()
+
+    async def _listen(self, peer: str) -> None:
+        """LISTEN as a wake-up; on any failure reconnect with backoff and wake everyone."""
+        dsn = self.config.peers[peer].dsn
+        backoff = wait_exponential_jitter(initial=0.2, max=10)
+        failures = 0
+        while not self.stop.is_set():
+            conn = None
+            try:
+                conn = await asyncpg.connect(dsn, timeout=10)
+                await conn.add_listener(capture.NOTIFY_CHANNEL, self._on_notify)
+                failures = 0
+                self._wake_all()  # catch up on anything sent while we were not listening
+                while not self.stop.is_set():
+                    await self._sleep(LISTEN_PING)
+                    await conn.fetchval("select 1", timeout=5)
+            except Exception as e:
+                if not _retryable(e):
+                    raise
+                failures += 1
+                log.warning("event=listen_lost peer=%s error=%s", peer, errors.describe(e))
+                await self._sleep(backoff(_State(failures)))
+            finally:
+                if conn is not None:
+                    conn.terminate()
+
+    def _on_notify(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
+        ev = self.events.get(payload)
+        if ev is not None:
+            ev.set()
+
+    # -- draining --------------------------------------------------------------
+    async def _retrying(self, name: str, fn: Callable[[], Awaitable[Any]]) -> Any:
+        src_link = name
+        async for attempt in AsyncRetrying(
+            retry=retry_if_exception(_retryable),
+            wait=wait_exponential_jitter(initial=0.1, max=10),
+            sleep=self._sleep,
+            before_sleep=lambda rs: self._on_retry(src_link, rs),
+            reraise=True,
+        ):
+            with attempt:
+                if self.stop.is_set() and attempt.retry_state.attempt_number > 1:
+                    return 0
+                return await fn()
+        return 0
+
+    def _on_retry(self, name: str, state: Any) -> None:
+        exc = state.outcome.exception()
+        log.warning("event=retry target=%s attempt=%d error=%s", name,
+                    state.attempt_number, errors.describe(exc))
+        asyncio.get_running_loop().create_task(self._report_error(name, exc))
+
+    async def _report_error(self, name: str, exc: BaseException) -> None:
+        link, _, rest = name.partition(":")
+        try:
+            await self.pools[self.config.hub].execute(
+                Q("report_error"), link, rest[:1], errors.describe(exc)[:2000]
+            )
+        except Exception:  # the hub itself may be what failed; the log has it
+            pass
+
+    async def _drain_loop(self, d: PgDrain) -> None:
+        ev = self.events[f"{d.link.name}:{d.src}"]
+        floor = self.config.setting("poll_interval")
+        ceiling = self.config.setting("max_poll_interval")
+        fallback = self.config.setting("fallback_poll")
+        idle = floor
+        await self._retrying(d.name, d.recover)
+        while not self.stop.is_set():
+            self.ticks[d.name] = time.monotonic()
+            ev.clear()
+            n = await self._retrying(d.name, d.drain_once)
+            if n:
+                idle = floor
+                continue
+            timeout = fallback if d.link.notify else idle
+            idle = min(idle * 2, ceiling)
+            await _wait_any(ev, self.stop, timeout)
+
+    async def _stats_loop(self) -> None:
+        hub = self.pools[self.config.hub]
+        interval = self.config.setting("stats_interval")
+        rounds = 0
+        while not self.stop.is_set():
+            try:
+                await self._sample(hub)
+                await self._retry_dead_letters(hub)
+                if rounds % 600 == 0:
+                    await hub.execute(Q("prune_apply_log"))
+            except Exception as e:
+                if not _retryable(e):
+                    raise
+                log.warning("event=stats_failed error=%s", errors.describe(e))
+            rounds += 1
+            await self._sleep(interval)
+
+    async def _sample(self, hub: asyncpg.Pool) -> None:
+        open_links = {
+            (r["link"], r["source_side"]) for r in await hub.fetch(
+                "select distinct link, source_side from sync.dead_letter where status <> 'closed'"
+            )
+        }
+        for d in self.drains:
+            queued, oldest = await d.depth()
+            await hub.execute(Q("report_depth"), d.link.name, d.src, queued, oldest)
+            d.open_dead_letters = (d.link.name, d.src) in open_links
+
+    async def _retry_dead_letters(self, hub: asyncpg.Pool) -> None:
+        """Turn sync.retry_dead() requests into fresh signals at the source."""
+        rows = await hub.fetch(
+            "select id, link, source_side, key::text as key from sync.dead_letter "
+            "where status = 'retry'"
+        )
+        for r in rows:
+            link = self.config.links.get(r["link"])
+            if link is None:
+                continue
+            source = self.pools[link.side(r["source_side"]).peer]
+            await source.execute(
+                "insert into sync.queue (link, side, key) values ($1, $2, $3::jsonb)",
+                r["link"], r["source_side"], r["key"],
+            )
+            await hub.execute("update sync.dead_letter set status = 'open' where id = $1", r["id"])
+            self.events[f"{r['link']}:{r['source_side']}"].set()
+
+    async def _extra_loops(self) -> None:
+        """Hook for loops of optional features (webhook events); idle by default."""
+        await self.stop.wait()
+
+    async def _watchdog(self) -> None:
+        interval = sdnotify.watchdog_interval()
+        if interval is None:
+            return
+        while True:
+            await asyncio.sleep(interval)
+            now = time.monotonic()
+            if self.ticks and all(now - t < WATCHDOG_STALE for t in self.ticks.values()):
+                sdnotify.notify("WATCHDOG=1")
+
+
+class _State:
+    """Minimal stand-in for tenacity's RetryCallState, to reuse its wait strategies."""
+
+    def __init__(self, attempt_number: int) -> None:
+        self.attempt_number = attempt_number
+
+
+async def _wait_any(ev: asyncio.Event, stop: asyncio.Event, timeout: float) -> None:
+    waits = [asyncio.ensure_future(ev.wait()), asyncio.ensure_future(stop.wait())]
+    try:
+        await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waits:
+            w.cancel()
+
+
+class _signals:
+    """Install SIGTERM/SIGINT handlers on the loop and restore the old ones on exit."""
+
+    def __init__(self, handler: Callable[[int], None]) -> None:
+        self.handler = handler
+
+    def __enter__(self) -> None:
+        loop = asyncio.get_running_loop()
+        for s in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(s, self.handler, s)
+
+    def __exit__(self, *exc: object) -> None:
+        loop = asyncio.get_running_loop()
+        for s in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(s)
+
+
+def run(config: Config) -> int:
+    asyncio.run(Bridge(config).run())
+    return 0

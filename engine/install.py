@@ -1,0 +1,65 @@
+"""`syncbridge install` / `uninstall`: capture on the source sides of links."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import psycopg
+from psycopg import sql
+
+from . import capture
+from .config import Config
+from .validate import shapes
+
+
+def _source_sides(config: Config, name: str) -> list[str]:
+    return [src for src, _ in config.links[name].directions()]
+
+
+def install(config: Config, links: list[str] | None = None) -> Iterator[str]:
+    for name, shape in shapes(config, links).items():
+        for side in _source_sides(config, name):
+            s = shape.link.side(side)
+            peer = config.peers[s.peer]
+            if peer.dialect == "sqlserver":
+                from .mssql_peer import install_capture
+
+                install_capture(peer, s)
+            else:
+                with psycopg.connect(peer.dsn) as conn:
+                    capture.install(conn, shape, side)
+            yield f"{name}: capture installed on {s.peer} {s.qualified}"
+        for src, dst in shape.link.directions():
+            note = _sink_note(config, shape, src, dst)
+            if note:
+                yield note
+
+
+def _sink_note(config: Config, shape, src: str, dst: str) -> str | None:
+    """Existing rows on the sink are not copied by capture: say what to run."""
+    s = shape.link.side(src)
+    if config.peers[s.peer].dialect != "postgres":
+        return None
+    with psycopg.connect(config.peers[s.peer].dsn) as conn:
+        has_rows = conn.execute(sql.SQL("select exists (select 1 from {}.{})").format(
+            sql.Identifier(s.schema), sql.Identifier(s.table))).fetchone()[0]
+    if not has_rows:
+        return None
+    return (f"{shape.link.name}: {s.qualified} on {s.peer} already holds rows that capture "
+            f"has not signalled; run `syncbridge backfill {shape.link.name}` to send them")
+
+
+def uninstall(config: Config, links: list[str] | None = None) -> Iterator[str]:
+    for name in links or list(config.links):
+        link = config.links[name]
+        for side in ("a", "b"):
+            s = link.side(side)
+            peer = config.peers[s.peer]
+            if peer.dialect == "sqlserver":
+                from .mssql_peer import uninstall_capture
+
+                uninstall_capture(peer, s)
+            else:
+                with psycopg.connect(peer.dsn) as conn:
+                    capture.uninstall(conn, link, side)
+            yield f"{name}: capture removed from {s.peer} {s.qualified}"

@@ -1,0 +1,43 @@
+"""Named SQL loaded once from the package's sql/ folder.
+
+Runtime SQL lives in `.sql` files so it can be read, diffed and run by hand;
+each entry starts with a `-- name: NAME` line followed by a one-line
+description comment (procrastinate's layout).
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from importlib import resources
+
+_ENTRY = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
+
+
+def text(relpath: str) -> str:
+    """The whole text of sql/<relpath>, e.g. text('postgres/capture.sql')."""
+    node = resources.files("syncbridge.sql")
+    for part in relpath.split("/"):
+        node = node / part
+    return node.read_text(encoding="utf-8")
+
+
+@functools.cache
+def queries(relpath: str) -> dict[str, str]:
+    """{name: sql} for every `-- name:` entry in sql/<relpath>."""
+    body = text(relpath)
+    found: dict[str, str] = {}
+    matches = list(_ENTRY.finditer(body))
+    for m, nxt in zip(matches, [*matches[1:], None], strict=True):
+        chunk = body[m.end(): nxt.start() if nxt else len(body)].strip()
+        found[m.group(1)] = chunk
+    if not found:
+        raise ValueError(f"sql/{relpath} has no '-- name:' entries")
+    return found
+
+
+def query(relpath: str, name: str) -> str:
+    try:
+        return queries(relpath)[name]
+    except KeyError:
+        raise KeyError(f"no query {name!r} in sql/{relpath}") from None

@@ -1,0 +1,112 @@
+-- The sync schema: capture queue, sink bookkeeping and the operator surface.
+-- Installed on every Postgres peer (a peer is a source with a queue and a sink
+-- with an applied-batch record); the hub's copies of link_state, apply_log,
+-- dead_letter and bridges are the ones sync.status reads.
+
+create schema if not exists sync;
+
+-- Key signals written by capture triggers (op K = key changed, T = truncate)
+-- and by the webhook app (op W = event to apply). A row is claimed by setting
+-- batch_id, and deleted only after the sink committed that batch.
+create table sync.queue (
+    id          bigint generated always as identity primary key,
+    link        text not null,
+    side        char(1) not null check (side in ('a', 'b')),
+    op          char(1) not null default 'K' check (op in ('K', 'T', 'W')),
+    key         jsonb,
+    origin      text,
+    enqueued_at timestamptz not null default clock_timestamp(),
+    batch_id    uuid,
+    attempts    int not null default 0,
+    retry_at    timestamptz,
+    source      text,
+    event_id    text,
+    topic       text,
+    payload     jsonb
+);
+create index queue_claim on sync.queue (link, side, id) where batch_id is null;
+create index queue_batch on sync.queue (batch_id) where batch_id is not null;
+
+-- The sink's record of every batch it applied, written in the same
+-- transaction as the data: a batch found here after a crash is only cleaned
+-- up at the source, never applied again.
+create table sync.applied_batches (
+    batch_id    uuid primary key,
+    link        text not null,
+    source_side char(1) not null,
+    signals     int not null,
+    upserts     int not null,
+    deletes     int not null,
+    dead        jsonb not null default '[]',
+    applied_at  timestamptz not null default clock_timestamp()
+);
+create index applied_batches_link on sync.applied_batches (link, applied_at);
+
+-- Hub: one row per link and direction, refreshed by the bridge.
+create table sync.link_state (
+    link            text not null,
+    source_side     char(1) not null,
+    queued          bigint not null default 0,
+    oldest_queued_at timestamptz,
+    last_applied_at timestamptz,
+    applied_total   bigint not null default 0,
+    retries         bigint not null default 0,
+    last_error      text,
+    last_error_at   timestamptz,
+    sampled_at      timestamptz not null default clock_timestamp(),
+    primary key (link, source_side)
+);
+
+-- Hub: one row per applied batch, pruned after a day; feeds "applied in the last minute".
+create table sync.apply_log (
+    link        text not null,
+    source_side char(1) not null,
+    rows        int not null,
+    applied_at  timestamptz not null default clock_timestamp()
+);
+create index apply_log_at on sync.apply_log (link, source_side, applied_at);
+
+-- Hub: rows the sink rejected, kept for an operator to see and retry.
+create table sync.dead_letter (
+    id            bigint generated always as identity primary key,
+    link          text not null,
+    source_side   char(1) not null,
+    key           jsonb not null,
+    error         text not null,
+    first_seen    timestamptz not null default clock_timestamp(),
+    last_seen     timestamptz not null default clock_timestamp(),
+    attempts      int not null default 1,
+    status        text not null default 'open' check (status in ('open', 'retry', 'closed')),
+    closed_at     timestamptz,
+    unique (link, source_side, key)
+);
+
+-- Hub: one row per running bridge process (active or standby).
+create table sync.bridges (
+    instance    text primary key,
+    host        text not null,
+    pid         int not null,
+    role        text not null,
+    started_at  timestamptz not null default clock_timestamp(),
+    heartbeat   timestamptz not null default clock_timestamp()
+);
+
+create view sync.status as
+select s.link,
+       case s.source_side when 'a' then 'a_to_b' else 'b_to_a' end as direction,
+       s.queued,
+       case when s.queued > 0 then clock_timestamp() - s.oldest_queued_at end as lag,
+       (select coalesce(sum(l.rows), 0) from sync.apply_log l
+         where l.link = s.link and l.source_side = s.source_side
+           and l.applied_at > clock_timestamp() - interval '1 minute') as applied_last_minute,
+       s.last_applied_at,
+       s.applied_total,
+       s.retries,
+       (select count(*) from sync.dead_letter d
+         where d.link = s.link and d.source_side = s.source_side and d.status <> 'closed') as dead_letters,
+       s.last_error,
+       s.last_error_at,
+       clock_timestamp() - s.sampled_at as sampled_ago,
+       (select max(b.heartbeat) from sync.bridges b where b.role = 'active') as bridge_heartbeat
+  from sync.link_state s
+ order by s.link, s.source_side;

@@ -1,0 +1,37 @@
+-- Capture trigger function for one side of one link (rendered per link by
+-- engine/capture.py with psycopg.sql; the braced names are quoted identifiers
+-- or literals). Statement-level: one INSERT ... SELECT from the transition
+-- table and at most one pg_notify per statement, whatever the row count.
+-- SECURITY DEFINER so application roles need no grant on sync.queue.
+-- Writes carrying the origin of this link's other side are the bridge's own
+-- applies: they are not signalled back (echo suppression).
+create or replace function sync.{fn}() returns trigger
+language plpgsql security definer
+set search_path = pg_catalog, pg_temp
+as $body$
+declare
+    v_origin text := nullif(current_setting('syncbridge.origin', true), '');
+begin
+    if v_origin = {echo} then
+        return null;
+    end if;
+    if tg_op = 'TRUNCATE' then
+        insert into sync.queue (link, side, op, origin) values ({link}, {side}, 'T', v_origin);
+    elsif tg_op = 'INSERT' then
+        insert into sync.queue (link, side, key, origin)
+        select {link}, {side}, {key_new}, v_origin from new_rows n;
+    elsif tg_op = 'DELETE' then
+        insert into sync.queue (link, side, key, origin)
+        select {link}, {side}, {key_old}, v_origin from old_rows o;
+    else
+        -- old keys too: a changed key must remove the old row on the sink
+        insert into sync.queue (link, side, key, origin)
+        select {link}, {side}, k, v_origin
+          from (select {key_new} as k from new_rows n
+                union
+                select {key_old} from old_rows o) changed;
+    end if;
+    {notify}
+    return null;
+end
+$body$;

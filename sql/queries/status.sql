@@ -1,0 +1,7 @@
+-- Operator queries of the CLI; they only read what sync.status computes.
+
+-- name: status
+-- Everything `syncbridge status` prints, one row per link and direction.
+select link, direction, queued, lag, applied_last_minute, last_applied_at,
+       applied_total, retries, dead_letters, last_error, bridge_heartbeat
+  from sync.status
