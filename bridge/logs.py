@@ -37,4 +37,5 @@ def setup(level: str = "info", fmt: str = "text") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    logging.getLogger("asyncio").setLevel(logging.WARNING)
+    for noisy in ("asyncio", "yoyo"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)

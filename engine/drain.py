@@ -20,7 +20,7 @@ from typing import Any
 
 import asyncpg
 
-from . import capture, errors, pg_sql, sqlfiles
+from . import capture, errors, faults, pg_sql, sqlfiles
 from .catalog import LinkShape
 
 log = logging.getLogger("syncbridge.drain")
@@ -92,6 +92,7 @@ class PgDrain:
             Q("claim"), self.link.name, self.src, self.link.batch_size, batch_id
         )
         if signals:
+            faults.hit("after_claim")
             await self._apply_and_finish(batch_id, signals)
         return len(signals)
 
@@ -110,6 +111,7 @@ class PgDrain:
                 Q("record_batch"), batch_id, self.link.name, self.src, len(signals),
                 out.upserts, out.deletes, json.dumps(out.problems),
             )
+        faults.hit("after_sink_commit")
         await self._finish(batch_id, out.problems, out)
 
     async def _read(self, signals: list) -> tuple[list[Item], list[Item]]:
