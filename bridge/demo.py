@@ -73,7 +73,8 @@ PORTAL_WRITES = [
     "insert into audit_notes (id, body) select g, 'note ' || g from generate_series(1, 50) g",
 ]
 CLINIC_WRITES = [
-    f"insert into patients (id, mrn, full_name, balance) values ('{P3}', 'MRN-003', 'Ola Nordmann', 0)",
+    f"insert into patients (id, mrn, full_name, balance) "
+    f"values ('{P3}', 'MRN-003', 'Ola Nordmann', 0)",
     f"update patients set balance = balance + 0.01, allergies = '{{}}' where id = '{P1}'",
     "update appointments set slot_no = 7 where clinic_code = 'NORTH' and slot_no = 2",  # key change
 ]

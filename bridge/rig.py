@@ -121,7 +121,8 @@ class Rig:
         ident = sql.SQL("{}.{}").format(sql.Identifier(schema or "public"), sql.Identifier(name))
         order = sql.SQL(", ").join(sql.Identifier(k) for k in key)
         with psycopg.connect(self.dsn[side]) as c:
-            return c.execute(sql.SQL("select * from {} order by {}").format(ident, order)).fetchall()
+            query = sql.SQL("select * from {} order by {}").format(ident, order)
+            return c.execute(query).fetchall()
 
     def equal(self, table: str, key: list[str], table_b: str | None = None) -> bool:
         return self.rows("a", table, key) == self.rows("b", table_b or table, key)

@@ -133,7 +133,7 @@ def _len(t: str) -> int:
 
 def shape(link: Link, a: Table | None, b: Table | None, check_types=compatible) -> LinkShape:
     """Check one link against both catalogs; raise ConfigError naming what is wrong."""
-    for label, side, table in (("a", link.a, a), ("b", link.b, b)):
+    for side, table in ((link.a, a), (link.b, b)):
         if table is None:
             raise ConfigError(
                 f"link {link.name!r}: table {side.qualified} does not exist on peer {side.peer!r}"

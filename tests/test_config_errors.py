@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from rigs import link
 
+from rigs import link
 from syncbridge.bridge.cli import main
 from syncbridge.bridge.rig import Rig
 from syncbridge.engine.config import ConfigError, parse

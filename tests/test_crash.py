@@ -5,8 +5,8 @@ from __future__ import annotations
 import signal
 
 import pytest
-from rigs import link, make_rig
 
+from rigs import link, make_rig
 from syncbridge.bridge.rig import wait_until
 
 SCHEMA = "create table items (id int primary key, v text, n numeric(12,2));"
@@ -45,7 +45,8 @@ def test_random_kills_during_a_large_load(new_db, tmp_path):
     rig = make_rig(new_db, tmp_path, SCHEMA, [link("items", "items", ["id"], "a_to_b",
                                                    batch_size=1000)])
     try:
-        rig.execute("a", f"insert into items select g, 'v' || g, g from generate_series(1, {ROWS}) g")
+        rig.execute("a", "insert into items select g, 'v' || g, g "
+                         f"from generate_series(1, {ROWS}) g")
         for _ in range(3):
             rig.start_bridge()
             # kill once the sink has taken some batches but before it is done

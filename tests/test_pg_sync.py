@@ -7,6 +7,7 @@ from decimal import Decimal
 
 import psycopg
 import pytest
+
 from rigs import link, make_rig
 
 ALL_TYPES = """
