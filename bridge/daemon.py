@@ -103,7 +103,8 @@ class Bridge:
 
     async def _lead_once(self) -> None:
         hub_dsn = self.config.hub_peer.dsn
-        lock_conn = await asyncpg.connect(hub_dsn, timeout=10)
+        lock_conn = await asyncpg.connect(hub_dsn, timeout=10,
+                                          server_settings={"application_name": "syncbridge-leader"})
         try:
             await self._wait_for_lock(lock_conn)
             if self.stop.is_set():
@@ -178,6 +179,8 @@ class Bridge:
             try:
                 await conn.fetchval("select 1", timeout=5)
                 await self._heartbeat(conn)
+                await conn.execute("delete from sync.bridges where heartbeat < "
+                                   "clock_timestamp() - interval '1 minute'")
             except Exception as e:
                 raise LostLeadership(errors.describe(e)) from e
             await self._sleep(LEADER_PING)
@@ -187,7 +190,8 @@ class Bridge:
         for name, peer in self.config.peers.items():
             if peer.dialect == "postgres" and name not in self.pools:
                 self.pools[name] = await asyncpg.create_pool(
-                    peer.dsn, min_size=1, max_size=4, timeout=10, command_timeout=300
+                    peer.dsn, min_size=1, max_size=4, timeout=10, command_timeout=300,
+                    server_settings={"application_name": "syncbridge"},
                 )
         hub = self.pools[self.config.hub]
         max_attempts = self.config.setting("max_attempts")
@@ -215,7 +219,8 @@ class Bridge:
         while not self.stop.is_set():
             conn = None
             try:
-                conn = await asyncpg.connect(dsn, timeout=10)
+                conn = await asyncpg.connect(
+                    dsn, timeout=10, server_settings={"application_name": "syncbridge-listen"})
                 await conn.add_listener(capture.NOTIFY_CHANNEL, self._on_notify)
                 failures = 0
                 self._wake_all()  # catch up on anything sent while we were not listening

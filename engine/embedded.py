@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -100,10 +101,20 @@ class EmbeddedPostgres:
         self._ctl_start()
 
     def destroy(self) -> None:
+        """Stop and delete; a server that will not stop cleanly is killed."""
         try:
             self.stop("immediate")
+        except subprocess.SubprocessError:
+            self._kill_postmaster()
         finally:
             shutil.rmtree(self.base, ignore_errors=True)
+
+    def _kill_postmaster(self) -> None:
+        pidfile = self.data / "postmaster.pid"
+        try:
+            os.kill(int(pidfile.read_text().split()[0]), signal.SIGKILL)
+        except (OSError, ValueError, IndexError):
+            pass
 
     def __enter__(self) -> EmbeddedPostgres:
         return self.start()

@@ -110,3 +110,21 @@ select s.link,
        (select max(b.heartbeat) from sync.bridges b where b.role = 'active') as bridge_heartbeat
   from sync.link_state s
  order by s.link, s.source_side;
+
+-- Operator: re-send dead-lettered keys (all, one link, or one entry). The
+-- bridge turns 'retry' entries into fresh signals at the source; an entry
+-- whose key then syncs cleanly is closed, one that fails again is reopened.
+create function sync.retry_dead(p_link text default null, p_id bigint default null)
+returns integer
+language sql
+as $$
+    with r as (
+        update sync.dead_letter
+           set status = 'retry', last_seen = clock_timestamp()
+         where status = 'open'
+           and (p_link is null or link = p_link)
+           and (p_id is null or id = p_id)
+        returning 1
+    )
+    select count(*)::integer from r
+$$;
