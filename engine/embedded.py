@@ -8,6 +8,7 @@ without losing the data directory.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -111,10 +112,8 @@ class EmbeddedPostgres:
 
     def _kill_postmaster(self) -> None:
         pidfile = self.data / "postmaster.pid"
-        try:
+        with contextlib.suppress(OSError, ValueError, IndexError):
             os.kill(int(pidfile.read_text().split()[0]), signal.SIGKILL)
-        except (OSError, ValueError, IndexError):
-            pass
 
     def __enter__(self) -> EmbeddedPostgres:
         return self.start()

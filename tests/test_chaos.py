@@ -16,8 +16,8 @@ import time
 
 import psycopg
 import pytest
-from rigs import link
 
+from rigs import link
 from syncbridge.bridge.rig import Rig, wait_until
 from syncbridge.engine.embedded import EmbeddedPostgres
 

@@ -12,9 +12,6 @@ import asyncpg
 import httpx
 import psycopg
 import pytest
-
-from syncbridge.engine.config import Config
-from syncbridge.engine.webhook_apply import drain_webhook_events
 from webhook_support import (
     SECRETS,
     live_server,
@@ -24,6 +21,9 @@ from webhook_support import (
     queue_rows,
     signed,
 )
+
+from syncbridge.engine.config import Config
+from syncbridge.engine.webhook_apply import drain_webhook_events
 
 UTC = dt.UTC
 
@@ -153,6 +153,9 @@ def test_malformed_json_missing_key_and_unknown_source(server, hub):
     nul = b'{"id": 1, "name": "a\\u0000b", "updated_at": "2026-11-25T10:00:00Z"}'
     bad_headers["X-Hub-Signature-256"] = signed_raw_gh(nul)
     assert post(url, "gh", nul, bad_headers).status_code == 400  # jsonb cannot hold \u0000
+    lone = b'{"id": 1, "name": "\\ud800", "updated_at": "2026-11-25T10:00:00Z"}'
+    bad_headers["X-Hub-Signature-256"] = signed_raw_gh(lone)
+    assert post(url, "gh", lone, bad_headers).status_code == 400  # a lone surrogate
 
     assert post(url, "nope", body, headers).status_code == 404
     assert queue_rows(hub) == 0
@@ -288,3 +291,45 @@ def test_ignored_topic_is_200_and_queues_nothing(server, hub):
     r = post(url, "shop", body, headers)
     assert r.status_code == 200 and r.json()["status"] == "ignored"
     assert queue_rows(hub) == 0
+
+
+def test_migration_applies_and_rolls_back_through_yoyo(new_db):
+    """The real migrate path (yoyo, depends line, rollback sidecar), not the test shortcut."""
+    from syncbridge.engine.migrate import migrate as yoyo_migrate
+
+    dsn = new_db("yoyo")
+    config = make_config(dsn)
+    yoyo_migrate(config)
+    with psycopg.connect(dsn) as conn:
+        assert conn.execute("select to_regproc('sync.enqueue_webhook_v1') is not null, "
+                            "to_regclass('sync.webhook_status') is not null").fetchone() == (
+                                True, True)
+    yoyo_migrate(config, rollback=True)
+    with psycopg.connect(dsn) as conn:
+        assert conn.execute("select to_regnamespace('sync')").fetchone() == (None,)
+
+
+def test_app_role_needs_only_the_documented_grants(hub):
+    """Least privilege: USAGE on sync + EXECUTE on the enqueue function is enough, and
+    without the grant (EXECUTE is revoked from PUBLIC) the app answers 503, not 5xx."""
+    import uuid
+    from urllib.parse import urlsplit, urlunsplit
+
+    role = f"wh_app_{uuid.uuid4().hex[:8]}"
+    parts = urlsplit(hub)
+    app_dsn = urlunsplit(parts._replace(netloc=f"{role}@{parts.hostname}:{parts.port}"))
+    with psycopg.connect(hub, autocommit=True) as conn:
+        conn.execute(f"create role {role} login")
+        conn.execute(f"grant usage on schema sync to {role}")
+    try:
+        with live_server(make_config(app_dsn)) as url:
+            assert post(url, "shop", *signed("shop", record(), event_id="g1")).status_code == 503
+            with psycopg.connect(hub, autocommit=True) as conn:
+                conn.execute("grant execute on function sync.enqueue_webhook_v1(text, text, "
+                             f"text, text, char, jsonb, jsonb) to {role}")
+            assert post(url, "shop", *signed("shop", record(), event_id="g1")).status_code == 202
+        assert queue_rows(hub) == 1
+    finally:
+        with psycopg.connect(hub, autocommit=True) as conn:
+            conn.execute(f"drop owned by {role}")
+            conn.execute(f"drop role {role}")

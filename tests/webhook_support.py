@@ -14,6 +14,7 @@ import json
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from importlib import resources
 from typing import Any
@@ -113,7 +114,8 @@ def signed(source: str, record: dict[str, Any], event_id: str = "evt-1",
         return body, {"X-Shopify-Hmac-Sha256": base64.b64encode(
                           _mac(SECRETS["WH_SHOP_SECRET"].encode(), body)).decode(),
                       "X-Shopify-Topic": topic or "customers/update",
-                      "X-Shopify-Webhook-Id": event_id,
+                      "X-Shopify-Event-Id": event_id,
+                      "X-Shopify-Webhook-Id": str(uuid.uuid4()),  # differs per delivery
                       "X-Shopify-Shop-Domain": "clinic.myshopify.com",
                       "Content-Type": "application/json"}
     if source == "lms":
