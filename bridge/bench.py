@@ -66,7 +66,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dsn-a", help="source database (default: embedded PostgreSQL)")
     p.add_argument("--dsn-b", help="target database (default: embedded PostgreSQL)")
     p.add_argument("--only", default="bulk,latency,catchup,overhead",
-                   help="comma-separated parts: bulk, latency, catchup, overhead")
+                   help="comma-separated parts: bulk, latency, catchup, overhead, "
+                        "webhooks (signed requests through the webhook app)")
+    p.add_argument("--concurrency", type=int, default=32, help="webhooks: parallel senders")
+    p.add_argument("--direction", choices=("a_to_b", "both"), default="a_to_b",
+                   help="link direction (both = with conflict checking)")
     p.add_argument("--rows", type=int, default=100_000, help="rows for bulk and catch-up")
     p.add_argument("--rate", type=int, default=200, help="latency: transactions per second")
     p.add_argument("--seconds", type=float, default=30, help="latency: duration")
@@ -80,7 +84,8 @@ class Bench:
         self.args = args
         self.rig = Rig(workdir, dsn_a, dsn_b, [{
             "name": "bench", "a": {"peer": "a", "table": "bench_items"},
-            "b": {"peer": "b", "table": "bench_items"}, "key": ["id"], "direction": "a_to_b",
+            "b": {"peer": "b", "table": "bench_items"}, "key": ["id"],
+            "direction": args.direction,
             "notify": not args.no_notify,
         }])
 
@@ -177,6 +182,12 @@ class Bench:
             del elapsed
         return sent
 
+    def webhooks(self) -> dict[str, float]:
+        from syncbridge.engine.webhook_bench import run_webhook_bench
+
+        self.reset()
+        return run_webhook_bench(self.rig.dsn["a"], self.args.seconds, self.args.concurrency)
+
     def overhead(self) -> dict[str, float]:
         self.reset()
         self.rig.execute("a", f"insert into bench_items (id, account_id, status, amount, payload)"
@@ -258,7 +269,7 @@ def _print(title: str, report: dict[str, dict[str, Any]]) -> None:
 
 def main(args: argparse.Namespace) -> int:
     parts = [p.strip() for p in args.only.split(",") if p.strip()]
-    unknown = set(parts) - {"bulk", "latency", "catchup", "overhead"}
+    unknown = set(parts) - {"bulk", "latency", "catchup", "overhead", "webhooks"}
     if unknown:
         raise SystemExit(f"syncbridge bench: unknown part(s): {', '.join(sorted(unknown))}")
     workdir = Path(tempfile.mkdtemp(prefix="syncbridge-bench-"))

@@ -65,6 +65,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return demo.main(keep=args.keep)
 
 
+def cmd_webhooks(args: argparse.Namespace) -> int:
+    from .webhook_app import serve
+
+    serve(_config(args), args.host, args.port)
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from . import bench
 
@@ -95,6 +102,12 @@ def _parser() -> argparse.ArgumentParser:
         add(name, fn, text).add_argument("link", nargs="*", help="links (default: all)")
     add("run", cmd_run, "run the bridge in the foreground (logs to stderr)")
     add("status", cmd_status, "print sync.status from the hub")
+    hooks = add("webhooks", cmd_webhooks, "serve POST /webhooks/{source} (uvicorn)")
+    hooks.add_argument("--host", default=os.environ.get("SYNCBRIDGE_WEBHOOK_HOST", "127.0.0.1"),
+                       help="listen address (env SYNCBRIDGE_WEBHOOK_HOST)")
+    hooks.add_argument("--port", type=int,
+                       default=int(os.environ.get("SYNCBRIDGE_WEBHOOK_PORT", "8080")),
+                       help="listen port (env SYNCBRIDGE_WEBHOOK_PORT)")
     add("demo", cmd_demo, "two embedded databases kept in step, end to end").add_argument(
         "--keep", action="store_true", help="leave the embedded server running at the end")
     bench = add("bench", cmd_bench, "measure throughput, latency and capture overhead")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -144,8 +145,8 @@ class Bridge:
         tasks = [asyncio.create_task(self._guard_leadership(lock_conn), name="leader")]
         for peer in self._source_peers():
             tasks.append(asyncio.create_task(self._listen(peer), name=f"listen:{peer}"))
-        for d in self.drains:
-            tasks.append(asyncio.create_task(self._drain_loop(d), name=f"drain:{d.name}"))
+        for link, drains in self._by_link().items():
+            tasks.append(asyncio.create_task(self._drain_loop(drains), name=f"drain:{link}"))
         tasks.append(asyncio.create_task(self._stats_loop(), name="stats"))
         tasks.append(asyncio.create_task(self._extra_loops(), name="extra"))
         sdnotify.notify("READY=1\nSTATUS=active")
@@ -191,7 +192,8 @@ class Bridge:
             if peer.dialect == "postgres" and name not in self.pools:
                 self.pools[name] = await asyncpg.create_pool(
                     peer.dsn, min_size=1, max_size=4, timeout=10, command_timeout=300,
-                    server_settings={"application_name": "syncbridge"},
+                    # UTC: row images compared across databases print timestamptz alike
+                    server_settings={"application_name": "syncbridge", "TimeZone": "UTC"},
                 )
         hub = self.pools[self.config.hub]
         max_attempts = self.config.setting("max_attempts")
@@ -266,28 +268,43 @@ class Bridge:
 
     async def _report_error(self, name: str, exc: BaseException) -> None:
         link, _, rest = name.partition(":")
+        if not rest:  # not a link direction (e.g. the webhook loop): the log has it
+            return
         with contextlib.suppress(Exception):  # the hub may be what failed; the log has it
             await self.pools[self.config.hub].execute(
                 Q("report_error"), link, rest[:1], errors.describe(exc)[:2000]
             )
 
-    async def _drain_loop(self, d: PgDrain) -> None:
-        ev = self.events[f"{d.link.name}:{d.src}"]
+    def _by_link(self) -> dict[str, list[PgDrain]]:
+        out: dict[str, list[PgDrain]] = {}
+        for d in self.drains:
+            out.setdefault(d.link.name, []).append(d)
+        return out
+
+    async def _drain_loop(self, drains: list[PgDrain]) -> None:
+        """Both directions of a link take turns in one task, so a key is never
+        applied both ways at once and the two sides' row_state cannot race."""
+        link = drains[0].link
+        events = [self.events[f"{link.name}:{d.src}"] for d in drains]
         floor = self.config.setting("poll_interval")
         ceiling = self.config.setting("max_poll_interval")
-        fallback = self.config.setting("fallback_poll")
+        timeout_idle = self.config.setting("fallback_poll") if link.notify else None
         idle = floor
-        await self._retrying(d.name, d.recover)
+        for d in drains:
+            await self._retrying(d.name, d.recover)
         while not self.stop.is_set():
-            self.ticks[d.name] = time.monotonic()
-            ev.clear()
-            n = await self._retrying(d.name, d.drain_once)
+            self.ticks[link.name] = time.monotonic()
+            for ev in events:
+                ev.clear()
+            n = 0
+            for d in drains:
+                if not self.stop.is_set():
+                    n += await self._retrying(d.name, d.drain_once)
             if n:
                 idle = floor
                 continue
-            timeout = fallback if d.link.notify else idle
+            await _wait_any(events, self.stop, timeout_idle or idle)
             idle = min(idle * 2, ceiling)
-            await _wait_any(ev, self.stop, timeout)
 
     async def _stats_loop(self) -> None:
         hub = self.pools[self.config.hub]
@@ -297,6 +314,7 @@ class Bridge:
             try:
                 await self._sample(hub)
                 await self._retry_dead_letters(hub)
+                await self._enact_resolutions(hub)
                 if rounds % 600 == 0:
                     await hub.execute(Q("prune_apply_log"))
             except Exception as e:
@@ -335,9 +353,43 @@ class Bridge:
             await hub.execute("update sync.dead_letter set status = 'open' where id = $1", r["id"])
             self.events[f"{r['link']}:{r['source_side']}"].set()
 
+    async def _enact_resolutions(self, hub: asyncpg.Pool) -> None:
+        """sync.resolve_conflict() chose a winner: send the winner's row, unchecked."""
+        for r in await hub.fetch(Q("resolving_conflicts")):
+            shape = self.shapes.get(r["link"])
+            if shape is None:
+                continue
+            winner = r["winner"]
+            ka = json.loads(r["key"])
+            key = {w: ka[a] for a, w in zip(shape.key_cols("a"), shape.key_cols(winner),
+                                            strict=True)}
+            source = self.pools[shape.link.side(winner).peer]
+            await source.execute(Q("resignal"), r["link"], winner, json.dumps([key]))
+            await hub.execute(Q("conflict_resolved"), r["id"])
+            self.events[f"{r['link']}:{winner}"].set()
+            log.info("event=conflict_resolved id=%s link=%s winner=%s", r["id"], r["link"], winner)
+
     async def _extra_loops(self) -> None:
-        """Hook for loops of optional features (webhook events); idle by default."""
-        await self.stop.wait()
+        """Webhook events queued on the hub: applied to their mapped tables."""
+        if not self.config.raw.get("webhooks", {}).get("sources"):
+            await self.stop.wait()
+            return
+        from syncbridge.engine.webhook_apply import drain_webhook_events, prune_webhook_events
+
+        hub = self.pools[self.config.hub]
+        ev = self.events["webhook"]
+        last_prune = 0.0
+        while not self.stop.is_set():
+            self.ticks["webhooks"] = time.monotonic()
+            ev.clear()
+            n = await self._retrying("webhooks", lambda: drain_webhook_events(
+                hub, self.pools, self.config))
+            if n:
+                continue
+            if time.monotonic() - last_prune > 3600:
+                await self._retrying("webhooks", lambda: prune_webhook_events(hub, self.config))
+                last_prune = time.monotonic()
+            await _wait_any([ev], self.stop, self.config.setting("fallback_poll"))
 
     async def _watchdog(self) -> None:
         interval = sdnotify.watchdog_interval()
@@ -357,8 +409,8 @@ class _State:
         self.attempt_number = attempt_number
 
 
-async def _wait_any(ev: asyncio.Event, stop: asyncio.Event, timeout: float) -> None:
-    waits = [asyncio.ensure_future(ev.wait()), asyncio.ensure_future(stop.wait())]
+async def _wait_any(events: list[asyncio.Event], stop: asyncio.Event, timeout: float) -> None:
+    waits = [asyncio.ensure_future(e.wait()) for e in [*events, stop]]
     try:
         await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
     finally:

@@ -77,8 +77,8 @@ def create_app(config: Config) -> Starlette:
     return app
 
 
-def _answer(status: int, **body: object) -> JSONResponse:
-    return JSONResponse(body, status_code=status)
+def _answer(code: int, **body: object) -> JSONResponse:
+    return JSONResponse(body, status_code=code)
 
 
 async def _receive(request: Request) -> Response:

@@ -4,10 +4,11 @@ The order is what makes a crash harmless (PgQ's remote consumer):
 1. claim: mark visible signals with a new batch id (committed at the source);
 2. read the current source rows for their keys, apply them to the sink and
    record the batch id in the sink, all in one sink transaction;
-3. delete the batch's signals at the source.
+3. at the source, in one transaction: the batch's follow-ups (deferred keys,
+   last-synced row images) and the deletion of its signals.
 A restart finds claimed batches and looks the id up in the sink: recorded
-means only step 3 is left; not recorded means the batch is applied now. So no
-batch is ever applied twice, and no signal is lost.
+means only step 3 is left, replayed from the record; not recorded means the
+batch is applied now. So no batch is ever applied twice and no signal is lost.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any
 
 import asyncpg
 
-from . import capture, errors, faults, pg_sql, sqlfiles
+from . import capture, conflicts, errors, faults, pg_sql, sqlfiles
 from .catalog import LinkShape
 
 log = logging.getLogger("syncbridge.drain")
@@ -30,21 +31,43 @@ def Q(name: str) -> str:  # noqa: N802 - reads like a table of named statements
     return sqlfiles.query("queries/bridge.sql", name)
 
 
+def _array(texts: list[str]) -> str:
+    return "[" + ",".join(texts) + "]"
+
+
 @dataclass
 class Item:
-    """One row (or key to delete) of a batch, with the source key it came from."""
+    """One row to upsert (or key to delete) of a batch, in every naming it needs."""
 
-    source_key: str  # jsonb text in source column names
-    payload: str  # jsonb text in sink column names
+    source_key: str  # jsonb text, source column names (as queued)
+    sink_key: str  # jsonb text, sink column names
+    ka: str  # jsonb text, side-a names: the row_state key
+    payload: str  # the row in sink names, or the sink key for a delete
+    image: str | None  # the source row named as on side a (two-way links), None = absent
     attempts: int = 0
 
 
 @dataclass
 class Outcome:
+    """What a batch did. Lists hold JSON texts: rows never pass through Python
+    values, so numeric and timestamp digits stay exactly as the database wrote them."""
+
     upserts: int = 0
     deletes: int = 0
-    problems: list[dict[str, Any]] = field(default_factory=list)
-    clean_keys: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    applied: list[Item] = field(default_factory=list)
+    synced: list[str] = field(default_factory=list)
+    conflicts: list[str] = field(default_factory=list)
+    resignal: list[str] = field(default_factory=list)
+
+    def record(self) -> dict[str, str]:
+        return {"dead": _array(self.problems), "synced": _array(self.synced),
+                "conflicts": _array(self.conflicts)}
+
+
+def _entry(**fields: str) -> str:
+    """A JSON object from JSON texts."""
+    return "{" + ",".join(f'"{k}":{v}' for k, v in fields.items()) + "}"
 
 
 class PgDrain:
@@ -61,6 +84,7 @@ class PgDrain:
         self.source, self.sink, self.hub = source, sink, hub
         self.sql = pg_sql.render(shape, self.src, self.dst)
         self.origin = capture.origin_tag(self.link, self.src)
+        self.two_way = self.link.direction == "both"
         self.max_attempts = max_attempts
         self.open_dead_letters = True  # refreshed by the stats task; True = check
 
@@ -79,11 +103,13 @@ class PgDrain:
 
     async def _resume(self, batch_id: uuid.UUID) -> None:
         signals = await self.source.fetch(Q("batch_signals"), batch_id)
-        record = await self.sink.fetchval(Q("batch_record"), batch_id)
-        if record is None:
+        row = await self.sink.fetchrow(Q("batch_record"), batch_id)
+        if row is None:
             await self._apply_and_finish(batch_id, signals)
-        else:  # applied before the crash: only the source cleanup is left
-            await self._finish(batch_id, json.loads(record), Outcome(), count=False)
+            return
+        # applied before the crash: only the source follow-ups are left
+        record = {k: row[k] for k in ("dead", "synced", "conflicts")}
+        await self._finish(batch_id, record, Outcome(), row["truncated"], count=False)
 
     async def drain_once(self) -> int:
         """Apply one batch; returns the number of signals it consumed (0 = idle)."""
@@ -99,41 +125,86 @@ class PgDrain:
     async def _apply_and_finish(self, batch_id: uuid.UUID, signals: list) -> None:
         upserts, deletes = await self._read(signals)
         truncate = any(s["op"] == "T" for s in signals)
+        forced = {s["key"] for s in signals if s["op"] == "R"}
         out = Outcome()
         async with self.sink.acquire() as conn, conn.transaction():
             await conn.execute(Q("set_origin"), self.origin)
             if truncate:
                 await conn.execute(self.sql.truncate)
+                if self.two_way:
+                    await conn.execute(Q("forget_state"), self.link.name)
+            if self.two_way:
+                upserts, deletes = await self._settle(conn, upserts, deletes, forced, out)
             # deletes first: a changed key frees unique values before the new row arrives
             out.deletes = await self._apply_set(conn, self.sql.delete, deletes, out)
             out.upserts = await self._apply_set(conn, self.sql.upsert, upserts, out)
+            if self.two_way:
+                await self._remember(conn, out)
+            record = out.record()
             await conn.execute(
                 Q("record_batch"), batch_id, self.link.name, self.src, len(signals),
-                out.upserts, out.deletes, json.dumps(out.problems),
+                out.upserts, out.deletes, record["dead"], record["synced"],
+                record["conflicts"], truncate,
             )
         faults.hit("after_sink_commit")
-        await self._finish(batch_id, out.problems, out)
+        await self._finish(batch_id, record, out, truncate)
 
     async def _read(self, signals: list) -> tuple[list[Item], list[Item]]:
         """Current source rows for the batch's distinct keys: upserts and deletes."""
         attempts: dict[str, int] = {}
         for s in signals:
-            if s["op"] == "K":
+            if s["op"] in ("K", "R"):
                 attempts[s["key"]] = max(attempts.get(s["key"], 0), s["attempts"])
         if not attempts:
             return [], []
-        rows = await self.source.fetch(
-            self.sql.read_rows, "[" + ",".join(attempts) + "]"
-        )
+        rows = await self.source.fetch(self.sql.read_rows, _array(list(attempts)))
         upserts, deletes = [], []
         for r in rows:
             skey = r["skey"]
+            ka = skey if self.src == "a" else r["key"]
             tries = attempts.get(skey, max(attempts.values()))
             if r["row"] is None:
-                deletes.append(Item(skey, r["key"], tries))
+                deletes.append(Item(skey, r["key"], ka, r["key"], None, tries))
             else:
-                upserts.append(Item(skey, r["row"], tries))
+                upserts.append(Item(skey, r["key"], ka, r["row"], r["img"], tries))
         return upserts, deletes
+
+    async def _settle(self, conn: asyncpg.Connection, upserts: list[Item], deletes: list[Item],
+                      forced: set[str], out: Outcome) -> tuple[list[Item], list[Item]]:
+        """Two-way links: keep only what should be applied; record conflicts."""
+        items = deletes + upserts
+        if not items:
+            return upserts, deletes
+        state = {r["ka"]: r for r in await conn.fetch(
+            self.sql.state_read, _array([i.sink_key for i in items]), self.link.name)}
+        keep: list[Item] = []
+        for item in items:
+            st = state[item.ka]
+            v = conflicts.decide(self.link, self.src, item.image, st["cur"], st["last"],
+                                 item.source_key in forced)
+            if v.conflict:
+                out.conflicts.append(self._conflict(item, st, v))
+            if v.action == conflicts.APPLY:
+                keep.append(item)
+            elif v.action == conflicts.SKIP:
+                out.synced.append(_entry(key=item.ka, image=item.image or "null"))
+            elif v.action == conflicts.KEEP_SINK:
+                out.resignal.append(item.sink_key)
+        return [i for i in keep if i.image is not None], [i for i in keep if i.image is None]
+
+    def _conflict(self, item: Item, st: Any, v: conflicts.Verdict) -> str:
+        images = {self.src: item.image or "null", self.dst: st["cur"] or "null"}
+        log.info("event=conflict link=%s key=%s policy=%s winner=%s", self.link.name, item.ka,
+                 self.link.conflict, v.winner or "manual")
+        return _entry(key=item.ka, a=images["a"], b=images["b"], last=st["last"] or "null",
+                      winner=json.dumps(v.winner))
+
+    async def _remember(self, conn: asyncpg.Connection, out: Outcome) -> None:
+        out.synced.extend(_entry(key=i.ka, image=i.image or "null") for i in out.applied)
+        if out.synced:
+            await conn.execute(Q("state_write"), self.link.name, _array(out.synced))
+        if out.resignal:
+            await conn.execute(Q("resignal"), self.link.name, self.dst, _array(out.resignal))
 
     async def _apply_set(self, conn: asyncpg.Connection, stmt: str, items: list[Item],
                          out: Outcome) -> int:
@@ -142,7 +213,7 @@ class PgDrain:
             return 0
         try:
             async with conn.transaction():  # a savepoint: a failure undoes only this part
-                status = await conn.execute(stmt, "[" + ",".join(i.payload for i in items) + "]")
+                status = await conn.execute(stmt, _array([i.payload for i in items]))
         except asyncpg.PostgresError as e:
             if not errors.is_row_error(e):
                 raise
@@ -152,35 +223,41 @@ class PgDrain:
             mid = len(items) // 2
             return (await self._apply_set(conn, stmt, items[:mid], out)
                     + await self._apply_set(conn, stmt, items[mid:], out))
-        out.clean_keys.extend(i.source_key for i in items)
+        out.applied.extend(items)
         return int(status.split()[-1])
 
-    def _problem(self, item: Item, exc: Exception) -> dict[str, Any]:
+    def _problem(self, item: Item, exc: Exception) -> str:
         defer = errors.sqlstate(exc) == errors.FK_VIOLATION and item.attempts < self.max_attempts
         log.warning("event=row_%s link=%s key=%s error=%s", "deferred" if defer else "dead",
                     self.name, item.source_key, errors.describe(exc))
-        return {"key": json.loads(item.source_key), "error": errors.describe(exc), "defer": defer}
+        return _entry(key=item.source_key, error=json.dumps(errors.describe(exc)),
+                      defer=json.dumps(defer))
 
-    async def _finish(self, batch_id: uuid.UUID, problems: list[dict[str, Any]], out: Outcome,
-                      count: bool = True) -> None:
-        """Source cleanup after the sink committed: dead letters, deferrals, delete signals."""
-        dead = [p for p in problems if not p["defer"]]
-        deferred = [json.dumps(p["key"]) for p in problems if p["defer"]]
-        if dead:
-            await self.hub.executemany(Q("dead_letter"), [
-                (self.link.name, self.src, json.dumps(p["key"]), p["error"]) for p in dead
-            ])
+    async def _finish(self, batch_id: uuid.UUID, record: dict[str, str], out: Outcome,
+                      truncated: bool, count: bool = True) -> None:
+        """Source follow-ups after the sink committed, replayable from the sink's record."""
+        problems = record["dead"] != "[]"
+        if problems:
+            await self.hub.execute(Q("dead_letter"), self.link.name, self.src, record["dead"])
+        if record["conflicts"] != "[]":
+            await self.hub.execute(Q("record_conflict"), self.link.name, self.link.conflict,
+                                   batch_id, record["conflicts"])
         async with self.source.acquire() as conn, conn.transaction():
-            if deferred:
-                await conn.execute(Q("defer_keys"), batch_id, deferred, 1.0)
+            if problems:
+                await conn.execute(Q("defer_keys"), batch_id, record["dead"], 1.0)
+            if self.two_way and truncated:
+                await conn.execute(Q("forget_state"), self.link.name)
+            if self.two_way and record["synced"] != "[]":
+                await conn.execute(Q("state_write"), self.link.name, record["synced"])
             await conn.execute(Q("finish_batch"), batch_id)
         if count:
             await self.hub.execute(Q("report_batch"), self.link.name, self.src,
                                    out.upserts + out.deletes)
-        if self.open_dead_letters and out.clean_keys:
+        if self.open_dead_letters and out.applied:
             await self.hub.execute(Q("close_dead_letters"), self.link.name, self.src,
-                                   out.clean_keys)
+                                   [i.source_key for i in out.applied])
 
     async def depth(self) -> tuple[int, Any]:
         row = await self.source.fetchrow(Q("queue_depth"), self.link.name, self.src)
         return row["queued"], row["oldest"]
+

@@ -61,16 +61,17 @@ class SqlType:
     dialect: str = POSTGRES
 
 
-_ARGS = re.compile(r"^\s*([a-z][a-z0-9 _]*?)\s*(?:\(\s*([^)]*)\s*\))?\s*([a-z ]*)$")
-
-
 def _split(spelled: str) -> tuple[str, list[str], str]:
     """'timestamp(3) without time zone' -> ('timestamp', ['3'], 'without time zone')."""
-    m = _ARGS.match(spelled.strip().lower())
-    if not m:
-        return spelled.strip().lower(), [], ""
-    args = [a.strip() for a in (m.group(2) or "").split(",") if a.strip()]
-    return m.group(1).strip(), args, m.group(3).strip()
+    text = " ".join(spelled.strip().lower().split())
+    if "(" not in text:
+        for tail in (" without time zone", " with time zone"):
+            if text.endswith(tail):
+                return text.removesuffix(tail), [], tail.strip()
+        return text, [], ""
+    base, _, rest = text.partition("(")
+    inner, _, tail = rest.partition(")")
+    return base.strip(), [a.strip() for a in inner.split(",") if a.strip()], tail.strip()
 
 
 def _num(args: list[str], i: int, default: int | None) -> int | None:
@@ -439,7 +440,8 @@ def _datetime_text(value: dt.datetime, t: SqlType) -> str:
 # --- values: pyodbc -> Postgres -------------------------------------------------------------
 
 _DTO = re.compile(
-    r"^(\d{4}-\d{2}-\d{2})[ T](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,7}))?\s*(?:([+-])(\d{2}):(\d{2})|Z)$"
+    r"^(\d{4}-\d{2}-\d{2})[ T](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,7}))?"
+    r"\s*(?:([+-])(\d{2}):(\d{2})|Z)$"
 )
 
 

@@ -42,21 +42,26 @@ def _obj(names: list[str], alias: str, cols: list[str]) -> str:
 
 @dataclass(frozen=True)
 class PgLinkSql:
-    read_rows: str  # $1 jsonb keys -> (row|null, key) in sink names + skey in source names
+    read_rows: str  # $1 jsonb keys -> (row|null, key) in sink names, skey in source names, img
     upsert: str  # $1 jsonb array of rows in sink names
     delete: str  # $1 jsonb array of keys in sink names
     truncate: str
+    state_read: str  # $1 jsonb sink keys, $2 link -> (ka, cur image, last image), two-way only
 
 
 def render(shape: LinkShape, source: str, sink: str) -> PgLinkSql:
     src_keys, dst_keys = shape.key_cols(source), shape.key_cols(sink)
     src_cols, dst_cols = shape.cols(source), shape.cols(sink)
     join = " and ".join(f"t.{_q(s)} = k.{_q(s)}" for s in src_keys)
+    two_way = shape.link.direction == "both"
+    a_cols = shape.cols("a")
+    img = (f"case when t.{_q(src_keys[0])} is null then null "
+           f"else {_obj(a_cols, 't', src_cols)} end" if two_way else "null::jsonb")
     read_rows = (
         f"select case when t.{_q(src_keys[0])} is null then null "
         f"else {_obj(dst_cols, 't', src_cols)} end as row, "
         f"{_obj(dst_keys, 'k', src_keys)} as key, "
-        f"{_obj(src_keys, 'k', src_keys)} as skey "
+        f"{_obj(src_keys, 'k', src_keys)} as skey, {img} as img "
         f"from jsonb_to_recordset($1::jsonb) as k({_coldefs(shape, source)}) "
         f"left join {_table(shape, source)} t on {join}"
     )
@@ -81,4 +86,20 @@ def render(shape: LinkShape, source: str, sink: str) -> PgLinkSql:
         f"delete from {sink_table} t using jsonb_to_recordset($1::jsonb) "
         f"as k({_coldefs(shape, sink)}) where {del_join}"
     )
-    return PgLinkSql(read_rows, upsert, delete, f"delete from {sink_table}")
+    return PgLinkSql(read_rows, upsert, delete, f"delete from {sink_table}",
+                     _state_read(shape, sink))
+
+
+def _state_read(shape: LinkShape, sink: str) -> str:
+    """The sink's current rows and last-synced images, both named as on side a."""
+    keys, a_keys = shape.key_cols(sink), shape.key_cols("a")
+    join = " and ".join(f"t.{_q(c)} = k.{_q(c)}" for c in keys)
+    ka = _obj(a_keys, "k", keys)
+    return (
+        f"select {ka}::text as ka, case when t.{_q(keys[0])} is null then null "
+        f"else {_obj(shape.cols('a'), 't', shape.cols(sink))} end::text as cur, "
+        f"rs.image::text as last "
+        f"from jsonb_to_recordset($1::jsonb) as k({_coldefs(shape, sink)}) "
+        f"left join {_table(shape, sink)} t on {join} "
+        f"left join sync.row_state rs on rs.link = $2 and rs.key = {ka}"
+    )

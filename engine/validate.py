@@ -33,9 +33,9 @@ def type_checker(config: Config, link: Link):
     db = config.peers[link.b.peer].dialect
     if da == db == "postgres":
         return catalog.compatible
-    from .mssql_types import compatible as cross
+    from .mssql_types import type_checker as cross
 
-    return lambda ta, tb: cross(da, ta, db, tb)
+    return cross(da, db)
 
 
 def shapes(config: Config, links: list[str] | None = None) -> dict[str, LinkShape]:

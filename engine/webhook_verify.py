@@ -5,7 +5,7 @@ Every check runs on the raw body before it is parsed, and every comparison is
 anything. Provider schemes (verified against their docs, see docs/webhooks.md):
 
 - shopify:   X-Shopify-Hmac-Sha256 = base64(HMAC-SHA256(secret, body));
-             id X-Shopify-Webhook-Id (same on every retry), topic X-Shopify-Topic.
+             id X-Shopify-Event-Id (same on every retry), topic X-Shopify-Topic.
 - thinkific: X-Thinkific-Hmac-Sha256 = hex(HMAC-SHA256(secret, body)), keyed with
              the site's API key or the app's client secret; id and
              resource.action come from the (signed) body.
@@ -48,9 +48,8 @@ class EventError(ValueError):
 
 
 def standard_key(secret: str) -> bytes:
-    """The HMAC key of a Standard Webhooks secret `whsec_<base64>`."""
-    if not secret.startswith("whsec_"):
-        raise ValueError("not a whsec_ secret")
+    """The HMAC key of a Standard Webhooks secret `whsec_<base64>` (prefix optional, as in
+    the reference libraries)."""
     try:
         return base64.b64decode(secret.removeprefix("whsec_"), validate=True)
     except binascii.Error:
@@ -145,10 +144,13 @@ def identify(source: Source, headers: Mapping[str, str], body: bytes,
     """(event id, topic) of a verified event; EventError naming what is missing."""
     p = source.provider
     if p == "shopify":
-        event_id = headers.get("x-shopify-webhook-id") or headers.get("x-shopify-event-id")
+        # Shopify's dedupe guide names X-Shopify-Event-Id (same on every retry); the
+        # webhook id is a fallback. Scoped by topic: one event may feed several topics.
+        event_id = headers.get("x-shopify-event-id") or headers.get("x-shopify-webhook-id")
         topic = headers.get("x-shopify-topic")
         if not topic:
             raise EventError("missing X-Shopify-Topic header", "X-Shopify-Topic")
+        event_id = f"{topic}:{event_id}" if event_id else None
     elif p == "thinkific":
         event_id = _text(parsed.get("id"))
         resource, action = parsed.get("resource"), parsed.get("action")

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 from configparser import ConfigParser
 from importlib import resources
 
 from rigs import link, make_rig
-
 from syncbridge.bridge.rig import wait_until
 
 
@@ -21,10 +21,8 @@ def test_bridge_sends_ready_and_watchdog(new_db, tmp_path):
     got: list[str] = []
 
     def received(word: str) -> bool:
-        try:
+        with contextlib.suppress(TimeoutError):
             got.append(sock.recv(4096).decode())
-        except TimeoutError:
-            pass
         return any(word in m for m in got)
 
     try:

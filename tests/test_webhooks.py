@@ -333,3 +333,55 @@ def test_app_role_needs_only_the_documented_grants(hub):
         with psycopg.connect(hub, autocommit=True) as conn:
             conn.execute(f"drop owned by {role}")
             conn.execute(f"drop role {role}")
+
+
+def test_crash_between_sink_and_hub_commit_replays_harmlessly(new_db, hub, monkeypatch):
+    """The sink committed, the hub did not (crash): the rerun applies the same state
+    again and empties the queue; the older version of row 1 is now stale, not applied."""
+    from syncbridge.engine import webhook_apply
+
+    portal = new_db("portal")
+    migrate(portal)
+    config = make_config(hub, extra_peers={"portal": portal}, side_peer="portal")
+    with live_server(config) as url:
+        for i, hour in ((1, 10), (1, 11), (2, 10)):
+            body, headers = signed("gh", record(pid=i, hour=hour), event_id=f"c{i}{hour}")
+            assert post(url, "gh", body, headers).status_code == 202
+    real_finish = webhook_apply._finish
+
+    async def crash(*args):
+        raise ConnectionResetError("hub connection lost before commit")
+    monkeypatch.setattr(webhook_apply, "_finish", crash)
+    with pytest.raises(ConnectionResetError):
+        drain(config, {"portal": portal})
+    assert queue_rows(hub) == 3 and set(patients(portal)) == {1, 2}  # sink committed
+    monkeypatch.setattr(webhook_apply, "_finish", real_finish)
+    assert drain(config, {"portal": portal}) == 3
+    assert queue_rows(hub) == 0
+    assert patients(portal)[1][2].hour == 11
+    with psycopg.connect(hub) as conn:
+        assert conn.execute("select applied, stale_events from sync.webhook_status "
+                            "where source = 'gh'").fetchone() == (2, 1)
+
+
+def test_concurrent_drains_never_apply_an_event_twice(server, hub):
+    url, config = server
+    with httpx.Client(base_url=url) as client:
+        for i in range(60):
+            body, headers = signed("gh", record(pid=i), event_id=f"p{i}")
+            assert client.post("/webhooks/gh", content=body, headers=headers).status_code == 202
+
+    async def run() -> list[int]:
+        pool = await asyncpg.create_pool(hub, min_size=4, max_size=4)
+        try:
+            async def worker() -> int:
+                total = 0
+                while n := await drain_webhook_events(pool, {"hub": pool}, config,
+                                                      batch_size=7):
+                    total += n
+                return total
+            return await asyncio.gather(*(worker() for _ in range(3)))
+        finally:
+            await pool.close()
+    assert sum(asyncio.run(run())) == 60
+    assert len(patients(hub)) == 60 and queue_rows(hub) == 0

@@ -5,14 +5,15 @@
 
 create schema if not exists sync;
 
--- Key signals written by capture triggers (op K = key changed, T = truncate)
--- and by the webhook app (op W = event to apply). A row is claimed by setting
+-- Key signals written by capture triggers (op K = key changed, T = truncate),
+-- by conflict resolution (op R = send this side's row, it won) and by the
+-- webhook app (op W = event to apply). A row is claimed by setting
 -- batch_id, and deleted only after the sink committed that batch.
 create table sync.queue (
     id          bigint generated always as identity primary key,
     link        text not null,
     side        char(1) not null check (side in ('a', 'b')),
-    op          char(1) not null default 'K' check (op in ('K', 'T', 'W')),
+    op          char(1) not null default 'K' check (op in ('K', 'T', 'R', 'W')),
     key         jsonb,
     origin      text,
     enqueued_at timestamptz not null default clock_timestamp(),
@@ -38,9 +39,42 @@ create table sync.applied_batches (
     upserts     int not null,
     deletes     int not null,
     dead        jsonb not null default '[]',
+    synced      jsonb not null default '[]',
+    conflicts   jsonb not null default '[]',
+    truncated   boolean not null default false,
     applied_at  timestamptz not null default clock_timestamp()
 );
 create index applied_batches_link on sync.applied_batches (link, applied_at);
+
+-- Two-way links: each row's image as last synced, keyed and named as on side
+-- a, kept on both peers. A sink row that differs from it changed since the
+-- last sync; if the incoming row differs too, that is a conflict.
+create table sync.row_state (
+    link    text not null,
+    key     jsonb not null,
+    image   jsonb,
+    primary key (link, key)
+);
+
+-- Hub: conflicts on two-way links, with both images and the last-synced one.
+-- status: open (manual, waiting), resolving (an operator chose), resolved.
+create table sync.conflicts (
+    id          bigint generated always as identity primary key,
+    link        text not null,
+    key         jsonb not null,
+    a_image     jsonb,
+    b_image     jsonb,
+    last_image  jsonb,
+    policy      text not null,
+    winner      char(1) check (winner in ('a', 'b')),
+    status      text not null check (status in ('open', 'resolving', 'resolved')),
+    detected_at timestamptz not null default clock_timestamp(),
+    resolved_at timestamptz,
+    resolved_by text,
+    batch_id    uuid not null
+);
+create unique index conflicts_open on sync.conflicts (link, key) where status <> 'resolved';
+create index conflicts_batch on sync.conflicts (batch_id);
 
 -- Hub: one row per link and direction, refreshed by the bridge.
 create table sync.link_state (
@@ -107,7 +141,10 @@ select s.link,
        s.last_error,
        s.last_error_at,
        clock_timestamp() - s.sampled_at as sampled_ago,
-       (select max(b.heartbeat) from sync.bridges b where b.role = 'active') as bridge_heartbeat
+       (select max(b.heartbeat) from sync.bridges b where b.role = 'active') as bridge_heartbeat,
+       (select count(*) from sync.conflicts c
+         where c.link = s.link and c.status <> 'resolved') as open_conflicts,
+       (select count(*) from sync.conflicts c where c.link = s.link) as conflicts_total
   from sync.link_state s
  order by s.link, s.source_side;
 
@@ -127,4 +164,23 @@ as $$
         returning 1
     )
     select count(*)::integer from r
+$$;
+
+-- Operator: settle a manual conflict. The bridge then sends the winner's
+-- current row to the other side (a forced signal, no second conflict check).
+create function sync.resolve_conflict(p_id bigint, p_winner text)
+returns void
+language plpgsql
+as $$
+begin
+    if p_winner not in ('a', 'b') then
+        raise exception 'winner must be ''a'' or ''b'', not %', p_winner;
+    end if;
+    update sync.conflicts
+       set status = 'resolving', winner = p_winner, resolved_by = current_user
+     where id = p_id and status = 'open';
+    if not found then
+        raise exception 'conflict % is not open', p_id;
+    end if;
+end
 $$;

@@ -118,6 +118,15 @@ as $body$
     select count(*) from gone;
 $body$;
 
+-- SECURITY DEFINER functions run as their owner: only roles granted EXECUTE
+-- may call them (Postgres grants EXECUTE to PUBLIC by default). The webhook
+-- app's role needs: grant usage on schema sync; grant execute on
+-- function sync.enqueue_webhook_v1(text, text, text, text, char, jsonb, jsonb).
+revoke execute on function sync.enqueue_webhook_v1(text, text, text, text, char, jsonb, jsonb)
+    from public;
+revoke execute on function sync.retry_webhook_v1(text, text) from public;
+revoke execute on function sync.prune_webhook_events_v1(interval) from public;
+
 -- Per source: what is waiting, how old it is, and what became of the rest.
 create view sync.webhook_status as
 with sources as (
@@ -136,7 +145,7 @@ select s.source,
        coalesce(c.stale, 0) as stale_events,
        coalesce(c.duplicates, 0) as duplicates,
        (select count(*) from sync.dead_letter d
-         where d.key ->> 'source' = s.source and d.status <> 'closed') as dead_letters,
+         where d.key ? 'event_id' and d.key ->> 'source' = s.source and d.status <> 'closed') as dead_letters,
        c.last_applied_at,
        c.last_duplicate_at
   from sources s

@@ -29,11 +29,13 @@ select id, op, key::text as key, attempts from sync.queue where batch_id = $1 or
 delete from sync.queue where batch_id = $1
 
 -- name: defer_keys
--- Give signals of keys the sink could not take yet back to the queue, with backoff.
+-- Give signals of keys the sink could not take yet ($2: the batch's problems) back, later.
 update sync.queue
    set batch_id = null, attempts = attempts + 1,
        retry_at = clock_timestamp() + make_interval(secs => least(60, $3 * power(2, attempts)))
- where batch_id = $1 and key = any($2::jsonb[])
+ where batch_id = $1
+   and key in (select e -> 'key' from jsonb_array_elements($2::jsonb) e
+                where (e ->> 'defer')::boolean)
 
 -- name: queue_depth
 -- Queued signals of one link side and the age of the oldest (lag).
@@ -46,12 +48,14 @@ select set_config('syncbridge.origin', $1, true)
 
 -- name: batch_record
 -- The sink's record of an applied batch (null when not applied).
-select dead::text from sync.applied_batches where batch_id = $1
+select dead::text as dead, synced::text as synced, conflicts::text as conflicts, truncated
+  from sync.applied_batches where batch_id = $1
 
 -- name: record_batch
 -- Written in the same sink transaction as the batch's rows.
-insert into sync.applied_batches (batch_id, link, source_side, signals, upserts, deletes, dead)
-values ($1, $2, $3, $4, $5, $6, $7::jsonb)
+insert into sync.applied_batches
+       (batch_id, link, source_side, signals, upserts, deletes, dead, synced, conflicts, truncated)
+values ($1, $2, $3, $4, $5, $6, $7::jsonb, $8::jsonb, $9::jsonb, $10)
 
 -- name: prune_applied
 -- Keep a week of applied-batch records on the sink.
@@ -85,9 +89,10 @@ on conflict (link, source_side) do update
        last_error_at = excluded.last_error_at
 
 -- name: dead_letter
--- Hub: park a row the sink rejected (or refresh the existing entry).
+-- Hub: park the rows the sink rejected ($3: the batch's problems), or refresh their entries.
 insert into sync.dead_letter as d (link, source_side, key, error)
-values ($1, $2, $3::jsonb, $4)
+select $1, $2, e -> 'key', e ->> 'error' from jsonb_array_elements($3::jsonb) e
+ where not (e ->> 'defer')::boolean
 on conflict (link, source_side, key) do update
    set error = excluded.error, last_seen = clock_timestamp(),
        attempts = d.attempts + 1, status = 'open', closed_at = null
@@ -100,3 +105,44 @@ update sync.dead_letter set status = 'closed', closed_at = clock_timestamp()
 -- name: prune_apply_log
 -- Hub: keep a day of per-batch counts.
 delete from sync.apply_log where applied_at < clock_timestamp() - interval '1 day'
+
+-- name: state_write
+-- Two-way links: remember each row's image as last synced (null = absent).
+insert into sync.row_state (link, key, image)
+select $1, x.key, nullif(x.image, 'null'::jsonb)
+  from jsonb_to_recordset($2::jsonb) as x(key jsonb, image jsonb)
+on conflict (link, key) do update set image = excluded.image
+
+-- name: resignal
+-- Conflict won by the sink's row: send it back the other way, unchecked (op R).
+insert into sync.queue (link, side, op, key)
+select $1, $2, 'R', x from jsonb_array_elements($3::jsonb) as x
+
+-- name: record_conflict
+-- Hub: the conflicts ($4) found by batch $3; replays of the same batch add nothing.
+insert into sync.conflicts as c
+       (link, key, a_image, b_image, last_image, policy, winner, status,
+        resolved_at, resolved_by, batch_id)
+select $1, e -> 'key', nullif(e -> 'a', 'null'), nullif(e -> 'b', 'null'),
+       nullif(e -> 'last', 'null'), $2, e ->> 'winner',
+       case when e ->> 'winner' is null then 'open' else 'resolved' end,
+       case when e ->> 'winner' is not null then clock_timestamp() end,
+       case when e ->> 'winner' is not null then 'policy:' || $2 end, $3
+  from jsonb_array_elements($4::jsonb) e
+ where not exists (select 1 from sync.conflicts x where x.batch_id = $3 and x.key = e -> 'key')
+on conflict (link, key) where status <> 'resolved' do update
+   set a_image = excluded.a_image, b_image = excluded.b_image,
+       batch_id = excluded.batch_id, detected_at = clock_timestamp()
+
+-- name: resolving_conflicts
+-- Hub: conflicts an operator settled with sync.resolve_conflict(), to enact.
+select id, link, key::text as key, winner from sync.conflicts where status = 'resolving'
+
+-- name: conflict_resolved
+-- Hub: the winner's row has been signalled.
+update sync.conflicts set status = 'resolved', resolved_at = clock_timestamp()
+ where id = $1 and status = 'resolving'
+
+-- name: forget_state
+-- Two-way links: a truncated table has no last-synced rows any more.
+delete from sync.row_state where link = $1

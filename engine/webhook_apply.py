@@ -1,0 +1,200 @@
+"""Apply queued webhook events (sync.queue op 'W') to their mapped tables.
+
+The hub transaction that claims the events (FOR UPDATE SKIP LOCKED, id order)
+stays open while they are applied and commits the dead letters, the counters
+and the deletion of exactly the claimed ids. When the mapped table lives on
+the hub that is one transaction; on another peer the sink commits first, and
+a crash before the hub commit replays the batch, which is harmless because
+every apply is state-based: an upsert of the event's row, guarded by the
+version field, or a delete. Rows are written with
+`syncbridge.origin = webhook:<source>` so capture carries them onward.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+from psycopg import sql
+
+from .catalog import quote_qualified
+from .config import Config, Side
+from .errors import describe, is_row_error, is_transient, sqlstate
+from .sqlfiles import query
+from .webhook_config import TopicMap, WebhookConfig, parse_webhooks
+from .webhook_map import MappedEvent, map_event
+from .webhook_verify import EventError
+
+log = logging.getLogger("syncbridge.webhooks")
+
+BATCH_SIZE = 500  # events per hub transaction; locks are held while a remote sink applies
+Q = "queries/webhooks.sql"
+
+
+@dataclass
+class _Outcomes:
+    applied: Counter[str] = field(default_factory=Counter)  # by source
+    stale: Counter[str] = field(default_factory=Counter)
+    dead: list[tuple[asyncpg.Record, str]] = field(default_factory=list)  # (event, error)
+
+
+async def drain_webhook_events(hub: asyncpg.Pool, pools: dict[str, asyncpg.Pool],
+                               config: Config, batch_size: int = BATCH_SIZE) -> int:
+    """Apply one batch of webhook events; returns how many were processed (0 = none queued).
+
+    Transient errors (connection, deadlock) propagate with nothing committed
+    on the hub; the caller retries. An event that cannot be applied (no
+    mapping, missing field, bad value, constraint) goes to sync.dead_letter
+    and the rest of the batch still applies.
+    """
+    wh = parse_webhooks(config, secrets=False)
+    async with hub.acquire() as hconn, hconn.transaction():
+        events = await hconn.fetch(query(Q, "claim"), batch_size)
+        if not events:
+            return 0
+        out = _Outcomes()
+        by_peer: dict[str, list[tuple[asyncpg.Record, TopicMap, Side]]] = {}
+        for ev in events:
+            found = _route(wh, config, ev)
+            if isinstance(found, str):
+                out.dead.append((ev, found))
+            else:
+                by_peer.setdefault(found[1].peer, []).append((ev, *found))
+        for peer, group in by_peer.items():
+            if peer == config.hub:
+                await _apply_group(hconn, wh, group, out)
+            elif peer not in pools:
+                raise KeyError(f"drain_webhook_events needs a pool for peer {peer!r}")
+            else:
+                async with pools[peer].acquire() as sconn, sconn.transaction():
+                    await _apply_group(sconn, wh, group, out)
+        await _finish(hconn, events, out)
+    return len(events)
+
+
+def _route(wh: WebhookConfig, config: Config,
+           ev: asyncpg.Record) -> tuple[TopicMap, Side] | str:
+    """The topic map and table of a queued event, or why there is none."""
+    source = wh.sources.get(ev["source"])
+    link = config.links.get(ev["link"])
+    tmap = source.find(ev["topic"], ev["link"], ev["side"]) if source else None
+    if tmap is None or link is None:
+        return (f"no webhook mapping now for source {ev['source']!r} topic {ev['topic']!r} "
+                f"link {ev['link']!r} side {ev['side']!r}")
+    return tmap, link.side(ev["side"])
+
+
+async def _apply_group(conn: asyncpg.Connection, wh: WebhookConfig,
+                       group: list[tuple[asyncpg.Record, TopicMap, Side]],
+                       out: _Outcomes) -> None:
+    tables: dict[Side, set[str] | None] = {}
+    origin = None
+    for ev, tmap, side in group:
+        if side not in tables:
+            cols = await conn.fetch(query(Q, "columns"), quote_qualified(side))
+            tables[side] = {r[0] for r in cols} or None
+        try:
+            mapped = map_event(wh.sources[ev["source"]], tmap, json.loads(ev["payload"]))
+            _check_columns(side, tables[side], mapped)
+        except EventError as e:
+            out.dead.append((ev, str(e)))
+            continue
+        if origin != f"webhook:{ev['source']}":
+            # set outside the savepoint below, so a rolled-back event does not undo it
+            origin = f"webhook:{ev['source']}"
+            await conn.execute("select set_config('syncbridge.origin', $1, true)", origin)
+        try:
+            async with conn.transaction():  # a savepoint: one bad row never sinks the batch
+                fresh = await (_delete if mapped.delete else _upsert)(conn, side, tmap, mapped)
+        except asyncpg.PostgresError as e:
+            if is_transient(e) or not (is_row_error(e) or (sqlstate(e) or "").startswith("42")):
+                raise
+            out.dead.append((ev, f"{side.qualified}: {describe(e)}"))
+            continue
+        (out.applied if fresh else out.stale)[ev["source"]] += 1
+        if not fresh:
+            log.info("source=%s event=%s stale: %s has a newer row", ev["source"],
+                     ev["event_id"], side.qualified)
+
+
+def _check_columns(side: Side, columns: set[str] | None, mapped: MappedEvent) -> None:
+    if columns is None:
+        raise EventError(f"table {side.qualified} does not exist on peer {side.peer!r}")
+    missing = sorted(set(mapped.row) - columns)
+    if missing:
+        raise EventError(f"column {missing[0]!r} does not exist in {side.qualified} "
+                         f"on peer {side.peer!r}")
+
+
+def _ids(*names: str) -> sql.Composable:
+    return sql.SQL(", ").join(sql.Identifier(n) for n in names)
+
+
+async def _upsert(conn: asyncpg.Connection, side: Side, tmap: TopicMap,
+                  mapped: MappedEvent) -> bool:
+    """Insert or update the event's row; False when the stored row is newer (stale)."""
+    table = sql.Identifier(side.schema, side.table)
+    cols = list(mapped.row)
+    rest = [c for c in cols if c not in mapped.key] or list(mapped.key)[:1]
+    guard = sql.SQL("")
+    if tmap.version:
+        v = sql.Identifier(tmap.column_of(tmap.version))
+        guard = sql.SQL(" where cur.{v} is null or cur.{v} <= excluded.{v}").format(v=v)
+    stmt = sql.SQL(
+        "insert into {t} as cur ({cols}) select {cols} from jsonb_populate_record(null::{t}, $1)"
+        " on conflict ({keys}) do update set {sets}{guard} returning 1"
+    ).format(t=table, cols=_ids(*cols), keys=_ids(*mapped.key), guard=guard,
+             sets=sql.SQL(", ").join(sql.SQL("{c} = excluded.{c}").format(c=sql.Identifier(c))
+                                     for c in rest))
+    return await conn.fetchval(stmt.as_string(), json.dumps(mapped.row)) is not None
+
+
+async def _delete(conn: asyncpg.Connection, side: Side, tmap: TopicMap,
+                  mapped: MappedEvent) -> bool:
+    """Delete the event's row; False when a newer version of it is stored (stale)."""
+    table = sql.Identifier(side.schema, side.table)
+    match = sql.SQL(" and ").join(sql.SQL("cur.{c} = ev.{c}").format(c=sql.Identifier(c))
+                                  for c in mapped.key)
+    guard = sql.SQL("")
+    if tmap.version:
+        v = sql.Identifier(tmap.column_of(tmap.version))
+        guard = sql.SQL(" and (ev.{v} is null or cur.{v} is null or cur.{v} <= ev.{v})").format(
+            v=v)
+    stmt = sql.SQL(
+        "with ev as (select * from jsonb_populate_record(null::{t}, $1)),"
+        " gone as (delete from {t} as cur using ev where {match}{guard} returning 1)"
+        " select (select count(*) from gone) = 0"
+        " and exists (select 1 from {t} as cur, ev where {match})"
+    ).format(t=table, match=match, guard=guard)
+    return not await conn.fetchval(stmt.as_string(), json.dumps(mapped.row))
+
+
+async def _finish(hconn: asyncpg.Connection, events: list[asyncpg.Record],
+                  out: _Outcomes) -> None:
+    """Dead letters, counters and the claimed rows' deletion, in the hub transaction."""
+    if out.dead:
+        cols: list[list[Any]] = [[], [], [], [], [], []]
+        for ev, error in out.dead:
+            for col, value in zip(cols, (ev["link"], ev["side"], ev["source"], ev["event_id"],
+                                         error, ev["payload"]), strict=True):
+                col.append(value)
+            # the error may quote row values (PII): it goes to sync.dead_letter, not the log
+            log.warning("source=%s event=%s dead-lettered, see sync.dead_letter", ev["source"],
+                        ev["event_id"])
+        await hconn.execute(query(Q, "dead_letter"), *cols)
+    dead = Counter(ev["source"] for ev, _ in out.dead)
+    sources = sorted(set(out.applied) | set(out.stale) | set(dead))
+    await hconn.execute(query(Q, "count"), sources, [out.applied[s] for s in sources],
+                        [out.stale[s] for s in sources], [dead[s] for s in sources])
+    await hconn.execute(query(Q, "delete_claimed"), [ev["id"] for ev in events])
+
+
+async def prune_webhook_events(hub: asyncpg.Pool, config: Config) -> int:
+    """Forget dedupe records past [webhooks] retention_days; call it hourly or so."""
+    days = parse_webhooks(config, secrets=False).retention_days
+    async with hub.acquire() as conn:
+        return await conn.fetchval(query(Q, "prune"), days)

@@ -1,0 +1,188 @@
+-- T-SQL the bridge sends to a SQL Server peer: change tracking setup, the
+-- snapshot read of changes, the set-based apply and its bookkeeping.
+-- Rendered by engine/mssql_sql.py: {placeholders} are filled only with
+-- bracket-quoted identifiers (qi(): ']' doubled), validated type names, or
+-- lists built from them; every value travels as a `?` parameter. Every
+-- statement ends with ';' (WITH CHANGE_TRACKING_CONTEXT needs it before).
+-- Facts and forms follow /work/shared/reference/sqlserver.md (§ numbers below).
+
+-- name: db_ct_state
+-- §1.1: one row when change tracking is on for the current database (no row also when the login lacks VIEW ANY DATABASE).
+SELECT is_auto_cleanup_on, retention_period, retention_period_units_desc
+  FROM sys.change_tracking_databases WHERE database_id = DB_ID();
+
+-- name: db_snapshot_state
+-- §1.1: 'ON' when snapshot isolation is allowed (the CT read needs it, Msg 3952 otherwise).
+SELECT snapshot_isolation_state_desc FROM sys.databases WHERE database_id = DB_ID();
+
+-- name: db_name
+-- The current database, for ALTER DATABASE (which cannot take a parameter).
+SELECT DB_NAME();
+
+-- name: table_ct_state
+-- §1.1: one row when change tracking is on for the table; param: bracket-quoted schema.table.
+SELECT is_track_columns_updated_on, min_valid_version, begin_version, cleanup_version
+  FROM sys.change_tracking_tables WHERE object_id = OBJECT_ID(?);
+
+-- name: table_pk
+-- §1.1: one row when the table has a primary key (CT refuses a table without one, Msg 4997).
+SELECT 1 FROM sys.key_constraints WHERE parent_object_id = OBJECT_ID(?) AND type = 'PK';
+
+-- name: enable_db_snapshot
+-- §1.1: autocommit only (Msg 226 inside a transaction); needs ALTER on the database.
+ALTER DATABASE {db} SET ALLOW_SNAPSHOT_ISOLATION ON;
+
+-- name: enable_db_ct
+-- §1.1: autocommit only; retention must exceed the longest gap between syncs, downtime included.
+ALTER DATABASE {db} SET CHANGE_TRACKING = ON (CHANGE_RETENTION = {retention} {unit}, AUTO_CLEANUP = ON);
+
+-- name: enable_table_ct
+-- §1.1: needs ALTER on the table. Column tracking stays OFF: state-based sync never reads the mask.
+ALTER TABLE {table} ENABLE CHANGE_TRACKING WITH (TRACK_COLUMNS_UPDATED = OFF);
+
+-- name: disable_table_ct
+-- §1.1: every table first, then the database.
+ALTER TABLE {table} DISABLE CHANGE_TRACKING;
+
+-- name: disable_db_ct
+-- §1.1: autocommit only; fails while any table still has change tracking on.
+ALTER DATABASE {db} SET CHANGE_TRACKING = OFF;
+
+-- name: versions
+-- §1.4: inside the snapshot, after db_identity (a table read opens it); NULL min_v = not tracked or no permission.
+SELECT CHANGE_TRACKING_CURRENT_VERSION() AS cur_v,
+       CHANGE_TRACKING_MIN_VALID_VERSION(OBJECT_ID(?)) AS min_v;
+
+-- name: poll
+-- §1.4: the idle poll; equal to the stored cursor means nothing new.
+SELECT CHANGE_TRACKING_CURRENT_VERSION();
+
+-- name: changes
+-- §1.4/§1.5: net changes since @last joined to current values; LEFT JOIN keeps deletes; own writes filtered by context.
+SET NOCOUNT ON;
+DECLARE @last bigint = ?, @ctx varbinary(128) = ?;
+SELECT ct.SYS_CHANGE_VERSION, ct.SYS_CHANGE_OPERATION,
+       CASE WHEN t.{present} IS NULL THEN 0 ELSE 1 END AS sb_present,
+       {select_list}
+  FROM CHANGETABLE(CHANGES {table}, @last) AS ct
+  LEFT OUTER JOIN {table} AS t ON {join}
+ WHERE ct.SYS_CHANGE_CONTEXT IS NULL OR ct.SYS_CHANGE_CONTEXT <> @ctx;
+
+-- name: keys_first_page
+-- Resync: the first page of keys (or rows) in key order; keyset pagination, never OFFSET.
+SET NOCOUNT ON;
+DECLARE @n int = ?;
+SELECT TOP (@n) {select_list}
+  FROM {table} AS t
+ ORDER BY {order};
+
+-- name: keys_next_page
+-- Resync: the page after the last key seen; the predicate is a row comparison spelled out (T-SQL has no tuple >).
+SET NOCOUNT ON;
+DECLARE @n int = ?, {key_vars};
+SELECT TOP (@n) {select_list}
+  FROM {table} AS t
+ WHERE {after}
+ ORDER BY {order};
+
+-- name: rows_for_keys
+-- Current rows for a JSON array of keys (conflict checks, repair); absent keys simply return no row.
+SET NOCOUNT ON;
+DECLARE @keys nvarchar(max) = ?;
+SELECT {select_list}
+  FROM {table} AS t
+  JOIN OPENJSON(@keys) WITH ({json_keys}) AS k ON {key_join};
+
+-- name: apply_prologue
+-- §2.1: parameters of the apply batch; XACT_ABORT makes any run-time error roll back all of it.
+SET NOCOUNT ON; SET XACT_ABORT ON;
+DECLARE @ctx varbinary(128) = ?, @rows nvarchar(max) = ?, @dels nvarchar(max) = ?,
+        @batch uniqueidentifier = ?, @link nvarchar(128) = ?, @source_side nchar(1) = ?,
+        @signals int = ?, @version bigint = ?, @db_identity nvarchar(64) = ?;
+DECLARE @u int = 0, @i int = 0, @d int = 0;
+
+-- name: apply_stage
+-- §2.1: the rows to upsert, typed and deduplicated by the primary key (a duplicate key fails the batch).
+DECLARE @src TABLE ({src_columns}, PRIMARY KEY ({src_keys}));
+INSERT @src ({src_names})
+SELECT {stage_select}
+  FROM OPENJSON(@rows) WITH ({json_columns});
+
+-- name: apply_update
+-- §2.1: existing rows take the new values; UPDLOCK, SERIALIZABLE hold the keys until commit.
+WITH CHANGE_TRACKING_CONTEXT (@ctx)
+UPDATE t SET {set_list}
+  FROM {table} AS t WITH (UPDLOCK, SERIALIZABLE) JOIN @src AS s ON {join};
+SET @u = @@ROWCOUNT;
+
+-- name: apply_insert
+-- §2.1: missing rows are inserted; the range lock closes the race with a concurrent writer (Msg 2627).
+WITH CHANGE_TRACKING_CONTEXT (@ctx)
+INSERT {table} ({target_cols})
+SELECT {source_cols} FROM @src AS s
+ WHERE NOT EXISTS (SELECT 1 FROM {table} AS t WITH (UPDLOCK, SERIALIZABLE) WHERE {join});
+SET @i = @@ROWCOUNT;
+
+-- name: identity_on
+-- §3: explicit values for an IDENTITY key; one table per session, turned OFF in the same batch.
+SET IDENTITY_INSERT {table} ON;
+
+-- name: identity_off
+-- §3: always paired with identity_on.
+SET IDENTITY_INSERT {table} OFF;
+
+-- name: apply_delete
+-- §2.1: keys whose source row is gone; unknown keys delete nothing.
+WITH CHANGE_TRACKING_CONTEXT (@ctx)
+DELETE t FROM {table} AS t
+  JOIN OPENJSON(@dels) WITH ({json_keys}) AS k ON {key_join};
+SET @d = @@ROWCOUNT;
+
+-- name: apply_cursor
+-- The CT cursor of a SQL Server source stored in this sink, in the same transaction as the rows.
+UPDATE [sync].[ct_cursor] WITH (UPDLOCK, SERIALIZABLE)
+   SET version = @version, db_identity = @db_identity, updated_at = SYSUTCDATETIME()
+ WHERE link = @link AND source_side = @source_side;
+INSERT [sync].[ct_cursor] (link, source_side, version, db_identity, updated_at)
+SELECT @link, @source_side, @version, @db_identity, SYSUTCDATETIME()
+ WHERE NOT EXISTS (SELECT 1 FROM [sync].[ct_cursor] WITH (UPDLOCK, SERIALIZABLE)
+                    WHERE link = @link AND source_side = @source_side);
+
+-- name: apply_record
+-- The applied-batch record (a replayed batch id fails on the primary key and rolls everything back).
+INSERT [sync].[applied_batches] (batch_id, link, source_side, signals, upserts, deletes)
+VALUES (@batch, @link, @source_side, @signals, @u + @i, @d);
+
+-- name: apply_counts
+-- §2.3: counts come from a final SELECT (rowcount is -1 under NOCOUNT); must stay the last statement.
+SELECT @u AS updated, @i AS inserted, @d AS deleted;
+
+-- name: applied
+-- Was this batch applied already (checked before applying, pgq remoteconsumer style)?
+SELECT 1 FROM [sync].[applied_batches] WHERE batch_id = ?;
+
+-- name: cursor_read
+-- The stored CT cursor of a SQL Server source whose sink is this SQL Server peer.
+SELECT version, db_identity FROM [sync].[ct_cursor] WHERE link = ? AND source_side = ?;
+
+-- name: db_identity
+-- §1.3: this database's identity (restore: UPDATE [sync].[db_identity] SET id = NEWID();); also opens the CT snapshot.
+SELECT TOP (1) CONVERT(nvarchar(36), id) FROM [sync].[db_identity] ORDER BY created_at DESC;
+
+-- name: table_columns
+-- Catalog of one table (computed and rowversion columns excluded: they cannot be written).
+SELECT c.name, ty.name AS type_name, c.max_length, c.precision, c.scale, c.is_nullable,
+       c.collation_name, c.is_identity
+  FROM sys.columns AS c
+  JOIN sys.types AS ty ON ty.user_type_id = c.system_type_id
+ WHERE c.object_id = OBJECT_ID(?) AND c.is_computed = 0 AND ty.name <> N'timestamp'
+ ORDER BY c.column_id;
+
+-- name: table_pk_columns
+-- Primary key columns of one table in key order.
+SELECT c.name
+  FROM sys.indexes AS i
+  JOIN sys.index_columns AS ic ON ic.object_id = i.object_id AND ic.index_id = i.index_id
+  JOIN sys.columns AS c ON c.object_id = ic.object_id AND c.column_id = ic.column_id
+ WHERE i.object_id = OBJECT_ID(?) AND i.is_primary_key = 1
+ ORDER BY ic.key_ordinal;
