@@ -134,7 +134,8 @@ def test_busy_non_conflicting_edits_make_no_conflicts(new_db, tmp_path):
         # one key edited on alternating sides, each edit after the last one synced
         for i, side in enumerate("abababab"):
             rig.execute(side, "update people set phone = %s where id = 1", (f"turn{i}",))
-            wait_until(lambda i=i: _phones(rig, "a" if side == "b" else "b").get(1) == f"turn{i}",
+            other = "a" if side == "b" else "b"
+            wait_until(lambda i=i, o=other: _phones(rig, o).get(1) == f"turn{i}",
                        20, "the edit to cross")
         rig.wait_drained()
         assert rig.query("a", "select count(*) from sync.conflicts") == [(0,)]
