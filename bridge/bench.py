@@ -75,6 +75,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overhead-seconds", type=int, default=5, help="each pgbench run")
     p.add_argument("--runs", type=int, default=1, help="repeat and report the median")
     p.add_argument("--no-notify", action="store_true", help="link with NOTIFY off (polling)")
+    p.add_argument("--durable", action="store_true",
+                   help="embedded server with fsync and synchronous_commit on (default: off)")
 
 
 class Bench:
@@ -275,7 +277,7 @@ def main(args: argparse.Namespace) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="syncbridge-bench-"))
     pg = None
     if not (args.dsn_a and args.dsn_b):
-        pg = EmbeddedPostgres(workdir / "pg").start()
+        pg = EmbeddedPostgres(workdir / "pg", durable=args.durable).start()
         with psycopg.connect(pg.dsn(), autocommit=True) as c:
             c.execute("create database bench_a")
             c.execute("create database bench_b")

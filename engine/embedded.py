@@ -58,10 +58,13 @@ def _open_up(path: Path) -> None:
 class EmbeddedPostgres:
     """initdb + pg_ctl on a private data directory, listening on 127.0.0.1:port."""
 
-    def __init__(self, base: Path | None = None, port: int | None = None) -> None:
+    def __init__(self, base: Path | None = None, port: int | None = None,
+                 durable: bool = False) -> None:
+        """durable=False (tests, demo) turns fsync off: fast, and fine for data we discard."""
         self.base = Path(base or tempfile.mkdtemp(prefix="syncbridge-pg-"))
         self.data = self.base / "data"
         self.port = port or _free_port()
+        self.durable = durable
         self._kw = _as_user()
 
     def dsn(self, database: str = "postgres") -> str:
@@ -88,8 +91,9 @@ class EmbeddedPostgres:
         return self
 
     def _ctl_start(self) -> None:
-        opts = (f"-p {self.port} -h 127.0.0.1 -k '' -c fsync=off -c synchronous_commit=off "
-                "-c full_page_writes=off -c max_connections=200 -c shared_buffers=256MB")
+        opts = f"-p {self.port} -h 127.0.0.1 -k '' -c max_connections=200 -c shared_buffers=256MB"
+        if not self.durable:
+            opts += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
         try:
             self._run(self._bin("pg_ctl"), "-D", str(self.data), "-w", "-t", "60",
                       "-l", str(self.data / "server.log"), "-o", opts, "start", timeout=90)
