@@ -46,13 +46,19 @@ def _as_user() -> dict:
     return {"user": SYSTEM_USER}
 
 
-def _open_up(path: Path) -> None:
-    """Let the unprivileged server user traverse the path and run the binaries."""
-    for parent in [path, *path.parents]:
-        parent.chmod(parent.stat().st_mode | 0o055)
-    for p in POSTGRES_BIN_PATH.parent.rglob("*"):
-        if p.is_dir() or p.parent.name == "bin":
-            p.chmod(p.stat().st_mode | 0o055)
+def _open_up(base: Path) -> None:
+    """Let the unprivileged server user reach its data directory and the binaries.
+
+    Ancestors get search permission only (o+x: traversable, not listable); that
+    matters under root, where pyenv keeps the wheel below /root (mode 0700).
+    """
+    install = POSTGRES_BIN_PATH.parent
+    for parent in {*base.parents, *install.parents}:
+        parent.chmod(parent.stat().st_mode | 0o011)
+    base.chmod(base.stat().st_mode | 0o055)
+    for p in [install, *install.rglob("*")]:
+        extra = 0o055 if p.is_dir() or p.parent.name == "bin" else 0o044
+        p.chmod(p.stat().st_mode | extra)
 
 
 class EmbeddedPostgres:
