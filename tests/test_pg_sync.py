@@ -124,3 +124,20 @@ def test_many_updates_to_one_key_end_with_the_last(rig):
     rig.wait_drained()
     rig.wait_equal({"things": ["id"]})
     assert rig.rows("b", "things", ["id"])[0][5] == 300
+
+
+def test_application_role_needs_no_grant_on_the_queue(rig):
+    rig.execute("a", "drop role if exists clinic_app; create role clinic_app login; "
+                     "grant usage on schema public to clinic_app; "
+                     "grant select, insert, update, delete on things to clinic_app")
+    try:
+        with psycopg.connect(rig.dsn["a"], autocommit=True) as c:
+            c.execute("set role clinic_app")
+            c.execute("insert into things (id, label) values "
+                      "('6f1c0a52-8d0e-4a55-b7d6-2d9e9c1b0042', 'by the app')")
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                c.execute("select count(*) from sync.queue")
+        rig.wait_equal({"things": ["id"]})
+        assert rig.rows("b", "things", ["id"])[0][1] == "by the app"
+    finally:
+        rig.execute("a", "drop owned by clinic_app; drop role clinic_app")
