@@ -281,7 +281,11 @@ class Bridge:
         exc = state.outcome.exception()
         log.warning("event=retry target=%s attempt=%d error=%s", name,
                     state.attempt_number, errors.describe(exc))
-        asyncio.get_running_loop().create_task(self._report_error(name, exc))
+        loop = asyncio.get_running_loop()
+        if errors.is_connection_error(exc):
+            for pool in self.pools.values():  # none of the old connections is reused
+                loop.create_task(pool.expire_connections())
+        loop.create_task(self._report_error(name, exc))
 
     async def _report_error(self, name: str, exc: BaseException) -> None:
         link, _, rest = name.partition(":")
@@ -366,7 +370,9 @@ class Bridge:
             link = self.config.links.get(r["link"])
             if link is None:
                 continue
-            source = self.pools[link.side(r["source_side"]).peer]
+            source = self.pools.get(link.side(r["source_side"]).peer)
+            if source is None:  # a SQL Server source has no queue: its drain re-reads the key
+                continue
             await source.execute(
                 "insert into sync.queue (link, side, key) values ($1, $2, $3::jsonb)",
                 r["link"], r["source_side"], r["key"],

@@ -33,14 +33,35 @@ def sqlstate(exc: BaseException) -> str | None:
     return getattr(exc, "sqlstate", None)
 
 
+def is_connection_error(exc: BaseException) -> bool:
+    """The connection itself is suspect: drop pooled connections, not just retry.
+
+    InternalClientError ("another operation is in progress") is what asyncpg
+    raises on a connection left half-way by a server restart."""
+    return isinstance(exc, (OSError, ConnectionError,
+                            asyncpg.exceptions.ConnectionDoesNotExistError,
+                            asyncpg.exceptions.InterfaceError,
+                            asyncpg.exceptions.InternalClientError,
+                            asyncpg.exceptions.PostgresConnectionError)) or (
+        (sqlstate(exc) or "").startswith("08") or sqlstate(exc) in ("57P01", "57P02", "57P03"))
+
+
 def is_transient(exc: BaseException) -> bool:
-    if isinstance(exc, (OSError, asyncio.TimeoutError, ConnectionError,
-                        asyncpg.exceptions.ConnectionDoesNotExistError,
-                        asyncpg.exceptions.InterfaceError,
-                        asyncpg.exceptions.PostgresConnectionError)):
+    if isinstance(exc, asyncio.TimeoutError) or is_connection_error(exc):
         return True
     state = sqlstate(exc)
-    return bool(state) and (state in TRANSIENT_SQLSTATES or state.startswith("08"))
+    if state:
+        return state in TRANSIENT_SQLSTATES or state.startswith("08")
+    if is_odbc_error(exc):  # SQL Server (pyodbc): its SQLSTATE and native error numbers
+        from .mssql_peer import is_transient as mssql_transient  # no pyodbc import
+
+        return mssql_transient(exc)
+    return False
+
+
+def is_odbc_error(exc: BaseException) -> bool:
+    """An exception raised by pyodbc, told without importing it (Postgres-only installs)."""
+    return any(c.__module__ == "pyodbc" for c in type(exc).__mro__)
 
 
 def is_row_error(exc: BaseException) -> bool:
