@@ -75,6 +75,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overhead-seconds", type=int, default=5, help="each pgbench run")
     p.add_argument("--runs", type=int, default=1, help="repeat and report the median")
     p.add_argument("--no-notify", action="store_true", help="link with NOTIFY off (polling)")
+    p.add_argument("--batch-size", type=int, default=1000, help="signals per batch")
     p.add_argument("--durable", action="store_true",
                    help="embedded server with fsync and synchronous_commit on (default: off)")
 
@@ -85,7 +86,7 @@ class Bench:
         self.rig = Rig(workdir, dsn_a, dsn_b, [{
             "name": "bench", "a": {"peer": "a", "table": "bench_items"},
             "b": {"peer": "b", "table": "bench_items"}, "key": ["id"],
-            "direction": args.direction,
+            "direction": args.direction, "batch_size": args.batch_size,
             "notify": not args.no_notify,
         }])
 
