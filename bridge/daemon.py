@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncpg
-from tenacity import AsyncRetrying, retry_if_exception, wait_exponential_jitter
+from tenacity import AsyncRetrying, retry_if_exception, wait_random_exponential
 
 from syncbridge.engine import capture, errors, sdnotify
 from syncbridge.engine.config import Config
@@ -233,7 +233,7 @@ class Bridge:
     async def _listen(self, peer: str) -> None:
         """LISTEN as a wake-up; on any failure reconnect with backoff and wake everyone."""
         dsn = self.config.peers[peer].dsn
-        backoff = wait_exponential_jitter(initial=0.2, max=10)
+        backoff = wait_random_exponential(multiplier=0.2, max=10)
         failures = 0
         while not self.stop.is_set():
             conn = None
@@ -266,7 +266,7 @@ class Bridge:
         src_link = name
         async for attempt in AsyncRetrying(
             retry=retry_if_exception(_retryable),
-            wait=wait_exponential_jitter(initial=0.1, max=10),
+            wait=wait_random_exponential(multiplier=0.1, max=10),
             sleep=self._sleep,
             before_sleep=lambda rs: self._on_retry(src_link, rs),
             reraise=True,

@@ -186,6 +186,7 @@ def _link(body: dict[str, Any], peers: dict[str, Peer]) -> Link:
     key = body.get("key")
     if not key or not isinstance(key, list):
         raise ConfigError(f"link {name!r}: key must be a list of side-a column names")
+    _check_mixed_conflicts(name, body, peers, direction, conflict)
     return Link(
         name=name,
         a=_side(name, "a", body.get("a"), peers),
@@ -199,3 +200,18 @@ def _link(body: dict[str, Any], peers: dict[str, Peer]) -> Link:
         notify=bool(body.get("notify", DEFAULTS["notify"])),
         batch_size=int(body.get("batch_size", DEFAULTS["batch_size"])),
     )
+
+
+def _check_mixed_conflicts(name: str, body: dict[str, Any], peers: dict[str, Peer],
+                           direction: str, conflict: str) -> None:
+    """Two-way links with a SQL Server side are not conflict-checked (engine/mssql_drain.py):
+    a manual policy would promise parked conflicts that never come, so it is refused."""
+    if direction != "both" or conflict != "manual":
+        return
+    sides = [body.get(s) for s in ("a", "b")]
+    dialects = {peers[s["peer"]].dialect for s in sides
+                if isinstance(s, dict) and s.get("peer") in peers}
+    if "sqlserver" in dialects:
+        raise ConfigError(
+            f"link {name!r}: conflict = \"manual\" is not supported on two-way links with a "
+            "SQL Server side (they are not conflict-checked; see docs/sqlserver.md)")

@@ -16,8 +16,9 @@ from __future__ import annotations
 import json
 import logging
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 
@@ -68,6 +69,63 @@ class Outcome:
 def _entry(**fields: str) -> str:
     """A JSON object from JSON texts."""
     return "{" + ",".join(f'"{k}":{v}' for k, v in fields.items()) + "}"
+
+
+T = TypeVar("T")
+
+
+async def isolate(items: list[T], attempt: Callable[[list[T]], Awaitable[int]],
+                  row_error: Callable[[BaseException], bool],
+                  reject: Callable[[T, BaseException], None]) -> tuple[int, list[T]]:
+    """Run attempt(items); on a row error bisect down to the rows that fail alone.
+
+    reject(item, exc) is told about each such row. Returns the sum of what the
+    successful attempts returned and the items they covered. `attempt` must
+    undo its own partial work on failure (a savepoint, or a whole transaction).
+    """
+    if not items:
+        return 0, []
+    try:
+        n = await attempt(items)
+    except Exception as e:
+        if not row_error(e):
+            raise
+        if len(items) == 1:
+            reject(items[0], e)
+            return 0, []
+        mid = len(items) // 2
+        n1, ok1 = await isolate(items[:mid], attempt, row_error, reject)
+        n2, ok2 = await isolate(items[mid:], attempt, row_error, reject)
+        return n1 + n2, ok1 + ok2
+    return n, list(items)
+
+
+def _pg_row_error(exc: BaseException) -> bool:
+    return isinstance(exc, asyncpg.PostgresError) and errors.is_row_error(exc)
+
+
+async def apply_set(conn: asyncpg.Connection, stmt: str, items: list[Item], out: Outcome,
+                    problem_of: Callable[[Item, BaseException], str]) -> int:
+    """One set-based Postgres statement over items' payloads, each try in a savepoint;
+    rows the sink rejects go to out.problems (via problem_of), the rest to out.applied."""
+
+    async def attempt(part: list[Item]) -> int:
+        async with conn.transaction():  # a savepoint: a failure undoes only this part
+            status = await conn.execute(stmt, _array([i.payload for i in part]))
+        return int(status.split()[-1])
+
+    n, applied = await isolate(items, attempt, _pg_row_error,
+                               lambda i, e: out.problems.append(problem_of(i, e)))
+    out.applied.extend(applied)
+    return n
+
+
+def problem(name: str, source_key: str, exc: BaseException, defer: bool) -> str:
+    """A dead-letter entry (JSON text) for one rejected row, logged."""
+    log.warning("event=row_%s link=%s key=%s error=%s", "deferred" if defer else "dead",
+                name, source_key, errors.describe(exc))
+    return _entry(key=source_key, error=json.dumps(errors.describe(exc)),
+                  defer=json.dumps(defer))
 
 
 class PgDrain:
@@ -209,29 +267,12 @@ class PgDrain:
     async def _apply_set(self, conn: asyncpg.Connection, stmt: str, items: list[Item],
                          out: Outcome) -> int:
         """Apply items in one statement; on a row error, bisect to isolate the bad rows."""
-        if not items:
-            return 0
-        try:
-            async with conn.transaction():  # a savepoint: a failure undoes only this part
-                status = await conn.execute(stmt, _array([i.payload for i in items]))
-        except asyncpg.PostgresError as e:
-            if not errors.is_row_error(e):
-                raise
-            if len(items) == 1:
-                out.problems.append(self._problem(items[0], e))
-                return 0
-            mid = len(items) // 2
-            return (await self._apply_set(conn, stmt, items[:mid], out)
-                    + await self._apply_set(conn, stmt, items[mid:], out))
-        out.applied.extend(items)
-        return int(status.split()[-1])
+        return await apply_set(conn, stmt, items, out, self._problem)
 
-    def _problem(self, item: Item, exc: Exception) -> str:
-        defer = errors.sqlstate(exc) == errors.FK_VIOLATION and item.attempts < self.max_attempts
-        log.warning("event=row_%s link=%s key=%s error=%s", "deferred" if defer else "dead",
-                    self.name, item.source_key, errors.describe(exc))
-        return _entry(key=item.source_key, error=json.dumps(errors.describe(exc)),
-                      defer=json.dumps(defer))
+    def _problem(self, item: Item, exc: BaseException) -> str:
+        return problem(self.name, item.source_key, exc,
+                       defer=errors.sqlstate(exc) == errors.FK_VIOLATION
+                       and item.attempts < self.max_attempts)
 
     async def _finish(self, batch_id: uuid.UUID, record: dict[str, str], out: Outcome,
                       truncated: bool, count: bool = True) -> None:

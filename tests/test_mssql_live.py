@@ -280,3 +280,123 @@ def test_migrations_roll_back_and_apply_again(db_url: str, pyodbc_module: Any) -
     _migrate(db_url, "apply")
     assert cn.execute("SELECT COUNT(*) FROM [sync].[db_identity];").fetchone()[0] == 1
     cn.close()
+
+
+# --- end to end: a real `syncbridge run` between Postgres and SQL Server, both directions ------
+
+
+def _pg_create_table() -> str:
+    from mssql_shape import COLUMNS
+
+    cols = ", ".join(f'"{n}" {pg}' for n, pg, _ in COLUMNS)
+    keys = ", ".join(f'"{k}"' for k in KEY)
+    return f'create table public."{TABLE}" ({cols}, primary key ({keys}))'
+
+
+def test_bridge_process_syncs_postgres_and_sql_server_both_ways(
+        db_url: str, pyodbc_module: Any, new_db: Any, tmp_path: Path) -> None:
+    """`syncbridge run` as an operator runs it: Postgres -> SQL Server and back, no echo,
+    values exact, deletes both ways, clean exit on SIGTERM."""
+    import json
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psycopg
+    from psycopg.types.json import Jsonb
+
+    from syncbridge.bridge.rig import toml_links, wait_until
+    from syncbridge.engine import config as config_mod
+    from syncbridge.engine.install import install
+    from syncbridge.engine.migrate import migrate
+
+    pg_dsn = new_db("portal")
+    with psycopg.connect(pg_dsn, autocommit=True) as c:
+        c.execute(_pg_create_table())
+    table = f"[dbo].[{TABLE.replace(']', ']]')}]"
+    app = pyodbc_module.connect(mp.odbc_connection_string(db_url), autocommit=True)
+    app.execute(f"DELETE FROM {table};")
+    path = tmp_path / "syncbridge.toml"
+    quoted = {"pg": pg_dsn.replace('"', '\\"'), "ms": db_url.replace('"', '\\"')}
+    path.write_text(
+        'hub = "portal"\n\n[bridge]\nct_poll_interval = 0.1\n\n'
+        f'[peers.portal]\ndialect = "postgres"\ndsn = "{quoted["pg"]}"\n\n'
+        f'[peers.clinic]\ndialect = "sqlserver"\ndsn = "{quoted["ms"]}"\n\n'
+        + toml_links([{"name": "patients", "a": {"peer": "portal", "table": f"public.{TABLE}"},
+                       "b": {"peer": "clinic", "table": f"dbo.{TABLE}"}, "key": list(KEY),
+                       "direction": "both"}])
+    )
+    cfg = config_mod.load(path)
+    # the SQL Server objects were applied by the db_url fixture: migrate Postgres only
+    migrate(config_mod.parse({"peers": {"portal": cfg.raw["peers"]["portal"]}}))
+    list(install(cfg))
+    log_path = tmp_path / "bridge.log"
+    with open(log_path, "ab") as log_file:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "syncbridge.bridge.cli", "--config", str(path), "run"],
+            stdout=log_file, stderr=log_file)
+    try:
+        def ms_names() -> dict[int, str | None]:
+            rows = app.execute(f"SELECT k2, name FROM {table};").fetchall()
+            return {r[0]: r[1] for r in rows}
+
+        def pg_names() -> dict[int, str | None]:
+            with psycopg.connect(pg_dsn) as c:
+                rows = c.execute(f'select k2, name from public."{TABLE}"').fetchall()
+            return {r[0]: r[1] for r in rows}
+
+        # Postgres -> SQL Server, every type exact
+        want = pg_row(UID1, 1)
+        cols = list(want)
+        with psycopg.connect(pg_dsn, autocommit=True) as c:
+            c.execute(
+                f'insert into public."{TABLE}" ({", ".join(chr(34) + k + chr(34) for k in cols)}) '
+                f'values ({", ".join(["%s"] * len(cols))})',
+                [Jsonb(json.loads(v)) if k == "doc" else v
+                 for k, v in want.items()])
+        wait_until(lambda: ms_names() == {1: want["name"]}, 60, "the Postgres row on SQL Server")
+        p = mp.MssqlPeer(Peer("clinic", "sqlserver", db_url))
+        try:
+            s = shape(asyncio.run(p.read_table(SIDE)))
+            back = asyncio.run(p.read_rows(s, "b", [{"id": UID1, "k2": 1}]))[0]
+        finally:
+            asyncio.run(p.close())
+        for col, value in want.items():
+            if col == "doc":
+                assert json.loads(back[col]) == json.loads(value)
+            else:
+                assert back[col] == value, col
+
+        # SQL Server -> Postgres (an application write, no context)
+        app.execute(f"INSERT {table} (id, k2, name, amount) VALUES (?, 2, N'von SQL Server ✓', "
+                    "CAST(? AS decimal(18,4)));", str(UID2), "-0.0001")
+        wait_until(lambda: pg_names() == {1: want["name"], 2: "von SQL Server ✓"}, 60,
+                   "the SQL Server row on Postgres")
+        with psycopg.connect(pg_dsn) as c:
+            amount = c.execute(f'select amount from public."{TABLE}" where k2 = 2').fetchone()[0]
+        assert amount == Decimal("-0.0001")
+
+        # deletes both ways, and no echo: the queue drains and stays empty
+        app.execute(f"DELETE FROM {table} WHERE k2 = 1;")
+        wait_until(lambda: set(pg_names()) == {2}, 60, "the SQL Server delete on Postgres")
+        with psycopg.connect(pg_dsn, autocommit=True) as c:
+            c.execute(f'delete from public."{TABLE}" where k2 = 2')
+        wait_until(lambda: ms_names() == {}, 60, "the Postgres delete on SQL Server")
+
+        def queue_empty() -> bool:
+            with psycopg.connect(pg_dsn) as c:
+                return c.execute("select count(*) from sync.queue").fetchone()[0] == 0
+
+        wait_until(queue_empty, 30, "the Postgres queue to drain")
+        time.sleep(1.0)  # a late echo would show up as a queued signal or a changed row
+        assert queue_empty() and pg_names() == {} and ms_names() == {}, "nothing echoed back"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+        log_text = log_path.read_text(errors="replace")
+        assert "event=no_conflict_check" in log_text and "event=resync" in log_text
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        app.close()
