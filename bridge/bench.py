@@ -259,7 +259,8 @@ def _pct(sorted_ms: list[float], p: float) -> float:
 def _median_report(runs: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, float]]:
     out: dict[str, dict[str, float]] = {}
     for part in runs[0]:
-        out[part] = {k: statistics.median(r[part][k] for r in runs) for k in runs[0][part]}
+        out[part] = {k: statistics.median(r[part][k] for r in runs)
+                     for k, v in runs[0][part].items() if isinstance(v, (int, float))}
     return out
 
 
