@@ -114,6 +114,9 @@ def _parser() -> argparse.ArgumentParser:
     from . import bench as bench_mod
 
     bench_mod.add_arguments(bench)
+    from . import reconcile_cli  # backfill, check, repair, bench-check
+
+    reconcile_cli.register(add)
     return p
 
 

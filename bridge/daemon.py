@@ -397,6 +397,13 @@ class Bridge:
             log.info("event=conflict_resolved id=%s link=%s winner=%s", r["id"], r["link"], winner)
 
     async def _extra_loops(self) -> None:
+        """Webhook events, and scheduled checks / resync requests (engine.reconcile)."""
+        from syncbridge.engine.reconcile import background_checks
+
+        await asyncio.gather(self._webhook_loop(),
+                             background_checks(self.config, self.stop, self.shapes))
+
+    async def _webhook_loop(self) -> None:
         """Webhook events queued on the hub: applied to their mapped tables."""
         if not self.config.raw.get("webhooks", {}).get("sources"):
             await self.stop.wait()

@@ -3,11 +3,14 @@
 Starts an embedded PostgreSQL, creates two databases with the same small
 schema, installs capture, runs the bridge as a real process, writes on both
 sides (inserts, updates, deletes, a key change, a TRUNCATE), then compares
-every table and prints sync.status. Exits 1 if any table differs.
+every table and prints sync.status. Exits 1 if any table differs. Patients
+that the portal held before the link existed are sent by `syncbridge backfill`,
+and `syncbridge check` must find every link equal at the end.
 """
 
 from __future__ import annotations
 
+import subprocess
 import sys
 import tempfile
 import time
@@ -62,6 +65,11 @@ TABLES = {"patients": ["id"], "appointments": ["clinic_code", "slot_no"], "audit
 P1, P2, P3 = ("0b9c1e5e-3f1a-4c2e-9a51-000000000001", "0b9c1e5e-3f1a-4c2e-9a51-000000000002",
               "0b9c1e5e-3f1a-4c2e-9a51-000000000003")
 
+# rows the portal held before the link existed: capture never saw them, backfill sends them
+LEGACY = ("insert into patients (id, mrn, full_name, balance) select "
+          "('0b9c1e5e-3f1a-4c2e-9a51-1' || lpad(g::text, 11, '0'))::uuid, 'OLD-' || g, "
+          "'Legacy patient ' || g, g * 1.50 from generate_series(1, 25) g")
+
 PORTAL_WRITES = [
     ("insert into patients (id, mrn, full_name, birth_date, balance, allergies, photo) values "
      f"('{P1}', 'MRN-001', 'Zoë Ångström', '1980-02-29', 1234.56, "
@@ -99,9 +107,11 @@ def create_databases(admin_dsn: str, names: list[str]) -> None:
 def run(rig: Rig) -> bool:
     for side in ("a", "b"):
         rig.execute(side, SCHEMA)
+    rig.execute("a", LEGACY)
     for line in rig.setup():
         _say("  " + line)
     rig.start_bridge()
+    _backfill(rig)
     _say("bridge started; writing on the portal (a) and the clinic (b) ...")
     for stmt in PORTAL_WRITES:
         rig.execute("a", stmt)
@@ -119,8 +129,24 @@ def run(rig: Rig) -> bool:
         _say(f"NOT CONVERGED: {e}")
         return False
     _say(f"converged {time.monotonic() - started:.2f}s after the last write")
+    check = subprocess.run([sys.executable, "-m", "syncbridge.bridge.cli", "--config",
+                            str(rig.config_path), "check"], capture_output=True, text=True,
+                           timeout=120)
+    _say("$ syncbridge check\n  " + "\n  ".join((check.stdout or check.stderr).splitlines()))
+    if check.returncode != 0:
+        return False
     time.sleep(1.2)  # one stats interval, so the status sample below is current
     return True
+
+
+def _backfill(rig: Rig) -> None:
+    """Run `syncbridge backfill patients` as an operator would, then wait for the rows."""
+    cmd = [sys.executable, "-m", "syncbridge.bridge.cli", "--config", str(rig.config_path),
+           "backfill", "patients", "--quiet"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    _say("$ syncbridge backfill patients\n  " + (out.stdout or out.stderr).strip())
+    rig.wait_equal({"patients": ["id"]}, 30)
+    _say(f"  clinic now holds {len(rig.rows('b', 'patients', ['id']))} pre-existing patients")
 
 
 def main(keep: bool = False) -> int:

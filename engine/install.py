@@ -45,8 +45,9 @@ def _sink_note(config: Config, shape, src: str, dst: str) -> str | None:
             sql.Identifier(s.schema), sql.Identifier(s.table))).fetchone()[0]
     if not has_rows:
         return None
+    side = f" --side {src}" if src != shape.link.directions()[0][0] else ""  # default: a
     return (f"{shape.link.name}: {s.qualified} on {s.peer} already holds rows that capture "
-            f"has not signalled; run `syncbridge backfill {shape.link.name}` to send them")
+            f"has not signalled; run `syncbridge backfill {shape.link.name}{side}` to send them")
 
 
 def uninstall(config: Config, links: list[str] | None = None) -> Iterator[str]:

@@ -1,0 +1,121 @@
+"""Reconciliation in the bridge: scheduled checks, auto repair, resync requests.
+
+Per link in the config (read from the raw table, so `Link` stays unchanged):
+
+    check_every = "1h"      # run `check` on this link every hour (s, m, h, d)
+    repair = "auto"         # after a check that found differences, run `repair`
+
+`sync.resync('link')` on the hub asks for a full backfill; this loop starts
+it. The bridge's daemon runs `background_checks` as one of its extra loops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import threading
+import time
+from typing import Any
+
+import asyncpg
+
+from . import backfill, check, repair
+from .config import Config, ConfigError
+from .validate import shapes
+
+log = logging.getLogger("syncbridge.reconcile")
+
+TICK = 5.0  # seconds between looks at schedules and resync requests
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def seconds(text: Any) -> float:
+    """'90s', '15m', '1h', '2d' or a number of seconds."""
+    if isinstance(text, (int, float)):
+        return float(text)
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", str(text))
+    if not m:
+        raise ConfigError(f"{text!r} is not a duration like 30s, 15m, 1h or 1d")
+    return float(m.group(1)) * _UNITS[m.group(2) or "s"]
+
+
+def schedules(config: Config) -> dict[str, tuple[float, bool]]:
+    """{link: (check_every seconds, auto repair)} for links that ask for checks."""
+    out = {}
+    for body in config.raw.get("links", []):
+        name = body.get("name")
+        mode = body.get("repair", "manual")
+        if mode not in ("auto", "manual"):
+            raise ConfigError(f"link {name!r}: repair {mode!r} is not 'auto' or 'manual'")
+        if "check_every" in body:
+            out[name] = (seconds(body["check_every"]), mode == "auto")
+    return out
+
+
+async def background_checks(config: Config, stop_event: asyncio.Event,
+                            link_shapes: dict | None = None) -> None:
+    """Run due checks (and auto repairs) and requested resyncs until stop_event is set.
+
+    A failed round is logged and retried next tick: reconciliation must never
+    stop the bridge from syncing.
+    """
+    plan = schedules(config)
+    if link_shapes is None:  # the bridge passes the shapes it validated at start
+        link_shapes = await asyncio.to_thread(shapes, config)
+    stop_flag = threading.Event()
+    try:
+        while not stop_event.is_set():
+            try:
+                await _round(config, plan, link_shapes, stop_flag)
+            except Exception as e:  # noqa: BLE001 - logged; the next tick retries
+                log.warning("event=reconcile_failed error=%s: %s", type(e).__name__, e)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop_event.wait(), TICK)
+    finally:
+        stop_flag.set()
+
+
+async def _round(config: Config, plan: dict[str, tuple[float, bool]], link_shapes: dict,
+                 stop: threading.Event) -> None:
+    hub = await asyncpg.connect(config.hub_peer.dsn, timeout=10)
+    try:
+        due = []
+        for name, (every, auto) in plan.items():
+            last = await hub.fetchval(check.Q("last_check_time"), name)
+            if last is None or time.time() - last.timestamp() >= every:
+                due.append((name, auto))
+        requests = await hub.fetch(check.Q("resync_requests"))
+    finally:
+        await hub.close()
+    for name, auto in due:
+        await _check_and_repair(config, link_shapes[name], auto)
+    for req_id, link, side in requests:
+        if link in link_shapes:
+            await _resync(config, link_shapes[link], side, req_id, stop)
+
+
+async def _check_and_repair(config: Config, shape: Any, auto: bool) -> None:
+    name = shape.link.name
+    [res] = await check.check_all(config, {name: shape}, [])
+    log.info("event=check link=%s verdict=%s run=%s", name, res.verdict, res.run_id)
+    if auto and res.verdict == "different":
+        try:
+            done = await asyncio.to_thread(repair.repair, config, name)
+            log.info("event=repair link=%s signalled=%d", name, done.signalled)
+        except ConfigError as e:
+            log.warning("event=repair_refused link=%s reason=%s", name, e)
+
+
+async def _resync(config: Config, shape: Any, side: str, req_id: str,
+                  stop: threading.Event) -> None:
+    try:
+        side = backfill.source_side(config, shape.link.name, side)
+    except ConfigError:  # sync.resync() defaults to side a: use the link's source instead
+        side = backfill.source_side(config, shape.link.name, None)
+    log.info("event=resync link=%s side=%s", shape.link.name, side)
+    run = await asyncio.to_thread(backfill.backfill, config, shape, side, request_id=req_id,
+                                  progress=False, stop=stop)
+    log.info("event=resync_done link=%s signalled=%d status=%s", shape.link.name,
+             run.signalled, run.status)

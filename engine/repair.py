@@ -1,0 +1,89 @@
+"""`syncbridge repair`: send the keys the last check found through the pipeline.
+
+Repair never writes rows itself: it signals the differing keys on the side
+whose rows should win, and the bridge applies that side's current rows (or
+deletes keys that side does not have), with the usual batching, ordering and
+crash safety. Direction is respected: a one-way link is repaired only from its
+source side; a two-way link takes --prefer, else its conflict policy
+(a_wins / b_wins); newest_wins and manual links need --prefer.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import psycopg
+
+from . import sqlfiles
+from .config import Config, ConfigError
+
+SIGNAL_CHUNK = 1_000  # keys per insert into the source queue
+
+
+def Q(name: str) -> str:  # noqa: N802 - reads like a table of named statements
+    return sqlfiles.query("queries/reconcile.sql", name)
+
+
+def _pg(query: str) -> str:
+    """The asyncpg-style $n statement for psycopg (positional %s)."""
+    for n in range(9, 0, -1):
+        query = query.replace(f"${n}", "%s")
+    return query
+
+
+@dataclass
+class Repair:
+    run_id: int | None
+    side: str | None
+    signalled: int
+    message: str
+
+
+def winning_side(config: Config, link: str, prefer: str | None) -> str:
+    """The side whose rows a repair sends; ConfigError when direction forbids it."""
+    lk = config.links[link]
+    if lk.direction in ("a_to_b", "b_to_a"):
+        source = lk.direction[0]
+        if prefer not in (None, source):
+            raise ConfigError(f"link {link!r} is one-way {lk.direction}: repair can only send "
+                              f"side {source}'s rows, not --prefer {prefer}")
+        return source
+    if prefer in ("a", "b"):
+        return prefer
+    if lk.conflict in ("a_wins", "b_wins"):
+        return lk.conflict[0]
+    raise ConfigError(f"link {link!r} has conflict policy {lk.conflict}: say which side wins "
+                      "with --prefer a|b")
+
+
+def repair(config: Config, link: str, prefer: str | None = None) -> Repair:
+    """Signal the keys of the link's last check on the winning side."""
+    if link not in config.links:
+        raise ConfigError(f"no link named {link!r} in the config")
+    side = winning_side(config, link, prefer)
+    with psycopg.connect(config.hub_peer.dsn, autocommit=True) as hub:
+        last = hub.execute(_pg(Q("last_link_check")), (link,)).fetchone()
+        if last is None:
+            return Repair(None, side, 0, f"{link}: never checked; run `syncbridge check {link}`")
+        run_id, verdict, _ = last
+        if verdict != "different":
+            return Repair(run_id, side, 0, f"{link}: last check (run {run_id}) was {verdict}; "
+                                           "nothing to repair")
+        diffs = hub.execute(_pg(Q("check_diffs")), (run_id,)).fetchall()
+        keys = [json.loads(d[1] if side == "a" else d[2]) for d in diffs]
+        _signal(config, link, side, keys)
+        hub.execute(_pg(Q("mark_repaired")), (run_id,))
+    return Repair(run_id, side, len(keys),
+                  f"{link}: signalled {len(keys)} key(s) of side {side} from check run {run_id}")
+
+
+def _signal(config: Config, link: str, side: str, keys: list[dict]) -> None:
+    """Queue key signals at the side's database, as capture would, and wake the bridge."""
+    dsn = config.peers[config.links[link].side(side).peer].dsn
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for i in range(0, len(keys), SIGNAL_CHUNK):
+            with conn.transaction():
+                conn.execute(_pg(Q("signal_keys")), (link, side, "syncbridge:repair",
+                                                     json.dumps(keys[i: i + SIGNAL_CHUNK])))
+                conn.execute(_pg(Q("notify")), (f"{link}:{side}",))
