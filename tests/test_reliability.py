@@ -74,6 +74,10 @@ def test_standby_takes_over_when_the_active_bridge_dies(new_db, tmp_path):
         wait_until(lambda: _role(rig, first.pid) == "active", 30, "first bridge active")
         second = rig.start_bridge()
         wait_until(lambda: _role(rig, second.pid) == "standby", 30, "second bridge standby")
+        wait_until(lambda: rig.query("a", "select count(*) from sync.status where bridges "
+                                          "like %s and bridges like %s",
+                                     (f"active %:{first.pid} %", f"%standby %:{second.pid} %"))
+                   [0][0] > 0, 30, "both bridges in sync.status")
         rig.execute("a", "insert into items select g, 'x' from generate_series(1, 100) g")
         rig.wait_equal({"items": ["id"]})
         first.kill()
