@@ -125,28 +125,9 @@ create table sync.bridges (
     heartbeat   timestamptz not null default clock_timestamp()
 );
 
-create view sync.status as
-select s.link,
-       case s.source_side when 'a' then 'a_to_b' else 'b_to_a' end as direction,
-       s.queued,
-       case when s.queued > 0 then clock_timestamp() - s.oldest_queued_at end as lag,
-       (select coalesce(sum(l.rows), 0) from sync.apply_log l
-         where l.link = s.link and l.source_side = s.source_side
-           and l.applied_at > clock_timestamp() - interval '1 minute') as applied_last_minute,
-       s.last_applied_at,
-       s.applied_total,
-       s.retries,
-       (select count(*) from sync.dead_letter d
-         where d.link = s.link and d.source_side = s.source_side and d.status <> 'closed') as dead_letters,
-       s.last_error,
-       s.last_error_at,
-       clock_timestamp() - s.sampled_at as sampled_ago,
-       (select max(b.heartbeat) from sync.bridges b where b.role = 'active') as bridge_heartbeat,
-       (select count(*) from sync.conflicts c
-         where c.link = s.link and c.status <> 'resolved') as open_conflicts,
-       (select count(*) from sync.conflicts c where c.link = s.link) as conflicts_total
-  from sync.link_state s
- order by s.link, s.source_side;
+-- sync.status, the operator's view, is defined once, in 0005_status_view.sql, after
+-- every table it reads exists.
+
 
 -- Operator: re-send dead-lettered keys (all, one link, or one entry). The
 -- bridge turns 'retry' entries into fresh signals at the source; an entry

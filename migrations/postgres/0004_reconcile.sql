@@ -1,6 +1,6 @@
 -- depends: 0001_sync_schema 0002_webhooks
 -- Reconciliation: backfill progress, check verdicts and their differing rows,
--- resync requests, and two columns appended to sync.status.
+-- resync requests (sync.status shows backfill progress and last verdicts: 0005).
 
 -- One backfill of one link side ("signal every key"). The row in the SOURCE
 -- database is authoritative: it is updated in the same transaction as the
@@ -80,36 +80,3 @@ as $$
     returning id
 $$;
 
--- sync.status as in 0001, with two columns appended: this direction's
--- backfill progress and the link's last check verdict.
-create or replace view sync.status as
-select s.link,
-       case s.source_side when 'a' then 'a_to_b' else 'b_to_a' end as direction,
-       s.queued,
-       case when s.queued > 0 then clock_timestamp() - s.oldest_queued_at end as lag,
-       (select coalesce(sum(l.rows), 0) from sync.apply_log l
-         where l.link = s.link and l.source_side = s.source_side
-           and l.applied_at > clock_timestamp() - interval '1 minute') as applied_last_minute,
-       s.last_applied_at,
-       s.applied_total,
-       s.retries,
-       (select count(*) from sync.dead_letter d
-         where d.link = s.link and d.source_side = s.source_side and d.status <> 'closed') as dead_letters,
-       s.last_error,
-       s.last_error_at,
-       clock_timestamp() - s.sampled_at as sampled_ago,
-       (select max(b.heartbeat) from sync.bridges b where b.role = 'active') as bridge_heartbeat,
-       (select count(*) from sync.conflicts c
-         where c.link = s.link and c.status <> 'resolved') as open_conflicts,
-       (select count(*) from sync.conflicts c where c.link = s.link) as conflicts_total,
-       (select case when r.status = 'finished' then 'done ' || r.signalled
-                    else r.status || ' ' || r.signalled || '/' || coalesce(r.total::text, '?')
-               end
-          from sync.backfill_runs r
-         where r.link = s.link and r.side = s.source_side
-         order by r.started_at desc limit 1) as backfill,
-       (select c.verdict || ' ' || to_char(c.checked_at, 'YYYY-MM-DD HH24:MI:SS')
-          from sync.check_status c
-         where c.kind = 'link' and c.name = s.link) as last_check
-  from sync.link_state s
- order by s.link, s.source_side;

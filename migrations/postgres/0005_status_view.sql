@@ -1,7 +1,9 @@
--- depends: 0004_reconcile
--- sync.status as in 0004, with every live bridge (active and hot standby:
--- role, host, pid, last heartbeat) appended, so one query shows who is draining.
-create or replace view sync.status as
+-- depends: 0001_sync_schema 0002_webhooks 0003_ct_cursor 0004_reconcile
+-- sync.status: one row per link and direction, everything an operator asks
+-- first. The bridge writes samples into sync.link_state; the view adds the
+-- counts (applied in the last minute, dead letters, conflicts), the live
+-- bridges (active and standby), backfill progress and the last check verdict.
+create view sync.status as
 select s.link,
        case s.source_side when 'a' then 'a_to_b' else 'b_to_a' end as direction,
        s.queued,
