@@ -16,6 +16,7 @@ Runs on the embedded PostgreSQL unless --dsn-a/--dsn-b are given.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import random
 import re
 import statistics
@@ -224,8 +225,8 @@ class Bench:
         with psycopg.connect(self.rig.dsn["a"], autocommit=True) as c:
             capture.uninstall(c, shape, "a")
             if notify is not None:
-                link = shape.link.__class__(**{**shape.link.__dict__, "notify": notify})
-                capture.install(c, shape.__class__(link, shape.a, shape.b, shape.pairs), "a")
+                link = dataclasses.replace(shape.link, notify=notify)
+                capture.install(c, dataclasses.replace(shape, link=link), "a")
 
     def _pgbench(self, kind: str, clients: int) -> float:
         script = {

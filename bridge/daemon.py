@@ -18,6 +18,7 @@ import contextlib
 import json
 import logging
 import os
+import random
 import signal
 import socket
 import time
@@ -233,7 +234,6 @@ class Bridge:
     async def _listen(self, peer: str) -> None:
         """LISTEN as a wake-up; on any failure reconnect with backoff and wake everyone."""
         dsn = self.config.peers[peer].dsn
-        backoff = wait_random_exponential(multiplier=0.2, max=10)
         failures = 0
         while not self.stop.is_set():
             conn = None
@@ -251,7 +251,8 @@ class Bridge:
                     raise
                 failures += 1
                 log.warning("event=listen_lost peer=%s error=%s", peer, errors.describe(e))
-                await self._sleep(backoff(_State(failures)))
+                # full jitter, like the drain retries: uniform in [0, min(10 s, 0.2 s * 2^n)]
+                await self._sleep(random.uniform(0, min(10.0, 0.2 * 2 ** failures)))
             finally:
                 if conn is not None:
                     conn.terminate()
@@ -434,13 +435,6 @@ class Bridge:
             now = time.monotonic()
             if self.ticks and all(now - t < WATCHDOG_STALE for t in self.ticks.values()):
                 sdnotify.notify("WATCHDOG=1")
-
-
-class _State:
-    """Minimal stand-in for tenacity's RetryCallState, to reuse its wait strategies."""
-
-    def __init__(self, attempt_number: int) -> None:
-        self.attempt_number = attempt_number
 
 
 async def _wait_any(events: list[asyncio.Event], stop: asyncio.Event, timeout: float) -> None:

@@ -28,12 +28,13 @@ def toml_links(links: list[dict[str, Any]]) -> str:
     for link in links:
         out.append("[[links]]")
         for k, v in link.items():
-            out.append(f"{k} = {_toml(v)}")
+            out.append(f"{k} = {toml_value(v)}")
         out.append("")
     return "\n".join(out)
 
 
-def _toml(v: Any) -> str:
+def toml_value(v: Any) -> str:
+    """One TOML value (string, number, bool, list, inline table)."""
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, (int, float)):
@@ -41,9 +42,9 @@ def _toml(v: Any) -> str:
     if isinstance(v, str):
         return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
     if isinstance(v, list):
-        return "[" + ", ".join(_toml(x) for x in v) + "]"
+        return "[" + ", ".join(toml_value(x) for x in v) + "]"
     if isinstance(v, dict):
-        return "{ " + ", ".join(f'"{k}" = {_toml(x)}' for k, x in v.items()) + " }"
+        return "{ " + ", ".join(f'"{k}" = {toml_value(x)}' for k, x in v.items()) + " }"
     raise TypeError(v)
 
 
@@ -65,11 +66,11 @@ class Rig:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.dsn = {"a": dsn_a, "b": dsn_b}
         self.config_path = self.workdir / "syncbridge.toml"
-        settings = "".join(f"{k} = {_toml(v)}\n" for k, v in (bridge_settings or {}).items())
+        settings = "".join(f"{k} = {toml_value(v)}\n" for k, v in (bridge_settings or {}).items())
         self.config_path.write_text(
             'hub = "a"\n\n[bridge]\n' + settings + "\n"
-            f'[peers.a]\ndialect = "postgres"\ndsn = {_toml(dsn_a)}\n\n'
-            f'[peers.b]\ndialect = "postgres"\ndsn = {_toml(dsn_b)}\n\n' + toml_links(links)
+            f'[peers.a]\ndialect = "postgres"\ndsn = {toml_value(dsn_a)}\n\n'
+            f'[peers.b]\ndialect = "postgres"\ndsn = {toml_value(dsn_b)}\n\n' + toml_links(links)
         )
         self.proc: subprocess.Popen | None = None
         self.procs: list[subprocess.Popen] = []

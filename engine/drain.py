@@ -24,6 +24,7 @@ import asyncpg
 
 from . import capture, conflicts, errors, faults, pg_sql, sqlfiles
 from .catalog import LinkShape
+from .config import Link
 
 log = logging.getLogger("syncbridge.drain")
 
@@ -128,7 +129,38 @@ def problem(name: str, source_key: str, exc: BaseException, defer: bool) -> str:
                   defer=json.dumps(defer))
 
 
-class PgDrain:
+class QueueDrain:
+    """What every drain fed by a Postgres sync.queue shares, whatever its sink:
+    its name, the queue depth for sync.status, and crash recovery of claimed
+    batches (each subclass decides in `_resume` whether its sink has the batch)."""
+
+    link: Link
+    src: str
+    dst: str
+    source: asyncpg.Pool
+
+    @property
+    def name(self) -> str:
+        return f"{self.link.name}:{self.src}->{self.dst}"
+
+    async def depth(self) -> tuple[int, Any]:
+        row = await self.source.fetchrow(Q("queue_depth"), self.link.name, self.src)
+        return row["queued"], row["oldest"]
+
+    async def recover(self) -> int:
+        """Finish every batch a previous run claimed but did not finish."""
+        pending = await self.source.fetch(Q("pending_batches"), self.link.name, self.src)
+        for row in pending:
+            await self._resume(row["batch_id"])
+        if pending:
+            log.info("event=recovered link=%s batches=%d", self.name, len(pending))
+        return len(pending)
+
+    async def _resume(self, batch_id: uuid.UUID) -> None:
+        raise NotImplementedError
+
+
+class PgDrain(QueueDrain):
     """Moves one link's changes from a Postgres source side to a Postgres sink side."""
 
     def __init__(
@@ -145,19 +177,6 @@ class PgDrain:
         self.two_way = self.link.direction == "both"
         self.max_attempts = max_attempts
         self.open_dead_letters = True  # refreshed by the stats task; True = check
-
-    @property
-    def name(self) -> str:
-        return f"{self.link.name}:{self.src}->{self.dst}"
-
-    async def recover(self) -> int:
-        """Finish every batch a previous run claimed but did not finish."""
-        pending = await self.source.fetch(Q("pending_batches"), self.link.name, self.src)
-        for row in pending:
-            await self._resume(row["batch_id"])
-        if pending:
-            log.info("event=recovered link=%s batches=%d", self.name, len(pending))
-        return len(pending)
 
     async def _resume(self, batch_id: uuid.UUID) -> None:
         signals = await self.source.fetch(Q("batch_signals"), batch_id)
@@ -297,8 +316,4 @@ class PgDrain:
         if self.open_dead_letters and out.applied:
             await self.hub.execute(Q("close_dead_letters"), self.link.name, self.src,
                                    [i.source_key for i in out.applied])
-
-    async def depth(self) -> tuple[int, Any]:
-        row = await self.source.fetchrow(Q("queue_depth"), self.link.name, self.src)
-        return row["queued"], row["oldest"]
 

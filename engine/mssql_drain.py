@@ -58,7 +58,7 @@ import asyncpg
 from . import capture, errors, faults, mssql_types, pg_sql, sqlfiles
 from .catalog import LinkShape
 from .config import Config, ConfigError
-from .drain import Item, Outcome, Q, _array, apply_set, isolate, problem
+from .drain import Item, Outcome, Q, QueueDrain, _array, apply_set, isolate, problem
 from .mssql_peer import BadRow, CtCursor, MssqlPeer, echo_context
 
 log = logging.getLogger("syncbridge.mssql_drain")
@@ -489,7 +489,7 @@ def _typed_read(shape: LinkShape, source: str) -> str:
             f"left join {pg_sql._table(shape, source)} t on {join}")
 
 
-class PgToCtDrain:
+class PgToCtDrain(QueueDrain):
     """Moves one link's changes from a Postgres side (sync.queue) to a SQL Server side."""
 
     def __init__(self, shape: LinkShape, source_side: str, source: asyncpg.Pool,
@@ -513,29 +513,15 @@ class PgToCtDrain:
         self._meta = False
         self._inflight: uuid.UUID | None = None
 
-    @property
-    def name(self) -> str:
-        return f"{self.link.name}:{self.src}->{self.dst}"
-
     async def _load_meta(self) -> None:
         """Collations and IDENTITY columns of the sink table, which apply_batch needs."""
         if not self._meta:
             await self.mssql.read_table(self.link.side(self.dst))
             self._meta = True
 
-    async def depth(self) -> tuple[int, Any]:
-        row = await self.source.fetchrow(Q("queue_depth"), self.link.name, self.src)
-        return row["queued"], row["oldest"]
-
     async def recover(self) -> int:
-        """Finish every batch a previous run claimed but did not finish."""
         await self._load_meta()
-        pending = await self.source.fetch(Q("pending_batches"), self.link.name, self.src)
-        for row in pending:
-            await self._resume(row["batch_id"])
-        if pending:
-            log.info("event=recovered link=%s batches=%d", self.name, len(pending))
-        return len(pending)
+        return await super().recover()
 
     async def _resume(self, batch_id: uuid.UUID) -> None:
         if await self.mssql.applied(batch_id):

@@ -14,7 +14,7 @@ import pytest
 from webhook_support import PATIENTS_DDL, SECRETS, make_config, signed
 
 from rigs import link, make_rig
-from syncbridge.bridge.rig import _toml, wait_until
+from syncbridge.bridge.rig import toml_value, wait_until
 
 SOURCES = ["shop", "lms", "portal", "gh", "std"]
 
@@ -23,13 +23,13 @@ def _webhooks_toml() -> str:
     """The test sources of webhook_support, as a [webhooks] section of a config file."""
     hooks = make_config("postgresql://unused/x").raw["webhooks"]
     out = ["[webhooks]"]
-    out += [f"{k} = {_toml(v)}" for k, v in hooks.items() if k != "sources"]
+    out += [f"{k} = {toml_value(v)}" for k, v in hooks.items() if k != "sources"]
     for name, body in hooks["sources"].items():
         out.append(f"\n[webhooks.sources.{name}]")
-        out += [f"{k} = {_toml(v)}" for k, v in body.items() if k != "topics"]
+        out += [f"{k} = {toml_value(v)}" for k, v in body.items() if k != "topics"]
         for topic in body["topics"]:
             out.append(f"\n[[webhooks.sources.{name}.topics]]")
-            out += [f"{k} = {_toml(v)}" for k, v in topic.items()]
+            out += [f"{k} = {toml_value(v)}" for k, v in topic.items()]
     return "\n".join(out) + "\n"
 
 
