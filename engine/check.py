@@ -351,9 +351,9 @@ class LinkCheck:
 def rules(config: Config) -> dict[str, dict[str, Any]]:
     """[[rules]] of the config by name: name, peer, sql (returns violating rows)."""
     out: dict[str, dict[str, Any]] = {}
-    for body in config.raw.get("rules", []):
-        name, peer, text = body.get("name"), body.get("peer"), body.get("sql")
-        if not name or not text:
+    for body in config.rules:
+        name, peer, text = body.name, body.peer, body.sql
+        if not name or not text.strip():
             raise ConfigError(f"rule {name!r}: every [[rules]] entry needs name and sql")
         peer = peer or config.hub
         if peer not in config.peers or config.peers[peer].dialect != "postgres":

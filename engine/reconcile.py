@@ -1,6 +1,6 @@
 """Reconciliation in the bridge: scheduled checks, auto repair, resync requests.
 
-Per link in the config (read from the raw table, so `Link` stays unchanged):
+Per link in the config (`Link.check_every`, `Link.repair`):
 
     check_every = "1h"      # run `check` on this link every hour (s, m, h, d)
     repair = "auto"         # after a check that found differences, run `repair`
@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 import threading
 import time
 from typing import Any
@@ -22,36 +21,19 @@ from typing import Any
 import asyncpg
 
 from . import backfill, check, repair
-from .config import Config, ConfigError
+from .config import Config, ConfigError, seconds
 from .validate import shapes
 
 log = logging.getLogger("syncbridge.reconcile")
 
 TICK = 5.0  # seconds between looks at schedules and resync requests
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def seconds(text: Any) -> float:
-    """'90s', '15m', '1h', '2d' or a number of seconds."""
-    if isinstance(text, (int, float)):
-        return float(text)
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", str(text))
-    if not m:
-        raise ConfigError(f"{text!r} is not a duration like 30s, 15m, 1h or 1d")
-    return float(m.group(1)) * _UNITS[m.group(2) or "s"]
+__all__ = ["background_checks", "schedules", "seconds"]
 
 
 def schedules(config: Config) -> dict[str, tuple[float, bool]]:
     """{link: (check_every seconds, auto repair)} for links that ask for checks."""
-    out = {}
-    for body in config.raw.get("links", []):
-        name = body.get("name")
-        mode = body.get("repair", "manual")
-        if mode not in ("auto", "manual"):
-            raise ConfigError(f"link {name!r}: repair {mode!r} is not 'auto' or 'manual'")
-        if "check_every" in body:
-            out[name] = (seconds(body["check_every"]), mode == "auto")
-    return out
+    return {name: (link.check_every, link.repair == "auto")
+            for name, link in config.links.items() if link.check_every is not None}
 
 
 async def background_checks(config: Config, stop_event: asyncio.Event,

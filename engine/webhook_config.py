@@ -13,20 +13,12 @@ import fnmatch
 import os
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
-from .config import Config, ConfigError
+from .config import WEBHOOK_DEFAULTS, Config, ConfigError, Side, SourceFile, TopicFile, credential
 
 PROVIDERS = ("shopify", "thinkific", "supabase", "hmac", "standard")
 
-WEBHOOK_DEFAULTS: dict[str, Any] = {
-    "max_body_bytes": 1_048_576,  # bytes; 1 MiB, Shopify's own payload cap is smaller
-    "tolerance_seconds": 300,  # seconds a Standard Webhooks timestamp may be off
-    "retention_days": 30,  # days the dedupe record of an event is kept
-    "pool_max_size": 10,  # hub connections of the webhook app
-    "db_timeout": 5.0,  # seconds to get a hub connection before answering 503
-}
+__all__ = ["WEBHOOK_DEFAULTS", "PROVIDERS", "parse_webhooks"]
 
 # Where each provider puts the row inside the payload (dotted path, "" = body);
 # a topic may override it with `root`.
@@ -34,15 +26,12 @@ DEFAULT_ROOT = {"shopify": "", "thinkific": "payload", "supabase": "record",
                 "hmac": "", "standard": "data"}
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,62}$")
-_SOURCE_KEYS = {"provider", "secret_env", "secret_credential", "header", "prefix", "encoding",
-                "id_header", "id_field", "topic_header", "topic_field", "tolerance_seconds",
-                "topics"}
-_TOPIC_KEYS = {"topic", "link", "side", "key", "version", "columns", "delete", "root"}
 
 
 @dataclass(frozen=True)
 class TopicMap:
-    """How one topic's payload becomes a row of one side of one link."""
+    """How one topic's payload becomes a row of one side of one link, or of a plain table
+    (then `link` is `table_link(target)` and `side` is 'a')."""
 
     topic: str  # exact topic, or a glob such as "*" or "*:public.patients"
     link: str
@@ -52,6 +41,7 @@ class TopicMap:
     version: str | None  # JSON path ordering versions of a row
     delete: bool
     root: str | None  # None = the provider's default
+    target: Side | None = None  # a plain table (no link); None = the link's side
 
     def matches(self, topic: str) -> bool:
         return fnmatch.fnmatchcase(topic, self.topic)
@@ -96,85 +86,52 @@ class WebhookConfig:
 
 
 def parse_webhooks(config: Config, secrets: bool = True) -> WebhookConfig:
-    """The [webhooks] section; `secrets=False` skips reading them (the drain needs none)."""
-    body = config.raw.get("webhooks", {})
-    if not isinstance(body, dict):
-        raise ConfigError("[webhooks] must be a table")
-    unknown = set(body) - set(WEBHOOK_DEFAULTS) - {"sources"}
-    if unknown:
-        raise ConfigError(f"[webhooks] has unknown settings: {', '.join(sorted(unknown))}")
+    """The [webhooks] section; `secrets=False` skips reading them (the drain needs none).
 
-    def setting(name: str) -> Any:
-        value = body.get(name, WEBHOOK_DEFAULTS[name])
-        if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
-            raise ConfigError(f"[webhooks] {name} must be a positive number, not {value!r}")
-        return value
-
-    sources = {name: _source(name, src, config, secrets)
-               for name, src in body.get("sources", {}).items()}
-    return WebhookConfig(sources, int(setting("max_body_bytes")), int(setting("retention_days")),
-                         int(setting("pool_max_size")), float(setting("db_timeout")))
+    Keys and types were checked by the config model (engine/config.py); what
+    is left here is what needs the links and the provider."""
+    body = config.webhooks
+    sources = {name: _source(name, src, body.tolerance_seconds, config, secrets)
+               for name, src in body.sources.items()}
+    return WebhookConfig(sources, body.max_body_bytes, body.retention_days,
+                         body.pool_max_size, body.db_timeout)
 
 
-def _source(name: str, body: Any, config: Config, secrets: bool) -> Source:
+def _source(name: str, body: SourceFile, tolerance: int, config: Config,
+            secrets: bool) -> Source:
     where = f"webhook source {name!r}"
     if not _NAME.match(name):
         raise ConfigError(f"{where}: name must be letters, digits, _ or - (it is a URL path)")
-    if not isinstance(body, dict):
-        raise ConfigError(f"{where} must be a table")
-    if "secret" in body:
+    if body.secret is not None:
         raise ConfigError(f"{where}: a literal secret is not allowed in the config file; "
                           "use secret_env or secret_credential")
-    unknown = set(body) - _SOURCE_KEYS
-    if unknown:
-        raise ConfigError(f"{where} has unknown fields: {', '.join(sorted(unknown))}")
-    provider = body.get("provider")
-    if provider not in PROVIDERS:
-        raise ConfigError(f"{where}: provider {provider!r} is not one of {PROVIDERS}")
-    if provider == "hmac" and not body.get("header"):
+    provider = body.provider
+    if provider == "hmac" and not body.header:
         raise ConfigError(f"{where}: provider hmac needs header (e.g. 'X-Hub-Signature-256')")
-    encoding = body.get("encoding", "hex")
-    if encoding not in ("hex", "base64"):
-        raise ConfigError(f"{where}: encoding {encoding!r} is not hex or base64")
-    topics = body.get("topics")
-    if not isinstance(topics, list) or not topics:
-        raise ConfigError(f"{where} needs at least one [[webhooks.sources.{name}.topics]]")
-    tolerance = body.get("tolerance_seconds", WEBHOOK_DEFAULTS["tolerance_seconds"])
-    if not isinstance(tolerance, int) or tolerance <= 0:
-        raise ConfigError(f"{where}: tolerance_seconds must be a positive integer")
     return Source(
         name=name,
         provider=provider,
         secret=_secret(where, provider, body) if secrets else b"",
-        topics=tuple(_topic(where, t, config) for t in topics),
-        header=body.get("header") or ("x-webhook-secret" if provider == "supabase" else None),
-        prefix=str(body.get("prefix", "")),
-        encoding=encoding,
-        id_header=body.get("id_header"),
-        id_field=body.get("id_field"),
-        topic_header=body.get("topic_header"),
-        topic_field=body.get("topic_field") or ("type" if provider == "standard" else None),
-        tolerance_seconds=tolerance,
+        topics=tuple(_topic(where, t, config) for t in body.topics),
+        header=body.header or ("x-webhook-secret" if provider == "supabase" else None),
+        prefix=body.prefix,
+        encoding=body.encoding,
+        id_header=body.id_header,
+        id_field=body.id_field,
+        topic_header=body.topic_header,
+        topic_field=body.topic_field or ("type" if provider == "standard" else None),
+        tolerance_seconds=body.tolerance_seconds or tolerance,
     )
 
 
-def _secret(where: str, provider: str, body: dict[str, Any]) -> bytes:
+def _secret(where: str, provider: str, body: SourceFile) -> bytes:
     """The signing key as bytes; Standard Webhooks keys are `whsec_<base64>`."""
-    if "secret_env" in body:
-        value = os.environ.get(str(body["secret_env"]), "")
+    if body.secret_env is not None:
+        value = os.environ.get(body.secret_env, "")
         if not value:
-            raise ConfigError(f"{where}: environment variable {body['secret_env']} is not set")
-    elif "secret_credential" in body:
-        directory = os.environ.get("CREDENTIALS_DIRECTORY")
-        if not directory:
-            raise ConfigError(f"{where}: secret_credential needs systemd LoadCredential "
-                              "(CREDENTIALS_DIRECTORY is not set)")
-        path = Path(directory) / str(body["secret_credential"])
-        try:
-            value = path.read_text().strip()
-        except OSError as e:
-            raise ConfigError(f"{where}: cannot read credential {path.name}: "
-                              f"{e.strerror}") from None
+            raise ConfigError(f"{where}: environment variable {body.secret_env} is not set")
+    elif body.secret_credential is not None:
+        value = credential(where, body.secret_credential)
     else:
         raise ConfigError(f"{where} has no secret_env or secret_credential")
     if provider == "standard":
@@ -188,39 +145,60 @@ def _secret(where: str, provider: str, body: dict[str, Any]) -> bytes:
     return value.encode()
 
 
-def _topic(where: str, body: Any, config: Config) -> TopicMap:
-    if not isinstance(body, dict) or not isinstance(body.get("topic"), str) or not body["topic"]:
-        raise ConfigError(f"{where}: every topics entry needs a topic")
-    where = f"{where} topic {body['topic']!r}"
-    unknown = set(body) - _TOPIC_KEYS
-    if unknown:
-        raise ConfigError(f"{where} has unknown fields: {', '.join(sorted(unknown))}")
-    link = config.links.get(str(body.get("link")))
-    if link is None:
-        raise ConfigError(f"{where}: link {body.get('link')!r} is not a configured link")
-    side = body.get("side")
-    if side not in ("a", "b"):
-        raise ConfigError(f"{where}: side must be 'a' or 'b', not {side!r}")
-    peer = config.peers[link.side(side).peer]
+def _topic(where: str, body: TopicFile, config: Config) -> TopicMap:
+    where = f"{where} topic {body.topic!r}"
+    if (body.link is None) == (body.table is None):
+        raise ConfigError(f"{where}: set either link and side, or table (a plain table)")
+    if body.table is not None:
+        if body.side is not None:
+            raise ConfigError(f"{where}: side is for a link; a plain table has none")
+        peer_name = body.peer or config.hub
+        if peer_name not in config.peers:
+            raise ConfigError(f"{where}: peer {peer_name!r} is not a configured peer")
+        schema, _, table = body.table.rpartition(".")
+        target: Side | None = Side(peer_name, schema or "public", table)
+        link_name, side = table_link(target), "a"
+        peer = config.peers[peer_name]
+    else:
+        link = config.links.get(str(body.link))
+        if link is None:
+            raise ConfigError(f"{where}: link {body.link!r} is not a configured link")
+        if body.side is None:
+            raise ConfigError(f"{where}: side is required with link ('a' or 'b')")
+        if body.peer is not None:
+            raise ConfigError(f"{where}: peer is for a plain table; a link's side has its own")
+        side, target, link_name = body.side, None, link.name
+        peer = config.peers[link.side(side).peer]
     if peer.dialect != "postgres":
-        raise ConfigError(f"{where}: side {side} of link {link.name!r} is on peer {peer.name!r} "
+        raise ConfigError(f"{where}: the target table is on peer {peer.name!r} "
                           f"({peer.dialect}); webhook rows can only be written to postgres")
-    columns = body.get("columns")
-    if not isinstance(columns, dict) or not columns or not all(
-            isinstance(c, str) and isinstance(p, str) and p for c, p in columns.items()):
+    columns = body.columns
+    if not columns or not all(c and p for c, p in columns.items()):
         raise ConfigError(f"{where}: columns must map table column names to JSON field paths")
-    key = body.get("key")
-    keys = (key,) if isinstance(key, str) else tuple(key) if isinstance(key, list) else ()
-    if not keys or not all(isinstance(k, str) and k for k in keys):
+    keys = tuple(body.key)
+    if not keys or not all(keys):
         raise ConfigError(f"{where}: key must name the JSON field (or fields) of the row's key")
-    for label, path in [*(("key", k) for k in keys), ("version", body.get("version"))]:
+    for label, path in [*(("key", k) for k in keys), ("version", body.version)]:
         if path is not None and path not in columns.values():
             raise ConfigError(f"{where}: {label} field {path!r} is not one of the mapped "
                               "columns' fields")
-    root = body.get("root")
-    if root is not None and not isinstance(root, str):
-        raise ConfigError(f"{where}: root must be a JSON field path ('' for the whole body)")
     return TopicMap(
-        topic=body["topic"], link=link.name, side=side, key=keys, columns=dict(columns),
-        version=body.get("version"), delete=bool(body.get("delete", False)), root=root,
+        topic=body.topic, link=link_name, side=side, key=keys, columns=dict(columns),
+        version=body.version, delete=body.delete, root=body.root, target=target,
     )
+
+
+def table_link(target: Side) -> str:
+    """The queue's link name for events into a plain table: never a link's name (it has
+    dots), so sync.queue, sync.dead_letter and retry_webhook_v1 work unchanged."""
+    return f"{target.peer}.{target.qualified}"
+
+
+def targets(config: Config, wh: WebhookConfig) -> list[tuple[str, TopicMap, Side]]:
+    """(where, topic map, table) of every webhook topic, for checks against the catalog."""
+    out = []
+    for source in wh.sources.values():
+        for t in source.topics:
+            side = t.target or config.links[t.link].side(t.side)
+            out.append((f"webhook source {source.name!r} topic {t.topic!r}", t, side))
+    return out

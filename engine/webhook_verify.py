@@ -87,7 +87,12 @@ def _supabase(source: Source, h: Mapping[str, str], body: bytes, now: float) -> 
     assert source.header is not None
     given = h.get(source.header.lower(), "")
     if source.header.lower() == "authorization":
-        given = given.removeprefix("Bearer ")
+        # exactly what docs/webhooks.md says: "Bearer <secret>", the scheme in any case
+        # (RFC 9110 section 11.1); a bare secret in Authorization is refused
+        scheme, _, given = given.strip().partition(" ")
+        if scheme.lower() != "bearer":
+            return False
+        given = given.strip()
     return hmac.compare_digest(source.secret, given.encode("latin-1", "replace"))
 
 

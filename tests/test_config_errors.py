@@ -51,6 +51,10 @@ def test_cli_reports_config_error_and_starts_nothing(new_db, tmp_path, capsys):
     assert "config error: link 't': column 'name' does not exist in public.t on peer 'b'" in err
 
 
+_LINK = {"name": "l", "a": {"peer": "a", "table": "t"}, "b": {"peer": "a", "table": "u"},
+         "key": ["id"], "direction": "both"}
+
+
 @pytest.mark.parametrize("raw, message", [
     ({}, "config names no [peers]"),
     ({"peers": {"a": {"dialect": "oracle", "dsn": "x"}}}, "dialect 'oracle' is not one of"),
@@ -61,9 +65,79 @@ def test_cli_reports_config_error_and_starts_nothing(new_db, tmp_path, capsys):
     ({"peers": {"a": {"dsn": "x"}}, "links": [{"name": "l", "a": {"peer": "a", "table": "t"},
       "b": {"peer": "a", "table": "u"}, "key": ["id"], "direction": "sideways"}]},
      "link 'l': direction 'sideways'"),
-    ({"peers": {"a": {"dsn": "x"}}, "bridge": {"batchsize": 5}}, "unknown settings: batchsize"),
+    ({"peers": {"a": {"dsn": "x"}}, "bridge": {"batchsize": 5}},
+     "[bridge]: unknown key 'batchsize' (did you mean 'batch_size'?)"),
+    ({"peers": {"a": {"dsn": "x"}}, "links": [_LINK | {"conflcit": "manual"}]},
+     "link 'l': unknown key 'conflcit' (did you mean 'conflict'?)"),
+    ({"peers": {"a": {"dsn": "x", "dialcet": "postgres"}}},
+     "peer 'a': unknown key 'dialcet' (did you mean 'dialect'?)"),
+    ({"peers": {"a": {"dsn": "x"}}, "links": [_LINK | {"batch_size": "500"}]},
+     "link 'l': batch_size = '500': Input should be a valid integer"),
+    ({"peers": {"a": {"dsn": "x"}}, "links": [_LINK | {"conflict": "function:resolve"}]},
+     "or function:<schema>.<function>"),
+    ({"peers": {"a": {"dsn": "x"}}, "links": [_LINK | {"merge_fallback": "merge"}]},
+     "link 'l': merge_fallback 'merge' is not one of"),
+    ({"peers": {"a": {"dsn": "x"}}, "links": [_LINK | {"check_every": "soon"}]},
+     "'soon' is not a duration"),
+    ({"peers": {"a": {"dsn": "x"}}, "rules": [{"name": "r", "sql": "select 1", "pear": "a"}]},
+     "rule 'r': unknown key 'pear' (did you mean 'peer'?)"),
+    ({"peers": {"a": {"dsn": "x"}}, "webhooks": {"max_body": 5}},
+     "[webhooks]: unknown key 'max_body' (did you mean 'max_body_bytes'?)"),
+    ({"peers": {"a": {"dsn": "x"}}, "webhooks": {"sources": {"s": {
+        "provider": "hmac", "header": "h", "secret_env": "X",
+        "topics": [{"topic": "t", "link": "l", "side": "a", "key": "id",
+                    "colums": {"id": "id"}}]}}}},
+     "webhook source 's' topic 't': unknown key 'colums' (did you mean 'columns'?)"),
+    ({"peers": {"a": {"dsn": "x", "dsn_env": "Y"}}}, "needs exactly one of dsn, dsn_env"),
+    ({"paers": {}}, "config: unknown key 'paers' (did you mean 'peers'?)"),
 ])
 def test_config_shape_errors(raw, message):
     with pytest.raises(ConfigError) as e:
         parse(raw)
     assert message in str(e.value)
+
+
+def test_bridge_settings_are_every_links_defaults():
+    """[bridge] batch_size / notify / conflict apply to links that do not set their own."""
+    cfg = parse({"peers": {"a": {"dsn": "x"}},
+                 "bridge": {"batch_size": 7, "notify": False, "conflict": "manual"},
+                 "links": [_LINK, _LINK | {"name": "own", "batch_size": 9, "notify": True,
+                                           "conflict": "b_wins"}]})
+    inherited, own = cfg.links["l"], cfg.links["own"]
+    assert (inherited.batch_size, inherited.notify, inherited.conflict) == (7, False, "manual")
+    assert (own.batch_size, own.notify, own.conflict) == (9, True, "b_wins")
+    assert cfg.setting("batch_size") == 7 and cfg.setting("fallback_poll") == 5.0
+
+
+def test_new_link_keys_have_their_defaults():
+    cfg = parse({"peers": {"a": {"dsn": "x"}},
+                 "links": [_LINK, _LINK | {"name": "m", "conflict": "merge",
+                                           "merge_fallback": "b_wins", "check_every": "15m",
+                                           "repair": "auto"},
+                           _LINK | {"name": "f", "conflict": "function:sync_fn.pick"}]})
+    assert cfg.links["l"].merge_fallback == "a_wins" and cfg.links["l"].check_every is None
+    assert cfg.links["m"].merge_fallback == "b_wins" and cfg.links["m"].check_every == 900
+    assert cfg.links["m"].repair == "auto"
+    assert cfg.links["f"].conflict == "function:sync_fn.pick"
+
+
+def test_credential_outside_systemd_says_what_to_do(monkeypatch, tmp_path):
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    raw = {"peers": {"a": {"dsn_credential": "portal-dsn"}}}
+    with pytest.raises(ConfigError, match="--credentials-dir"):
+        parse(raw)
+    (tmp_path / "portal-dsn").write_text("postgresql://x@h/db\n")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
+    assert parse(raw).peers["a"].dsn == "postgresql://x@h/db"
+
+
+def test_misspelled_key_stops_install_from_the_cli(tmp_path, capsys):
+    """`conflcit = "manual"` used to install fine and run with a_wins."""
+    path = tmp_path / "s.toml"
+    path.write_text('[peers.a]\ndsn = "postgresql://x@127.0.0.1:1/db"\n\n[[links]]\n'
+                    'name = "l"\na = { peer = "a", table = "t" }\nb = { peer = "a", table = "u" }\n'
+                    'key = ["id"]\nconflcit = "manual"\n')
+    assert main(["install", "--config", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"syncbridge: config error: {path}: link 'l': unknown key 'conflcit' "
+                   "(did you mean 'conflict'?)")
