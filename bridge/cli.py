@@ -1,25 +1,39 @@
-"""The `syncbridge` command: migrate, install, run, status, demo, bench, ...
+"""The `syncbridge` command: migrate, install, run, status, systemd, demo, bench, ...
 
-Every option that has an environment variable names it in its help, and the
-config path comes from --config or SYNCBRIDGE_CONFIG.
+Options may come before or after the subcommand (`syncbridge run --config x`).
+Every option that has an environment variable names it in its help.
+
+Exit codes:
+  0  done (check: equal)
+  1  differences found (check, demo) or rule violations
+  2  a problem with the config or the command line (the message says where)
+  3  a database refused or could not be reached (the message says what to do)
+  130  interrupted
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
+import signal
 import sys
 from collections.abc import Callable
+from importlib import metadata
+from pathlib import Path
 
 from syncbridge.engine.config import Config, ConfigError, load
 
 from . import logs
 
-EXIT_ERROR = 2
+EXIT_OK, EXIT_DIFFERENT, EXIT_ERROR, EXIT_DATABASE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+log = logging.getLogger("syncbridge.cli")
 
 
-def _config(args: argparse.Namespace) -> Config:
-    return load(args.config)
+def _config(args: argparse.Namespace, hub_only: bool = False) -> Config:
+    config = load(args.config, hub_only=hub_only)
+    logs.set_key_logging(config.setting("log_keys"))
+    return config
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
@@ -47,15 +61,38 @@ def cmd_uninstall(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from . import daemon
+    from . import daemon, reload
 
-    return daemon.run(_config(args))
+    config = _config(args)
+    reload.check_webhooks_at_start(config)
+    signal.signal(signal.SIGHUP, lambda *_: reload.on_sighup(config))
+    return daemon.run(config)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     from syncbridge.engine import status
 
-    print(status.render(_config(args).hub_peer.dsn))
+    dsn = _config(args, hub_only=True).hub_peer.dsn
+    if args.watch:
+        return status.watch(dsn, args.watch, wide=args.wide)
+    print(status.render(dsn, wide=args.wide))
+    return 0
+
+
+def cmd_systemd(args: argparse.Namespace) -> int:
+    from . import units
+
+    config = _config(args)
+    config_path = str(Path(args.config).absolute())
+    names = [args.unit] if args.unit else units.wanted(config)
+    for name in names:
+        text = units.render(config, name, config_path, args.exec, args.credentials_dir_for_units)
+        if args.output_dir:
+            path = Path(args.output_dir) / name
+            path.write_text(text)
+            print(f"wrote {path}")
+        else:
+            print(f"# {name}\n{text}")
     return 0
 
 
@@ -68,7 +105,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_webhooks(args: argparse.Namespace) -> int:
     from .webhook_app import serve
 
-    serve(_config(args), args.host, args.port)
+    serve(_config(args, hub_only=True), args.host, args.port)
     return 0
 
 
@@ -78,20 +115,46 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return bench.main(args)
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="syncbridge", description=__doc__)
-    p.add_argument("--config", default=os.environ.get("SYNCBRIDGE_CONFIG", "syncbridge.toml"),
+def _common(p: argparse.ArgumentParser, top: bool) -> None:
+    """Options accepted before and after the subcommand; defaults are set only once,
+    on the top-level parser, so a subcommand's copy never overrides an earlier value."""
+
+    def default(value: object) -> object:
+        return value if top else argparse.SUPPRESS
+
+    p.add_argument("--config", default=default(os.environ.get("SYNCBRIDGE_CONFIG",
+                                                               "syncbridge.toml")),
                    help="config file (env SYNCBRIDGE_CONFIG; default ./syncbridge.toml)")
-    p.add_argument("--log-level", default=os.environ.get("SYNCBRIDGE_LOG_LEVEL", "info"),
+    p.add_argument("--credentials-dir",
+                   default=default(os.environ.get("CREDENTIALS_DIRECTORY")),
+                   help="directory of credential files named by dsn_credential and "
+                        "secret_credential, for commands run outside the systemd unit "
+                        "(env CREDENTIALS_DIRECTORY, which systemd sets)")
+    p.add_argument("--log-level", default=default(os.environ.get("SYNCBRIDGE_LOG_LEVEL", "info")),
                    help="debug, info, warning, error (env SYNCBRIDGE_LOG_LEVEL)")
     p.add_argument("--log-format", choices=("text", "json"),
-                   default=os.environ.get("SYNCBRIDGE_LOG_FORMAT", "text"),
+                   default=default(os.environ.get("SYNCBRIDGE_LOG_FORMAT", "text")),
                    help="one event per line as key=value or JSON (env SYNCBRIDGE_LOG_FORMAT)")
+
+
+def version() -> str:
+    try:
+        return metadata.version("syncbridge")
+    except metadata.PackageNotFoundError:  # a checkout that was never installed
+        return "unknown"
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="syncbridge", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"syncbridge {version()}")
+    _common(p, top=True)
     sub = p.add_subparsers(dest="command", required=True)
 
     def add(name: str, fn: Callable[[argparse.Namespace], int],
             help: str) -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=help, description=help)
+        _common(sp, top=False)
         sp.set_defaults(fn=fn)
         return sp
 
@@ -101,15 +164,32 @@ def _parser() -> argparse.ArgumentParser:
                            ("uninstall", cmd_uninstall, "remove capture for links")):
         add(name, fn, text).add_argument("link", nargs="*", help="links (default: all)")
     add("run", cmd_run, "run the bridge in the foreground (logs to stderr)")
-    add("status", cmd_status, "print sync.status from the hub")
-    hooks = add("webhooks", cmd_webhooks, "serve POST /webhooks/{source} (uvicorn)")
+    st = add("status", cmd_status, "print sync.status from the hub (fits 100 columns)")
+    st.add_argument("--wide", action="store_true", help="every column of sync.status")
+    st.add_argument("--watch", type=float, nargs="?", const=2.0, default=None, metavar="SECONDS",
+                    help="redraw every SECONDS (default 2) until interrupted")
+    sd = add("systemd", cmd_systemd,
+             "write the systemd units for this config (ExecStart, LoadCredential)")
+    sd.add_argument("--output-dir", help="write the units here (e.g. /etc/systemd/system); "
+                                         "default: print them")
+    sd.add_argument("--unit", choices=("syncbridge.service", "syncbridge-webhooks.service"),
+                    help="only this unit (default: the bridge, and the webhook receiver "
+                         "when the config has webhook sources)")
+    sd.add_argument("--exec", help="the syncbridge executable for ExecStart "
+                                   "(default: the one running now)")
+    sd.add_argument("--unit-credentials-dir", dest="credentials_dir_for_units",
+                    default="/etc/syncbridge/credentials",
+                    help="where LoadCredential reads the files (default /etc/syncbridge/"
+                         "credentials)")
+    hooks = add("webhooks", cmd_webhooks, "serve POST /webhooks/{source} (uvicorn); needs only "
+                                          "the hub's DSN")
     hooks.add_argument("--host", default=os.environ.get("SYNCBRIDGE_WEBHOOK_HOST", "127.0.0.1"),
                        help="listen address (env SYNCBRIDGE_WEBHOOK_HOST)")
     hooks.add_argument("--port", type=int,
                        default=int(os.environ.get("SYNCBRIDGE_WEBHOOK_PORT", "8080")),
                        help="listen port (env SYNCBRIDGE_WEBHOOK_PORT)")
     add("demo", cmd_demo, "two embedded databases kept in step, end to end").add_argument(
-        "--keep", action="store_true", help="leave the embedded server running at the end")
+        "--keep", action="store_true", help="leave the embedded server and its files at the end")
     bench = add("bench", cmd_bench, "measure throughput, latency and capture overhead")
     from . import bench as bench_mod
 
@@ -123,13 +203,29 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logs.setup(args.log_level, args.log_format)
+    if args.credentials_dir:
+        os.environ["CREDENTIALS_DIRECTORY"] = args.credentials_dir
     try:
         return args.fn(args)
     except ConfigError as e:
+        from syncbridge.engine.errors import PeerUnreachable
+
+        if isinstance(e, PeerUnreachable):
+            print(f"syncbridge: {e}", file=sys.stderr)
+            return EXIT_DATABASE
         print(f"syncbridge: config error: {e}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
+    except Exception as e:
+        from syncbridge.engine.errors import operator_message
+
+        text = operator_message(e)
+        if text is None:
+            raise
+        log.debug("event=command_failed", exc_info=True)
+        print(f"syncbridge: {text}", file=sys.stderr)
+        return EXIT_DATABASE
 
 
 if __name__ == "__main__":

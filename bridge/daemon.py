@@ -88,6 +88,7 @@ class Bridge:
             log.warning("event=forced_exit signal=%s", signal.Signals(signum).name)
             os._exit(1)
         log.info("event=stopping signal=%s", signal.Signals(signum).name)
+        sdnotify.notify("STOPPING=1")
         self.stop.set()
 
     async def _sleep(self, seconds: float) -> None:

@@ -164,6 +164,19 @@ async def _healthz(request: Request) -> Response:
 
 
 def serve(config: Config, host: str = "127.0.0.1", port: int = 8080) -> None:
-    """Run the app under uvicorn until SIGINT/SIGTERM (uvicorn drains open requests)."""
-    uvicorn.Server(uvicorn.Config(create_app(config), host=host, port=port,
+    """Run the app under uvicorn until SIGINT/SIGTERM (uvicorn drains open requests).
+
+    Mappings are checked against the hub's catalog first, and the config file
+    and its sources are named, so "404 to everything" is never a mystery."""
+    from syncbridge.engine.validate import webhook_tables
+
+    app = create_app(config)
+    webhook_tables(config)
+    sources = sorted(config.webhooks.sources)
+    log.info("event=webhooks_start config=%s hub=%s sources=%s listen=%s:%d", config.path,
+             config.hub, ",".join(sources) or "none", host, port)
+    if not sources:
+        log.warning("event=no_webhook_sources config=%s reason=%s", config.path,
+                    "[webhooks.sources] is empty: every POST will get 404")
+    uvicorn.Server(uvicorn.Config(app, host=host, port=port,
                                   server_header=False, log_config=None)).run()

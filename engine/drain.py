@@ -124,7 +124,7 @@ async def apply_set(conn: asyncpg.Connection, stmt: str, items: list[Item], out:
 def problem(name: str, source_key: str, exc: BaseException, defer: bool) -> str:
     """A dead-letter entry (JSON text) for one rejected row, logged."""
     log.warning("event=row_%s link=%s key=%s error=%s", "deferred" if defer else "dead",
-                name, source_key, errors.describe(exc))
+                name, source_key, errors.describe_safe(exc))
     return _entry(key=source_key, error=json.dumps(errors.describe(exc)),
                   defer=json.dumps(defer))
 
@@ -271,7 +271,7 @@ class PgDrain(QueueDrain):
 
     def _conflict(self, item: Item, st: Any, v: conflicts.Verdict) -> str:
         images = {self.src: item.image or "null", self.dst: st["cur"] or "null"}
-        log.info("event=conflict link=%s key=%s policy=%s winner=%s", self.link.name, item.ka,
+        log.warning("event=conflict link=%s key=%s policy=%s winner=%s", self.link.name, item.ka,
                  self.link.conflict, v.winner or "manual")
         return _entry(key=item.ka, a=images["a"], b=images["b"], last=st["last"] or "null",
                       winner=json.dumps(v.winner))

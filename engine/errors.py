@@ -11,8 +11,11 @@ only dead-lettered after repeated attempts.
 from __future__ import annotations
 
 import asyncio
+import re
 
 import asyncpg
+
+from .config import ConfigError
 
 TRANSIENT_SQLSTATES = {
     "40001",  # serialization_failure
@@ -79,3 +82,66 @@ def describe(exc: BaseException) -> str:
     if detail:
         parts.append(f"detail: {detail}")
     return " ".join(p for p in parts if p)
+
+
+class PeerUnreachable(ConfigError):
+    """A peer could not be reached or refused the login: not a config-file problem."""
+
+
+_QUOTED_VALUE = re.compile(r'(: |=)"[^"]*"')  # `invalid input syntax for type uuid: "…"`
+
+
+def describe_safe(exc: BaseException) -> str:
+    """One line for logs: sqlstate, message and constraint, never row values.
+
+    Postgres puts row values in DETAIL ("Failing row contains (…)", "Key (email)=(…)
+    already exists") and data errors quote the bad value in the message itself; both
+    are dropped here and kept in sync.dead_letter (`describe`), which is where
+    values are allowed to go."""
+    first = (str(exc).strip().splitlines() or [""])[0]
+    parts = [f"[{sqlstate(exc)}]" if sqlstate(exc) else type(exc).__name__,
+             _QUOTED_VALUE.sub(r'\1"…"', first)]
+    constraint = getattr(exc, "constraint_name", None) or getattr(
+        getattr(exc, "diag", None), "constraint_name", None)
+    if constraint:
+        parts.append(f"(constraint {constraint})")
+    return " ".join(p for p in parts if p)
+
+
+# What to run when a peer refuses for lack of a privilege (sqlstate 42501).
+_GRANTS = [
+    (re.compile(r"permission denied for schema (\S+)"),
+     "GRANT USAGE, CREATE ON SCHEMA {0} TO {role};"),
+    (re.compile(r"permission denied for database (\S+)"),
+     "GRANT CREATE ON DATABASE {0} TO {role};"),
+    (re.compile(r"permission denied for (?:table|relation) (\S+)"),
+     "GRANT SELECT, INSERT, UPDATE, DELETE, TRIGGER ON {0} TO {role};"),
+    (re.compile(r"permission denied for sequence (\S+)"),
+     "GRANT USAGE, SELECT, UPDATE ON SEQUENCE {0} TO {role};"),
+    (re.compile(r"must be owner of (?:table|relation) (\S+)"),
+     "ALTER TABLE {0} OWNER TO {role};  -- or run this command as the table's owner"),
+    (re.compile(r"permission denied for function (\S+)"),
+     "GRANT EXECUTE ON FUNCTION {0} TO {role};"),
+]
+
+
+def operator_message(exc: BaseException, role: str = "<the bridge's role>") -> str | None:
+    """One line saying what went wrong with a database and what to do; None if `exc`
+    is not a database error (then the caller lets it propagate)."""
+    import psycopg  # the CLI's driver; asyncpg errors carry the same sqlstates
+
+    if not isinstance(exc, psycopg.Error | asyncpg.PostgresError | OSError):
+        return None
+    first = (str(exc).strip().splitlines() or [""])[0]
+    if "password authentication failed" in first:
+        return f"{first}: check the password in the peer's DSN (or its credential file)"
+    if sqlstate(exc) == "42501" or "permission denied" in first or "must be owner" in first:
+        for pattern, grant in _GRANTS:
+            m = pattern.search(first)
+            if m:
+                return f"{first}; as a superuser or the owner, run: " + grant.format(
+                    m.group(1).strip('"'), role=role)
+        return f"{first}; grant the bridge's role the privilege named (see README, Privileges)"
+    if isinstance(exc, psycopg.OperationalError | OSError):
+        return f"cannot reach the database: {first}"
+    return f"database error: {describe_safe(exc)}"

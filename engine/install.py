@@ -9,7 +9,7 @@ from psycopg import sql
 
 from . import capture
 from .config import Config
-from .validate import shapes
+from .validate import shapes, unfilled_columns
 
 
 def _source_sides(config: Config, name: str) -> list[str]:
@@ -17,7 +17,9 @@ def _source_sides(config: Config, name: str) -> list[str]:
 
 
 def install(config: Config, links: list[str] | None = None) -> Iterator[str]:
-    for name, shape in shapes(config, links).items():
+    link_shapes = shapes(config, links)
+    unfilled_columns(config, link_shapes)
+    for name, shape in link_shapes.items():
         for side in _source_sides(config, name):
             s = shape.link.side(side)
             peer = config.peers[s.peer]

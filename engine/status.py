@@ -1,35 +1,101 @@
-"""`syncbridge status`: sync.status as a table; it computes nothing itself."""
+"""`syncbridge status`: sync.status as a table; it computes nothing itself.
+
+It renders whatever columns the view has. By default it shows the ones an
+operator looks at first (`NARROW`, those the view has) in at most 100
+columns; `--wide` shows every column. rich draws the table (plain text when
+not on a terminal) and `--watch` redraws it in place.
+"""
 
 from __future__ import annotations
 
+import datetime as dt
+import time
+from decimal import Decimal
+from io import StringIO
+
 import psycopg
+from rich import box
+from rich.console import Console
+from rich.table import Table
 
 from . import sqlfiles
+
+WIDTH = 100  # characters: the default table fits an 100-column terminal
+NARROW = ("link", "direction", "state", "queued", "lag", "applied_last_minute",
+          "dead_letters", "open_conflicts", "last_error")
+_SHORT = {"applied_last_minute": "applied/min", "dead_letters": "dead",
+          "open_conflicts": "conflicts", "direction": "dir"}
+MAX_CELL = 60  # characters of one cell in --wide
 
 
 def rows(dsn: str) -> tuple[list[str], list[tuple]]:
     with psycopg.connect(dsn) as conn:
-        cur = conn.execute(sqlfiles.query("queries/status.sql", "status"))
+        cur = conn.execute(sqlfiles.query("queries/status.sql", "status_all"))
         return [d.name for d in cur.description], cur.fetchall()
 
 
-def _cell(v: object) -> str:
+def cell(v: object, limit: int = MAX_CELL) -> str:
     if v is None:
         return "-"
-    text = str(v)
-    return text if len(text) <= 60 else text[:57] + "..."
+    if isinstance(v, dt.timedelta):
+        text = _interval(v)
+    elif isinstance(v, dt.datetime):
+        text = v.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+    elif isinstance(v, float | Decimal):
+        text = f"{v:.2f}"
+    else:
+        text = " ".join(str(v).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def table(headers: list[str], data: list[tuple]) -> str:
-    cells = [headers] + [[_cell(v) for v in r] for r in data]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+def _interval(v: dt.timedelta) -> str:
+    s = v.total_seconds()
+    if s < 60:
+        return f"{s:.1f}s"
+    if s < 3600:
+        return f"{s / 60:.1f}m"
+    if s < 86400:
+        return f"{s / 3600:.1f}h"
+    return f"{s / 86400:.1f}d"
 
 
-def render(dsn: str) -> str:
+def table(headers: list[str], data: list[tuple], wide: bool = False) -> Table:
+    keep = list(range(len(headers))) if wide else [
+        i for i, h in enumerate(headers) if h in NARROW]
+    t = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
+    for i in keep:
+        name = headers[i] if wide else _SHORT.get(headers[i], headers[i])
+        last = headers[i] == "last_error"
+        t.add_column(name, overflow="ellipsis", no_wrap=True, ratio=3 if last else None,
+                     min_width=8 if last else None)
+    for r in data:
+        t.add_row(*(cell(r[i]) for i in keep))
+    return t
+
+
+def render(dsn: str, wide: bool = False) -> str:
     headers, data = rows(dsn)
-    if not data:
-        return table(headers, []) + "\n(no link has been drained yet)"
-    return table(headers, data)
+    out = to_text(table(headers, data, wide), wide)
+    return out + ("\n(no link has been drained yet)" if not data else "")
+
+
+def to_text(t: Table, wide: bool) -> str:
+    buf = StringIO()
+    width = 10_000 if wide else WIDTH
+    Console(file=buf, width=width, color_system=None, legacy_windows=False).print(t)
+    return "\n".join(line.rstrip() for line in buf.getvalue().splitlines())
+
+
+def watch(dsn: str, every: float, wide: bool = False) -> int:
+    """Redraw the table every `every` seconds until interrupted (Ctrl-C exits 0)."""
+    from rich.live import Live
+
+    console = Console()
+    try:
+        with Live(console=console, auto_refresh=False) as live:
+            while True:
+                headers, data = rows(dsn)
+                live.update(table(headers, data, wide), refresh=True)
+                time.sleep(every)
+    except KeyboardInterrupt:
+        return 0

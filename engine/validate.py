@@ -7,13 +7,15 @@ import psycopg
 from . import catalog
 from .catalog import LinkShape
 from .config import Config, ConfigError, Link
+from .errors import PeerUnreachable
 
 
 def _pg_connect(config: Config, peer: str) -> psycopg.Connection:
     try:
         return psycopg.connect(config.peers[peer].dsn, autocommit=True)
     except psycopg.OperationalError as e:
-        raise ConfigError(f"peer {peer!r}: cannot connect: {e}".strip()) from None
+        why = " ".join(str(e).split())
+        raise PeerUnreachable(f"peer {peer!r}: cannot connect: {why}") from None
 
 
 def read_table(config: Config, conns: dict, link: Link, side: str) -> catalog.Table | None:
@@ -51,6 +53,60 @@ def shapes(config: Config, links: list[str] | None = None) -> dict[str, LinkShap
             b = read_table(config, conns, link, "b")
             out[name] = catalog.shape(link, a, b, type_checker(config, link))
         return out
+    finally:
+        for c in conns.values():
+            c.close()
+
+
+# NOT NULL columns an INSERT must fill: no default, not identity, not generated.
+_MUST_FILL_SQL = """
+select a.attname
+  from pg_attribute a
+ where a.attrelid = to_regclass(%s) and a.attnum > 0 and not a.attisdropped
+   and a.attnotnull and not a.atthasdef and a.attidentity = '' and a.attgenerated = ''
+ order by a.attnum
+"""
+
+
+def unfilled_columns(config: Config, link_shapes: dict[str, LinkShape]) -> None:
+    """A sink column that is NOT NULL without a default and that the link does not fill
+    would dead-letter every insert: refuse it at install, naming the column."""
+    for name, shape in link_shapes.items():
+        for _, dst in shape.link.directions():
+            side = shape.link.side(dst)
+            if config.peers[side.peer].dialect != "postgres":
+                continue
+            with _pg_connect(config, side.peer) as conn:
+                rows = conn.execute(_MUST_FILL_SQL, (catalog.quote_qualified(side),))
+                must = [r[0] for r in rows]
+            missing = [c for c in must if c not in shape.cols(dst)]
+            if missing:
+                raise ConfigError(
+                    f"link {name!r}: column {missing[0]!r} of {side.qualified} on peer "
+                    f"{side.peer!r} is NOT NULL without a default and the link does not fill "
+                    "it, so every insert would be dead-lettered; map it in columns, give it "
+                    "a default, or allow NULL")
+
+
+def webhook_tables(config: Config) -> None:
+    """Every webhook topic's table exists on its peer and has every mapped column."""
+    from .webhook_config import parse_webhooks, targets
+
+    conns: dict[str, psycopg.Connection] = {}
+    try:
+        for where, tmap, side in targets(config, parse_webhooks(config, secrets=False)):
+            if not config.peers[side.peer].dsn:  # loaded hub-only (the webhook app)
+                continue
+            if side.peer not in conns:
+                conns[side.peer] = _pg_connect(config, side.peer)
+            table = catalog.read_pg_table(conns[side.peer], side)
+            if table is None:
+                raise ConfigError(f"{where}: table {side.qualified} does not exist on peer "
+                                  f"{side.peer!r}")
+            for column in tmap.columns:
+                if column not in table.columns:
+                    raise ConfigError(f"{where}: column {column!r} does not exist in "
+                                      f"{side.qualified} on peer {side.peer!r}")
     finally:
         for c in conns.values():
             c.close()

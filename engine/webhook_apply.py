@@ -80,8 +80,10 @@ def _route(wh: WebhookConfig, config: Config,
            ev: asyncpg.Record) -> tuple[TopicMap, Side] | str:
     """The topic map and table of a queued event, or why there is none."""
     source = wh.sources.get(ev["source"])
-    link = config.links.get(ev["link"])
     tmap = source.find(ev["topic"], ev["link"], ev["side"]) if source else None
+    if tmap is not None and tmap.target is not None:  # a plain table, no link
+        return tmap, tmap.target
+    link = config.links.get(ev["link"])
     if tmap is None or link is None:
         return (f"no webhook mapping now for source {ev['source']!r} topic {ev['topic']!r} "
                 f"link {ev['link']!r} side {ev['side']!r}")

@@ -5,3 +5,7 @@
 select link, direction, queued, lag, applied_last_minute, last_applied_at, open_conflicts,
        applied_total, retries, dead_letters, last_error, bridge_heartbeat, bridges, backfill, last_check
   from sync.status
+
+-- name: status_all
+-- Every column of sync.status, whatever the view has (`syncbridge status` picks what fits).
+select * from sync.status order by 1, 2
