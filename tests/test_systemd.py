@@ -1,17 +1,52 @@
-"""The systemd notify protocol, over a real datagram socket, from a real bridge."""
+"""systemd: the notify protocol from a real bridge, and the units `syncbridge systemd` writes."""
 
 from __future__ import annotations
 
 import contextlib
+import os
+import shutil
 import socket
+import subprocess
+import sys
 from configparser import ConfigParser
-from importlib import resources
+from pathlib import Path
+
+import pytest
 
 from rigs import link, make_rig
 from syncbridge.bridge.rig import wait_until
 
+SAMPLE = """
+hub = "portal"
 
-def test_bridge_sends_ready_and_watchdog(new_db, tmp_path):
+[peers.portal]
+dsn_credential = "portal-dsn"
+
+[peers.clinic]
+dsn_credential = "clinic-dsn"
+
+[peers.lms]
+dsn_env = "LMS_DSN"
+
+[[links]]
+name = "patients"
+a = { peer = "portal", table = "public.patients" }
+b = { peer = "clinic", table = "public.patients" }
+key = ["id"]
+
+[webhooks.sources.shop]
+provider = "shopify"
+secret_credential = "shop-secret"
+[[webhooks.sources.shop.topics]]
+topic = "customers/update"
+table = "public.customers"
+key = "id"
+columns = { id = "id" }
+"""
+UNITS = ("syncbridge.service", "syncbridge-webhooks.service")
+
+
+def test_bridge_sends_ready_watchdog_and_stopping(new_db, tmp_path):
     rig = make_rig(new_db, tmp_path, "create table t (id int primary key);",
                    [link("t", "t", ["id"])])
     path = str(tmp_path / "notify.sock")
@@ -31,17 +66,74 @@ def test_bridge_sends_ready_and_watchdog(new_db, tmp_path):
         wait_until(lambda: received("READY=1"), 30, "READY=1")
         assert any("STATUS=active" in m for m in got)
         wait_until(lambda: received("WATCHDOG=1"), 10, "WATCHDOG=1")
+        assert rig.stop_bridge() == 0
+        wait_until(lambda: received("STOPPING=1"), 10, "STOPPING=1")
     finally:
         sock.close()
         rig.close()
 
 
-def test_units_are_notify_with_watchdog_and_hardening():
+def _render(tmp_path: Path, *extra: str) -> dict[str, str]:
+    config = tmp_path / "syncbridge.toml"
+    config.write_text(SAMPLE)
+    out = tmp_path / "units"
+    out.mkdir()
+    env = {**os.environ, "CREDENTIALS_DIRECTORY": str(tmp_path / "creds")}
+    (tmp_path / "creds").mkdir()
+    for name in ("portal-dsn", "clinic-dsn"):
+        (tmp_path / "creds" / name).write_text("postgresql://bridge@127.0.0.1:1/x")
+    env.pop("LMS_DSN", None)
+    env["LMS_DSN"] = "postgresql://bridge@127.0.0.1:1/lms"
+    done = subprocess.run([sys.executable, "-m", "syncbridge.bridge.cli", "systemd",
+                           "--config", str(config), "--output-dir", str(out), *extra],
+                          capture_output=True, text=True, env=env, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return {name: (out / name).read_text() for name in UNITS}
+
+
+def _service(text: str) -> ConfigParser:
     unit = ConfigParser(strict=False, interpolation=None)
-    unit.optionxform = str
-    text = (resources.files("syncbridge.bridge") / "systemd" / "syncbridge.service").read_text()
+    unit.optionxform = str  # type: ignore[assignment,method-assign]
     unit.read_string(text)
-    svc = unit["Service"]
-    assert svc["Type"] == "notify" and int(svc["WatchdogSec"]) > 0
-    assert svc["Restart"] == "on-failure" and "LoadCredential" in svc
-    assert svc["NoNewPrivileges"] == "yes" and svc["ProtectSystem"] == "strict"
+    return unit
+
+
+def _credentials(text: str) -> list[str]:
+    return [line.split("=", 1)[1] for line in text.splitlines()
+            if line.startswith("LoadCredential=")]
+
+
+def test_rendered_units_name_this_executable_and_exactly_the_configs_credentials(tmp_path):
+    units = _render(tmp_path)
+    exe = str(Path(sys.executable).parent / "syncbridge")
+    for name, text in units.items():
+        svc = _service(text)["Service"]
+        assert svc["ExecStart"].split()[0] == exe, name
+        assert f"--config {tmp_path / 'syncbridge.toml'}" in svc["ExecStart"]
+        assert svc["User"] == "syncbridge" and svc["NoNewPrivileges"] == "yes"
+        assert svc["ProtectSystem"] == "strict" and svc["Restart"] == "on-failure"
+        assert "@@" not in text
+    bridge = _service(units["syncbridge.service"])["Service"]
+    assert bridge["Type"] == "notify" and int(bridge["WatchdogSec"]) > 0
+    assert bridge["ExecStart"].endswith(" run") and "kill -HUP" in bridge["ExecReload"]
+    assert _credentials(units["syncbridge.service"]) == [
+        "portal-dsn:/etc/syncbridge/credentials/portal-dsn",
+        "clinic-dsn:/etc/syncbridge/credentials/clinic-dsn"]
+    hooks = _service(units["syncbridge-webhooks.service"])["Service"]
+    assert " webhooks " in hooks["ExecStart"]
+    # the receiver talks only to the hub: its DSN and the sources' secrets, nothing else
+    assert _credentials(units["syncbridge-webhooks.service"]) == [
+        "portal-dsn:/etc/syncbridge/credentials/portal-dsn",
+        "shop-secret:/etc/syncbridge/credentials/shop-secret"]
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None,
+                    reason="systemd-analyze is not installed (apt-get install systemd)")
+def test_rendered_units_pass_systemd_analyze_verify(tmp_path):
+    units = _render(tmp_path)
+    for name in units:
+        done = subprocess.run(["systemd-analyze", "verify", str(tmp_path / "units" / name)],
+                              capture_output=True, text=True, timeout=60)
+        problems = [line for line in (done.stdout + done.stderr).splitlines()
+                    if name in line or "not executable" in line]
+        assert done.returncode == 0 and not problems, done.stdout + done.stderr
