@@ -141,3 +141,19 @@ def test_misspelled_key_stops_install_from_the_cli(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err == (f"syncbridge: config error: {path}: link 'l': unknown key 'conflcit' "
                    "(did you mean 'conflict'?)")
+
+
+def test_install_refuses_a_not_null_sink_column_the_link_does_not_fill(new_db, tmp_path):
+    schema_b = A.replace("ts timestamptz", "ts timestamptz, clinic_code text not null")
+    rig = _rig(new_db, tmp_path, schema_b, columns={"id": "id", "name": "name",
+                                                    "amount": "amount", "ts": "ts"})
+    from syncbridge.engine.install import install
+    from syncbridge.engine.migrate import migrate
+
+    migrate(rig.config)
+    with pytest.raises(ConfigError) as e:
+        list(install(rig.config))
+    assert ("link 't': column 'clinic_code' of public.t on peer 'b' is NOT NULL without a "
+            "default and the link does not fill it") in str(e.value)
+    rig.execute("b", "alter table t alter column clinic_code set default 'main'")
+    assert list(install(rig.config))
