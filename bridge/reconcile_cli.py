@@ -54,17 +54,43 @@ def cmd_check(args: argparse.Namespace) -> int:
     else:
         for r in results:
             print(check.summary(r))
-            for d in r.diffs[: args.show]:
-                print(f"  {d.kind:<13} {json.dumps(d.key_a or d.detail, default=str)}"
-                      + (f" columns {', '.join(d.columns)}" if d.columns else ""))
+            for d in sorted(r.diffs, key=_diff_order)[: args.show]:
+                print("  " + _diff_line(d))
     return check.exit_code(results)
+
+
+SHOW_VALUE = 40  # characters of each side's value shown per differing column
+
+
+def _diff_order(d) -> tuple[str, str]:
+    return d.kind, json.dumps(d.key_a or d.key_b or d.detail, sort_keys=True, default=str)
+
+
+def _short(value: object) -> str:
+    text = "NULL" if value is None else json.dumps(value, default=str, ensure_ascii=False)
+    return text if len(text) <= SHOW_VALUE else text[: SHOW_VALUE - 1] + "…"
+
+
+def _diff_line(d) -> str:
+    """kind, key (keys in sorted order) and, per differing column, a's and b's values."""
+    key = json.dumps(d.key_a or d.key_b or d.detail, sort_keys=True, default=str,
+                     ensure_ascii=False)
+    line = f"{d.kind:<13} {key}"
+    if d.kind == "different" and d.columns:
+        a, b = d.detail.get("a", {}), d.detail.get("b", {})
+        line += "".join(f" {c}: a={_short(a.get(c))} b={_short(b.get(c))}" for c in d.columns)
+    return line
 
 
 def cmd_repair(args: argparse.Namespace) -> int:
     from syncbridge.engine import repair
 
-    done = repair.repair(_config(args), args.link, args.prefer)
+    done = repair.repair(_config(args), args.link, args.prefer, dry_run=args.dry_run)
     print(done.message)
+    if args.dry_run:
+        for action in ("insert", "update", "delete"):
+            for key in done.actions.get(action, []):
+                print(f"  would {action:<6} {json.dumps(key, sort_keys=True, default=str)}")
     return 0
 
 
@@ -95,6 +121,9 @@ def register(add: Add) -> None:
     r = add("repair", cmd_repair, "signal the keys the last check found different")
     r.add_argument("link")
     r.add_argument("--prefer", choices=("a", "b"), help="the side whose rows win")
+    r.add_argument("--dry-run", action="store_true",
+                   help="list the rows that would be inserted, updated and deleted, on which "
+                        "side; signal nothing")
     bc = add("bench-check", cmd_bench_check, "measure check, check with diffs, and backfill")
     from . import bench_check
 

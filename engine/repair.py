@@ -11,7 +11,7 @@ source side; a two-way link takes --prefer, else its conflict policy
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import psycopg
 
@@ -38,6 +38,19 @@ class Repair:
     side: str | None
     signalled: int
     message: str
+    actions: dict[str, list[dict]] = field(default_factory=dict)  # insert/update/delete -> keys
+
+
+# What signalling a key of the winning side does to the other side, by check diff kind.
+_ACTION = {("a", "missing_on_b"): "insert", ("b", "missing_on_a"): "insert",
+           ("a", "missing_on_a"): "delete", ("b", "missing_on_b"): "delete",
+           ("a", "different"): "update", ("b", "different"): "update"}
+
+
+def _effect(link: str, side: str, target: str, actions: dict[str, list[dict]]) -> str:
+    n = {a: len(actions.get(a, [])) for a in ("insert", "update", "delete")}
+    return (f"on side {'b' if side == 'a' else 'a'} ({target}) this inserts {n['insert']}, "
+            f"updates {n['update']} and deletes {n['delete']} row(s)")
 
 
 def winning_side(config: Config, link: str, prefer: str | None) -> str:
@@ -57,11 +70,15 @@ def winning_side(config: Config, link: str, prefer: str | None) -> str:
                       "with --prefer a|b")
 
 
-def repair(config: Config, link: str, prefer: str | None = None) -> Repair:
-    """Signal the keys of the link's last check on the winning side."""
+def repair(config: Config, link: str, prefer: str | None = None,
+           dry_run: bool = False) -> Repair:
+    """Signal the keys of the link's last check on the winning side (`dry_run`: only say
+    which rows of the other side that would insert, update and delete)."""
     if link not in config.links:
         raise ConfigError(f"no link named {link!r} in the config")
     side = winning_side(config, link, prefer)
+    other = config.links[link].side("b" if side == "a" else "a")
+    target = f"{other.peer} {other.qualified}"
     with psycopg.connect(config.hub_peer.dsn, autocommit=True) as hub:
         last = hub.execute(_pg(Q("last_link_check")), (link,)).fetchone()
         if last is None:
@@ -72,10 +89,22 @@ def repair(config: Config, link: str, prefer: str | None = None) -> Repair:
                                            "nothing to repair")
         diffs = hub.execute(_pg(Q("check_diffs")), (run_id,)).fetchall()
         keys = [json.loads(d[1] if side == "a" else d[2]) for d in diffs]
+        actions: dict[str, list[dict]] = {}
+        for (kind, *_), key in zip(diffs, keys, strict=True):
+            if (side, kind) in _ACTION:
+                actions.setdefault(_ACTION[side, kind], []).append(key)
+        for found in actions.values():
+            found.sort(key=lambda k: json.dumps(k, sort_keys=True))
+        effect = _effect(link, side, target, actions)
+        if dry_run:
+            return Repair(run_id, side, 0, f"{link}: dry run, nothing signalled: repairing "
+                                           f"from side {side} (check run {run_id}) would "
+                                           f"signal {len(keys)} key(s); " + effect, actions)
         _signal(config, link, side, keys)
         hub.execute(_pg(Q("mark_repaired")), (run_id,))
     return Repair(run_id, side, len(keys),
-                  f"{link}: signalled {len(keys)} key(s) of side {side} from check run {run_id}")
+                  f"{link}: signalled {len(keys)} key(s) of side {side} from check run "
+                  f"{run_id}; " + effect, actions)
 
 
 def _signal(config: Config, link: str, side: str, keys: list[dict]) -> None:
