@@ -115,32 +115,40 @@ class _Pager:
 
 
 class Progress:
-    """A one-line progress bar on a terminal (\\r, no dependency); silent otherwise."""
+    """The backfill's progress bar (rich: bar, rows, rate, ETA) on a terminal; silent when
+    the stream is not one (the command prints its one-line result either way)."""
 
     def __init__(self, label: str, total: int | None, done: int = 0,
                  stream: TextIO | None = None) -> None:
-        self.label, self.total, self.start_done = label, total, done
-        self.stream = stream or sys.stderr
-        self.tty = self.stream.isatty()
-        self.started = time.monotonic()
-        self.last = 0.0
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            TaskProgressColumn,
+            TextColumn,
+            TimeRemainingColumn,
+        )
+        from rich.progress import Progress as Bar
+
+        stream = stream or sys.stderr
+        self.tty = stream.isatty()
+        console = Console(file=stream, force_terminal=self.tty or None)
+        self.bar = Bar(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                       TaskProgressColumn(), TextColumn("{task.fields[rate]}"),
+                       TimeRemainingColumn(),
+                       console=console, disable=not self.tty, transient=False)
+        self.task = self.bar.add_task(label, total=total or None, completed=done, rate="")
+        if self.tty:
+            self.bar.start()
 
     def update(self, done: int, final: bool = False) -> None:
-        now = time.monotonic()
-        if not self.tty or (not final and now - self.last < 0.2):
+        if not self.tty:
             return
-        self.last = now
-        rate = (done - self.start_done) / max(now - self.started, 1e-6)
-        total = self.total or 0
-        pct = f" ({100 * done / total:5.1f}%)" if total else ""
-        eta = ""
-        if total and rate > 0 and done < total:
-            left = int((total - done) / rate)
-            eta = f" ETA {left // 60}:{left % 60:02d}"
-        self.stream.write(f"\r{self.label}: {done:,}/{total:,}{pct} {rate:,.0f} rows/s{eta}   ")
+        self.bar.update(self.task, completed=done)
+        speed = self.bar.tasks[0].speed
+        self.bar.update(self.task, rate=f"{speed:,.0f} rows/s" if speed else "", refresh=final)
         if final:
-            self.stream.write("\n")
-        self.stream.flush()
+            self.bar.stop()
 
 
 def _wait_for_room(conn: psycopg.Connection, run: Run, max_pending: int, chunk: int,

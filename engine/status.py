@@ -23,8 +23,12 @@ from . import sqlfiles
 WIDTH = 100  # characters: the default table fits an 100-column terminal
 NARROW = ("link", "direction", "state", "queued", "lag", "applied_last_minute",
           "dead_letters", "open_conflicts", "last_error")
-_SHORT = {"applied_last_minute": "applied/min", "dead_letters": "dead",
-          "open_conflicts": "conflicts", "direction": "dir"}
+_SHORT = {"applied_last_minute": "/min", "dead_letters": "dead",
+          "open_conflicts": "confl", "direction": "dir"}
+# widest cell of each default column: together (2 spaces apart) at most WIDTH characters
+_MAX_NARROW = {"link": 24, "direction": 6, "state": 10, "queued": 8, "lag": 6,
+               "applied_last_minute": 6, "dead_letters": 5, "open_conflicts": 5,
+               "last_error": 14}
 MAX_CELL = 60  # characters of one cell in --wide
 
 
@@ -62,12 +66,12 @@ def _interval(v: dt.timedelta) -> str:
 def table(headers: list[str], data: list[tuple], wide: bool = False) -> Table:
     keep = list(range(len(headers))) if wide else [
         i for i, h in enumerate(headers) if h in NARROW]
-    t = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
+    t = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False, padding=(0, 1),
+              collapse_padding=True)
     for i in keep:
         name = headers[i] if wide else _SHORT.get(headers[i], headers[i])
-        last = headers[i] == "last_error"
-        t.add_column(name, overflow="ellipsis", no_wrap=True, ratio=3 if last else None,
-                     min_width=8 if last else None)
+        t.add_column(name, overflow="ellipsis", no_wrap=True,
+                     max_width=None if wide else _MAX_NARROW.get(headers[i], 12))
     for r in data:
         t.add_row(*(cell(r[i]) for i in keep))
     return t
