@@ -3,13 +3,17 @@
 Starts an embedded PostgreSQL, creates two databases with the same small
 schema, installs capture, runs the bridge as a real process, writes on both
 sides (inserts, updates, deletes, a key change, a TRUNCATE), then compares
-every table and prints sync.status. Exits 1 if any table differs. Patients
+every table and prints sync.status. Exits 1 if any table differs. It also
+edits one patient on both sides while the bridge is down, to show a conflict
+resolved by the link's policy (a_wins), and removes its temporary directory
+at the end (`--keep` leaves it, and the server, and says where). Patients
 that the portal held before the link existed are sent by `syncbridge backfill`,
 and `syncbridge check` must find every link equal at the end.
 """
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -119,6 +123,8 @@ def run(rig: Rig) -> bool:
     for stmt in CLINIC_WRITES:
         rig.execute("b", stmt)
     rig.wait_equal(TABLES, 30)
+    slots = rig.query("a", "select slot_no from appointments order by slot_no")
+    _say(f"  key change on the clinic (slot 2 -> 7): portal slots now {[s for (s,) in slots]}")
     for stmt in PORTAL_MORE:
         rig.execute("a", stmt)
     started = time.monotonic()
@@ -129,6 +135,10 @@ def run(rig: Rig) -> bool:
         _say(f"NOT CONVERGED: {e}")
         return False
     _say(f"converged {time.monotonic() - started:.2f}s after the last write")
+    notes = rig.query("b", "select id from audit_notes order by id")
+    _say(f"  TRUNCATE on the portal: clinic audit_notes now holds ids {[i for (i,) in notes]}")
+    if not _conflict(rig):
+        return False
     check = subprocess.run([sys.executable, "-m", "syncbridge.bridge.cli", "--config",
                             str(rig.config_path), "check"], capture_output=True, text=True,
                            timeout=120)
@@ -137,6 +147,24 @@ def run(rig: Rig) -> bool:
         return False
     time.sleep(1.2)  # one stats interval, so the status sample below is current
     return True
+
+
+def _conflict(rig: Rig) -> bool:
+    """Both sides edit one patient while the bridge is down: a conflict, a_wins."""
+    rig.stop_bridge()
+    rig.execute("a", f"update patients set full_name = 'Ola (portal edit)' where id = '{P3}'")
+    rig.execute("b", f"update patients set full_name = 'Ola (clinic edit)' where id = '{P3}'")
+    rig.start_bridge()
+    try:
+        rig.wait_equal(TABLES, 30)
+    except TimeoutError as e:
+        _say(f"NOT CONVERGED after the conflict: {e}")
+        return False
+    [(name,)] = rig.query("b", f"select full_name from patients where id = '{P3}'")
+    found = rig.query("a", "select link, policy, winner from sync.conflicts")
+    _say(f"  conflict (both sides edited one patient): sync.conflicts {found}; "
+         f"both now say {name!r}")
+    return bool(found) and name == "Ola (portal edit)"
 
 
 def _backfill(rig: Rig) -> None:
@@ -171,9 +199,12 @@ def main(keep: bool = False) -> int:
         if rig is not None:
             rig.close()
         if keep:
-            _say(f"embedded server left running: {pg.dsn('portal')}")
+            _say(f"embedded server left running: {pg.dsn('portal')}; its files, the config "
+                 f"and the bridge log are in {workdir} (remove it when done)")
         else:
             pg.destroy()
+            shutil.rmtree(workdir, ignore_errors=True)
+            _say(f"removed {workdir}")
 
 
 if __name__ == "__main__":
