@@ -157,3 +157,21 @@ def test_install_refuses_a_not_null_sink_column_the_link_does_not_fill(new_db, t
             "default and the link does not fill it") in str(e.value)
     rig.execute("b", "alter table t alter column clinic_code set default 'main'")
     assert list(install(rig.config))
+
+
+@pytest.mark.parametrize("name", ["two-postgres.toml", "one-database-column-map.toml",
+                                  "webhooks-only.toml", "compose.toml"])
+def test_shipped_examples_are_valid(name, monkeypatch, tmp_path):
+    from pathlib import Path
+
+    from syncbridge.engine.config import load
+    from syncbridge.engine.webhook_config import parse_webhooks
+
+    for var in ("PORTAL_DSN", "CLINIC_DSN", "LMS_DSN"):
+        monkeypatch.setenv(var, "postgresql://x@127.0.0.1:1/db")
+    for cred in ("portal-dsn", "clinic-dsn", "shop-dsn", "shopify-secret", "thinkific-secret"):
+        (tmp_path / cred).write_text("postgresql://x@127.0.0.1:1/db")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
+    config = load(Path(__file__).parent.parent / "examples" / name)
+    parse_webhooks(config)
+    assert config.links or config.webhooks.sources
