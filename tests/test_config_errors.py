@@ -175,3 +175,20 @@ def test_shipped_examples_are_valid(name, monkeypatch, tmp_path):
     config = load(Path(__file__).parent.parent / "examples" / name)
     parse_webhooks(config)
     assert config.links or config.webhooks.sources
+
+
+def test_readme_sample_config_is_valid_and_lists_every_bridge_default(monkeypatch):
+    import re
+    import tomllib
+    from pathlib import Path
+
+    from syncbridge.engine.config import DEFAULTS
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    block = readme.split("### Configuration", 1)[1].split("```toml\n", 1)[1].split("```", 1)[0]
+    monkeypatch.setenv("PORTAL_DSN", "postgresql://x@h/p")
+    monkeypatch.setenv("CLINIC_DSN", "postgresql://x@h/c")
+    config = parse(tomllib.loads(block))
+    assert config.settings == DEFAULTS
+    listed = set(re.findall(r"^#? ?(\w+) = ", block.split("[peers.portal]")[0], re.M))
+    assert set(DEFAULTS) <= listed, set(DEFAULTS) - listed
