@@ -58,13 +58,18 @@ def _one_line(text: str) -> str:
     return " ".join(text.split()) if "\n" in text or "\r" in text else text
 
 
+def _error(record: logging.LogRecord) -> str | None:
+    """The exception of a record as one `Type: message` text (None without one)."""
+    if record.exc_info and record.exc_info[1] is not None:
+        exc = record.exc_info[1]
+        return f"{type(exc).__name__}: {_one_line(str(exc))}"
+    return None
+
+
 def _message(record: logging.LogRecord) -> str:
     msg = _one_line(record.getMessage())
-    if record.exc_info and record.exc_info[1] is not None and (
-            logging.getLogger().getEffectiveLevel() > logging.DEBUG):
-        exc = record.exc_info[1]
-        msg += f" error={type(exc).__name__}: {_one_line(str(exc))}"
-    return msg
+    error = _error(record)
+    return msg + f" error={error}" if error else msg
 
 
 class _Text(logging.Formatter):
@@ -84,13 +89,16 @@ class _Json(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         out = {"ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)),
                "level": record.levelname.lower(), "logger": record.name}
-        for part in _message(record).split(" "):
+        for part in _one_line(record.getMessage()).split(" "):
             k, sep, v = part.partition("=")
             if sep:
                 out[k] = v
             else:
                 out.setdefault("msg", "")
                 out["msg"] = (out["msg"] + " " + part).strip()
+        error = _error(record)
+        if error:
+            out["error"] = error
         if record.exc_info and logging.getLogger().getEffectiveLevel() <= logging.DEBUG:
             out["traceback"] = self.formatException(record.exc_info)
         return json.dumps(out)

@@ -81,7 +81,9 @@ async def _round(config: Config, plan: dict[str, tuple[float, bool]], link_shape
 async def _check_and_repair(config: Config, shape: Any, auto: bool) -> None:
     name = shape.link.name
     [res] = await check.check_all(config, {name: shape}, [])
-    log.info("event=check link=%s verdict=%s run=%s", name, res.verdict, res.run_id)
+    # drift is a WARNING (the README's filter shows it); equal is routine
+    log.log(logging.WARNING if res.verdict != "equal" else logging.INFO,
+            "event=check link=%s verdict=%s run=%s", name, res.verdict, res.run_id)
     if auto and res.verdict == "different":
         try:
             done = await asyncio.to_thread(repair.repair, config, name)

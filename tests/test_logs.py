@@ -92,3 +92,30 @@ def test_keys_are_logged_as_they_are_by_default(new_db, tmp_path):
             "id": "KEY-ZEBRA-7"}
     finally:
         rig.close()
+
+
+def test_tracebacks_only_at_debug_and_every_event_is_one_line(capsys):
+    import logging
+
+    from syncbridge.bridge import logs
+
+    def emit() -> str:
+        try:
+            raise ConnectionError("server closed the connection\nunexpectedly")
+        except ConnectionError:
+            logging.getLogger("syncbridge.test").warning("event=hub_unavailable", exc_info=True)
+        return capsys.readouterr().err
+
+    try:
+        logs.setup("info")
+        [line] = emit().splitlines()
+        assert line.endswith("event=hub_unavailable error=ConnectionError: server closed the "
+                             "connection unexpectedly")
+        logs.setup("info", "json")
+        [line] = emit().splitlines()
+        assert json.loads(line)["error"] == ("ConnectionError: server closed the connection "
+                                             "unexpectedly")
+        logs.setup("debug")
+        assert "Traceback (most recent call last)" in emit()
+    finally:
+        logging.getLogger().handlers[:] = []
