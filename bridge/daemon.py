@@ -29,7 +29,7 @@ from typing import Any
 import asyncpg
 from tenacity import AsyncRetrying, retry_if_exception, wait_random_exponential
 
-from syncbridge.engine import capture, errors, sdnotify
+from syncbridge.engine import capture, errors, pg_session, sdnotify
 from syncbridge.engine.config import Config
 from syncbridge.engine.drain import PgDrain, Q
 from syncbridge.engine.validate import shapes
@@ -198,8 +198,8 @@ class Bridge:
             if peer.dialect == "postgres" and name not in self.pools:
                 self.pools[name] = await asyncpg.create_pool(
                     peer.dsn, min_size=1, max_size=4, timeout=10, command_timeout=300,
-                    # UTC: row images compared across databases print timestamptz alike
-                    server_settings={"application_name": "syncbridge", "TimeZone": "UTC"},
+                    # values travel and compare as text: pinned settings on both ends
+                    server_settings=pg_session.settings("syncbridge"),
                 )
         hub = self.pools[self.config.hub]
         max_attempts = self.config.setting("max_attempts")

@@ -16,7 +16,9 @@ from typing import Any
 
 DIALECTS = ("postgres", "sqlserver")
 DIRECTIONS = ("a_to_b", "b_to_a", "both")
-CONFLICT_POLICIES = ("a_wins", "b_wins", "newest_wins", "manual")
+CONFLICT_POLICIES = ("a_wins", "b_wins", "newest_wins", "manual", "merge")  # or function:s.fn
+MERGE_FALLBACKS = ("a_wins", "b_wins", "newest_wins", "manual")
+_RESOLVER = re.compile(r"^function:[A-Za-z_][A-Za-z0-9_$]*\.[A-Za-z_][A-Za-z0-9_$]*$")
 
 DEFAULTS: dict[str, Any] = {
     "batch_size": 1000,  # signals claimed per batch
@@ -28,6 +30,7 @@ DEFAULTS: dict[str, Any] = {
     "max_attempts": 8,  # deferrals of one key (e.g. FK not yet there) before dead letter
     "stats_interval": 1.0,  # seconds between queue-depth samples written to the hub
     "conflict": "a_wins",
+    "merge_fallback": "a_wins",  # conflict = "merge": who wins a column both sides changed
 }
 
 
@@ -66,6 +69,7 @@ class Link:
     newest_column: str | None
     notify: bool
     batch_size: int
+    merge_fallback: str = DEFAULTS["merge_fallback"]
 
     def side(self, name: str) -> Side:
         return self.a if name == "a" else self.b
@@ -179,9 +183,15 @@ def _link(body: dict[str, Any], peers: dict[str, Peer]) -> Link:
     if direction not in DIRECTIONS:
         raise ConfigError(f"link {name!r}: direction {direction!r} is not one of {DIRECTIONS}")
     conflict = body.get("conflict", DEFAULTS["conflict"])
-    if conflict not in CONFLICT_POLICIES:
-        raise ConfigError(f"link {name!r}: conflict {conflict!r} is not one of {CONFLICT_POLICIES}")
-    if conflict == "newest_wins" and not body.get("newest_column"):
+    if conflict not in CONFLICT_POLICIES and not _RESOLVER.match(str(conflict)):
+        raise ConfigError(f"link {name!r}: conflict {conflict!r} is not one of "
+                          f"{CONFLICT_POLICIES} or function:<schema>.<function>")
+    fallback = body.get("merge_fallback", DEFAULTS["merge_fallback"])
+    if fallback not in MERGE_FALLBACKS:
+        raise ConfigError(f"link {name!r}: merge_fallback {fallback!r} is not one of "
+                          f"{MERGE_FALLBACKS}")
+    if "newest_wins" in (conflict, fallback if conflict == "merge" else None) \
+            and not body.get("newest_column"):
         raise ConfigError(f"link {name!r}: conflict newest_wins needs newest_column")
     key = body.get("key")
     if not key or not isinstance(key, list):
@@ -199,6 +209,7 @@ def _link(body: dict[str, Any], peers: dict[str, Peer]) -> Link:
         newest_column=body.get("newest_column"),
         notify=bool(body.get("notify", DEFAULTS["notify"])),
         batch_size=int(body.get("batch_size", DEFAULTS["batch_size"])),
+        merge_fallback=fallback,
     )
 
 

@@ -24,6 +24,14 @@ select distinct batch_id from sync.queue
 -- The signals of one claimed batch, to re-apply it after a crash.
 select id, op, key::text as key, attempts from sync.queue where batch_id = $1 order by id
 
+-- name: release_batch
+-- Give a claimed batch back untouched (its link paused before anything was applied).
+update sync.queue set batch_id = null where batch_id = $1
+
+-- name: table_shape
+-- The linked table's columns as the bridge validated them (schema-change check).
+select sync.table_shape($1::regclass)::text
+
 -- name: finish_batch
 -- The sink committed the batch: drop exactly its claimed signals.
 delete from sync.queue where batch_id = $1
@@ -107,11 +115,12 @@ update sync.dead_letter set status = 'closed', closed_at = clock_timestamp()
 delete from sync.apply_log where applied_at < clock_timestamp() - interval '1 day'
 
 -- name: state_write
--- Two-way links: remember each row's image as last synced (null = absent).
-insert into sync.row_state (link, key, image)
-select $1, x.key, nullif(x.image, 'null'::jsonb)
+-- Two-way links: remember each row's image as last synced (null = absent): a known base.
+insert into sync.row_state (link, key, image, known, synced_at)
+select $1, x.key, nullif(x.image, 'null'::jsonb), true, clock_timestamp()
   from jsonb_to_recordset($2::jsonb) as x(key jsonb, image jsonb)
-on conflict (link, key) do update set image = excluded.image
+on conflict (link, key) do update
+   set image = excluded.image, known = true, synced_at = excluded.synced_at
 
 -- name: resignal
 -- Conflict won by the sink's row: send it back the other way, unchecked (op R).
@@ -122,12 +131,13 @@ select $1, $2, 'R', x from jsonb_array_elements($3::jsonb) as x
 -- Hub: the conflicts ($4) found by batch $3; replays of the same batch add nothing.
 insert into sync.conflicts as c
        (link, key, a_image, b_image, last_image, policy, winner, status,
-        resolved_at, resolved_by, batch_id)
+        resolved_at, resolved_by, batch_id, columns)
 select $1, e -> 'key', nullif(e -> 'a', 'null'), nullif(e -> 'b', 'null'),
        nullif(e -> 'last', 'null'), $2, e ->> 'winner',
        case when e ->> 'winner' is null then 'open' else 'resolved' end,
        case when e ->> 'winner' is not null then clock_timestamp() end,
-       case when e ->> 'winner' is not null then 'policy:' || $2 end, $3
+       case when e ->> 'winner' is not null then 'policy:' || $2 end, $3,
+       array(select jsonb_array_elements_text(coalesce(e -> 'columns', '[]')))
   from jsonb_array_elements($4::jsonb) e
  where not exists (select 1 from sync.conflicts x where x.batch_id = $3 and x.key = e -> 'key')
 on conflict (link, key) where status <> 'resolved' do update
