@@ -122,6 +122,16 @@ select $1, x.key, nullif(x.image, 'null'::jsonb), true, clock_timestamp()
 on conflict (link, key) do update
    set image = excluded.image, known = true, synced_at = excluded.synced_at
 
+-- name: seed_state
+-- install/adopt: base images (key, image, known); never over a base the bridge wrote
+-- since the seeding started, and an unknown entry never replaces an existing one.
+insert into sync.row_state as rs (link, key, image, known, synced_at)
+select $1, x.key, nullif(x.image, 'null'::jsonb), x.known, clock_timestamp()
+  from jsonb_to_recordset($2::jsonb) as x(key jsonb, image jsonb, known boolean)
+on conflict (link, key) do update
+   set image = excluded.image, known = true, synced_at = excluded.synced_at
+ where excluded.known and rs.synced_at < $3
+
 -- name: resignal
 -- Conflict won by the sink's row: send it back the other way, unchecked (op R).
 insert into sync.queue (link, side, op, key)
@@ -156,3 +166,29 @@ update sync.conflicts set status = 'resolved', resolved_at = clock_timestamp()
 -- name: forget_state
 -- Two-way links: a truncated table has no last-synced rows any more.
 delete from sync.row_state where link = $1
+
+-- name: pause_link
+-- Hub: hold a link back with a reason (its signals keep queueing), and say so.
+with v as (select $1::text as link, $2::text as reason, $3::text as by),
+p as (
+    insert into sync.link_control as c (link, paused_reason, paused_at, paused_by)
+    select v.link, v.reason, clock_timestamp(), v.by from v
+    on conflict (link) do update
+       set paused_reason = excluded.paused_reason, paused_at = excluded.paused_at,
+           paused_by = excluded.paused_by
+)
+select pg_notify('syncbridge_control', v.link) from v
+
+-- name: resume_link
+-- Hub: let a paused link flow again, and wake the bridge.
+with v as (select $1::text as link),
+r as (
+    update sync.link_control c
+       set paused_reason = null, paused_at = null, paused_by = null
+      from v where c.link = v.link
+)
+select pg_notify('syncbridge_control', v.link) from v
+
+-- name: link_paused
+-- Hub: why a link is paused (null: it is not).
+select paused_reason from sync.link_control where link = $1
