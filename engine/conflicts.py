@@ -8,7 +8,8 @@ The base is the image last synced (`sync.row_state`); for one incoming row:
 - source image == sink image: nothing to do (but remember it as synced);
 - the base is unknown (the row predates install and its two sides differed,
   or its state was lost): the incoming change is applied, never a conflict;
-- the sink changed no column since the base: only the source changed, apply;
+- the sink changed no column since the base (a column both sides changed to the
+  same value does not count): only the source changed, apply;
 - otherwise both changed since the last sync: a conflict, settled by policy.
 A key the link has never synced has an absent base, so an insert on both sides
 is a conflict while an insert on one side is not. A column the base lacks (it
@@ -66,7 +67,10 @@ def decide(link: Link, source_side: str, source: Image, sink: Image, base: Image
         return Verdict(SKIP, False)
     if not known:
         return Verdict(APPLY, False)
-    sink_cols = changed(sink, base)
+    # a column both sides now hold alike changed the same way on both (the same edit,
+    # or DDL that converted both): not the sink's own change
+    sink_cols = {c for c in changed(sink, base)
+                 if c == "*" or source is None or source.get(c) != sink.get(c)}
     if not sink_cols:
         return Verdict(APPLY, False)
     policy = link.conflict

@@ -88,3 +88,8 @@ def test_merge_keeps_disjoint_edits_and_falls_back_on_collisions():
 def test_a_resolver_is_asked_only_for_real_conflicts():
     assert decide(row(name="x"), BASE, conflict="function:s.fn").action == c.APPLY
     assert decide(row(name="x"), row(phone="y"), conflict="function:s.fn").action == c.RESOLVE
+
+
+def test_the_same_change_on_both_sides_is_not_a_conflict():
+    """e.g. an ALTER TYPE that converted a column on both peers, then one side's edit."""
+    assert decide(row(name="x", at="converted"), row(at="converted")).action == c.APPLY

@@ -321,3 +321,31 @@ def test_sigkill_is_harmless_to_seeding(new_db, tmp_path):
         assert set(phones.values()) == {"x", "y"} and _conflicts(rig) == []
     finally:
         rig.close()
+
+
+@pytest.mark.parametrize(("ddl", "reason"), [
+    ("alter table people drop column phone", "column phone dropped"),
+    ("alter table people rename column phone to mobile", "column mobile added, column phone "
+                                                         "dropped"),
+    ("alter table people alter column changed type timestamp", "column changed type "
+     "timestamp with time zone -> timestamp without time zone"),
+])
+def test_every_kind_of_schema_change_pauses_with_its_reason(new_db, tmp_path, ddl, reason):
+    rig = make_rig(new_db, tmp_path, SCHEMA, [link("people", "people", ["id"])])
+    try:
+        rig.execute("a", "insert into people values (1, 'n', 'p', now())")
+        rig.start_bridge()
+        rig.wait_equal({"people": ["id"]})
+        for side in ("a", "b"):
+            rig.execute(side, ddl)
+        rig.execute("b", "update people set name = 'after the change' where id = 1")
+        wait_until(lambda: _paused(rig) is not None, 30, "the link to pause")
+        assert _paused(rig) == f"schema changed on peer b: {reason}"  # b's edit found it
+        assert rig.query("a", "select name from people") == [("n",)]  # nothing applied
+        out = _cli(rig, "adopt", "people")
+        assert out.returncode == 0, out.stderr
+        wait_until(lambda: rig.query("a", "select name from people") == [("after the change",)],
+                   30, "the edit made meanwhile")
+        assert _paused(rig) is None and _conflicts(rig) == []
+    finally:
+        rig.close()
