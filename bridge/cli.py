@@ -47,7 +47,16 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 def cmd_install(args: argparse.Namespace) -> int:
     from syncbridge.engine import install
 
-    for line in install.install(_config(args), args.link or None):
+    for line in install.install(_config(args), args.link or None,
+                                fix_sequences=getattr(args, "fix_sequences", False)):
+        print(line)
+    return 0
+
+
+def cmd_adopt(args: argparse.Namespace) -> int:
+    from syncbridge.engine import adopt
+
+    for line in adopt.adopt(_config(args), args.link):
         print(line)
     return 0
 
@@ -163,6 +172,11 @@ def _parser() -> argparse.ArgumentParser:
     for name, fn, text in (("install", cmd_install, "install capture for links"),
                            ("uninstall", cmd_uninstall, "remove capture for links")):
         add(name, fn, text).add_argument("link", nargs="*", help="links (default: all)")
+    sub.choices["install"].add_argument(
+        "--fix-sequences", action="store_true",
+        help="two-way links: make key sequences disjoint (side a odd, side b even)")
+    add("adopt", cmd_adopt, "accept a schema change: re-validate a paused link, record base "
+        "images for the new columns, resume it").add_argument("link", nargs="+")
     add("run", cmd_run, "run the bridge in the foreground (logs to stderr)")
     st = add("status", cmd_status, "print sync.status from the hub (fits 100 columns)")
     st.add_argument("--wide", action="store_true", help="every column of sync.status")

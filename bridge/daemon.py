@@ -29,9 +29,9 @@ from typing import Any
 import asyncpg
 from tenacity import AsyncRetrying, retry_if_exception, wait_random_exponential
 
-from syncbridge.engine import capture, errors, sdnotify
-from syncbridge.engine.config import Config
-from syncbridge.engine.drain import PgDrain, Q
+from syncbridge.engine import capture, errors, pg_session, sdnotify
+from syncbridge.engine.config import Config, ConfigError
+from syncbridge.engine.drain import PgDrain, Q, SchemaChanged
 from syncbridge.engine.validate import shapes
 
 log = logging.getLogger("syncbridge.bridge")
@@ -199,8 +199,8 @@ class Bridge:
             if peer.dialect == "postgres" and name not in self.pools:
                 self.pools[name] = await asyncpg.create_pool(
                     peer.dsn, min_size=1, max_size=4, timeout=10, command_timeout=300,
-                    # UTC: row images compared across databases print timestamptz alike
-                    server_settings={"application_name": "syncbridge", "TimeZone": "UTC"},
+                    # values travel and compare as text: pinned settings on both ends
+                    server_settings=pg_session.settings("syncbridge"),
                 )
         hub = self.pools[self.config.hub]
         max_attempts = self.config.setting("max_attempts")
@@ -325,13 +325,49 @@ class Bridge:
                 ev.clear()
             n = 0
             for d in drains:
-                if not self.stop.is_set():
+                if self.stop.is_set():
+                    break
+                try:
                     n += await self._retrying(d.name, d.drain_once)
+                except SchemaChanged as e:
+                    drains = await self._schema_pause(drains, e)
+                    n = 1  # drain again at once with the adopted shape
+                    break
             if n:
                 idle = floor
                 continue
             await _wait_any(events, self.stop, timeout_idle or idle)
             idle = min(idle * 2, ceiling)
+
+    async def _schema_pause(self, drains: list[PgDrain], exc: SchemaChanged) -> list[PgDrain]:
+        """Pause the link with the reason until `syncbridge adopt` resumes it, then
+        re-validate it and carry on with drains of the new shape."""
+        hub = self.pools[self.config.hub]
+        name = exc.link
+        reason = f"schema changed on peer {exc.peer}: {exc.detail}"
+        log.warning("event=schema_changed link=%s peer=%s table=%s change=%s action=paused",
+                    name, exc.peer, exc.table, exc.detail.replace(" ", "_"))
+        await self._retrying(name, lambda: hub.execute(Q("pause_link"), name, reason, "bridge"))
+        while not self.stop.is_set():
+            self.ticks[name] = time.monotonic()  # paused on purpose, not hung
+            paused = await self._retrying(name, lambda: hub.fetchval(Q("link_paused"), name))
+            if paused is None:
+                try:
+                    shape = (await asyncio.to_thread(shapes, self.config, [name]))[name]
+                except ConfigError as e:
+                    reason = f"adopt could not validate: {e}"
+                    await hub.execute(Q("pause_link"), name, reason, "bridge")
+                    continue
+                break
+            await self._sleep(1.0)
+        else:
+            return drains
+        self.shapes[name] = shape
+        max_attempts = self.config.setting("max_attempts")
+        fresh = [self._make_drain(shape, d.src, d.dst, hub, max_attempts) for d in drains]
+        self.drains = [d for d in self.drains if d.link.name != name] + fresh
+        log.info("event=adopted link=%s", name)
+        return fresh
 
     async def _stats_loop(self) -> None:
         hub = self.pools[self.config.hub]

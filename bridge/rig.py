@@ -19,6 +19,7 @@ import psycopg
 from psycopg import sql
 
 from syncbridge.engine import config as config_mod
+from syncbridge.engine import pg_session
 from syncbridge.engine.install import install
 from syncbridge.engine.migrate import migrate
 
@@ -125,8 +126,25 @@ class Rig:
             query = sql.SQL("select * from {} order by {}").format(ident, order)
             return c.execute(query).fetchall()
 
+    def texts(self, side: str, table: str, key: list[str]) -> list[tuple]:
+        """Every column's text representation (NULL stays None), in pinned session settings:
+        the exact comparison, unlike Python values (1.5 == 1.50, JSON null == None)."""
+        schema, _, name = table.rpartition(".")
+        ident = sql.SQL("{}.{}").format(sql.Identifier(schema or "public"), sql.Identifier(name))
+        with psycopg.connect(self.dsn[side], autocommit=True) as c:
+            for k, v in pg_session.EXACT.items():
+                c.execute("select set_config(%s, %s, false)", (k, v))
+            cols = [r[0] for r in c.execute(
+                "select attname from pg_attribute where attrelid = %s::regclass and attnum > 0 "
+                "and not attisdropped order by attnum", (ident.as_string(c),)).fetchall()]
+            query = sql.SQL("select {} from {} t order by {}").format(
+                sql.SQL(", ").join(sql.SQL("t.{}::text").format(sql.Identifier(x)) for x in cols),
+                ident, sql.SQL(", ").join(sql.Identifier(k) for k in key))
+            return c.execute(query).fetchall()
+
     def equal(self, table: str, key: list[str], table_b: str | None = None) -> bool:
-        return self.rows("a", table, key) == self.rows("b", table_b or table, key)
+        """Equal by representation, column for column."""
+        return self.texts("a", table, key) == self.texts("b", table_b or table, key)
 
     def wait_equal(self, tables: dict[str, list[str]], timeout: float = 30) -> None:
         for table, key in tables.items():

@@ -51,7 +51,12 @@ from typing import Any
 
 SEP = "\x1e"  # between fields; never ambiguous thanks to the length prefix
 NULL = "N"
-FREE_TEXT = ("text", "other")  # classes whose text may hold any character: length-prefixed
+# Postgres <-> Postgres: the value's own text under the pinned session settings of
+# pg_session (what the bridge carries), so check sees every difference the bridge
+# could leave: 1.5 vs 1.50, '30 days' vs '1 mon', -0 vs 0, JSON null vs SQL NULL,
+# NFC vs NFD, json key order. The classes above are the cross-engine form.
+EXACT = "exact"
+FREE_TEXT = ("text", "other", EXACT)  # classes whose text may hold any character
 
 _CLASSES: dict[str, str] = {
     # Postgres
@@ -112,6 +117,7 @@ _PG_TEXT = {
     "bytes": "encode({c}, 'hex')",
     "json": "{c}::jsonb::text",
     "other": "{c}::text",
+    EXACT: "{c}::text",
 }
 
 

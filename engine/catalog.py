@@ -15,8 +15,14 @@ from .config import ConfigError, Link, Side
 @dataclass(frozen=True)
 class Column:
     name: str
-    type: str  # as the database spells it: format_type() on Postgres
+    type: str  # as the database spells it: format_type() on Postgres, user types qualified
     nullable: bool
+    domain_of: str | None = None  # a domain's base type (Postgres), None for other types
+
+    @property
+    def base(self) -> str:
+        """The type that decides how values travel: a domain's base type, else the type."""
+        return self.domain_of or self.type
 
 
 @dataclass(frozen=True)
@@ -51,9 +57,14 @@ class LinkShape:
         return self.a if side == "a" else self.b
 
 
+# Read with search_path = pg_catalog, so format_type() qualifies every type that is
+# not built in ("public.mood"): the bridge casts to these names in sessions whose
+# search_path may differ.
 PG_TABLE_SQL = """
-select a.attname, format_type(a.atttypid, a.atttypmod), not a.attnotnull
+select a.attname, format_type(a.atttypid, a.atttypmod), not a.attnotnull,
+       case when ty.typtype = 'd' then format_type(ty.typbasetype, ty.typtypmod) end
   from pg_attribute a
+  join pg_type ty on ty.oid = a.atttypid
  where a.attrelid = to_regclass(%(qualified)s) and a.attnum > 0 and not a.attisdropped
    and a.attgenerated = ''
  order by a.attnum
@@ -78,15 +89,20 @@ def quote_qualified(side: Side) -> str:
 def read_pg_table(conn, side: Side) -> Table | None:
     """Catalog facts of one Postgres table via a psycopg connection; None if absent."""
     qualified = quote_qualified(side)
-    rows = conn.execute(PG_TABLE_SQL, {"qualified": qualified}).fetchall()
+    with conn.transaction():
+        conn.execute("set local search_path = pg_catalog")
+        rows = conn.execute(PG_TABLE_SQL, {"qualified": qualified}).fetchall()
+        pk = tuple(r[0] for r in conn.execute(PG_PK_SQL, {"qualified": qualified}).fetchall())
     if not rows:
         return None
-    pk = tuple(r[0] for r in conn.execute(PG_PK_SQL, {"qualified": qualified}).fetchall())
-    cols = {r[0]: Column(r[0], r[1], r[2]) for r in rows}
+    cols = {r[0]: Column(r[0], r[1], r[2], r[3]) for r in rows}
     return Table(side.schema, side.table, cols, pk)
 
 
-# Postgres types that carry the same values, so a→b never loses anything.
+# Postgres types whose every value the wider type stores with the same text, so a
+# value arrives exactly as it was written (rows travel as text, see pg_sql).
+# json and jsonb are not interchangeable: jsonb drops json's key order, duplicate
+# keys and spacing, and json's text of a jsonb value is not the json written.
 _WIDENS = {
     "smallint": {"smallint", "integer", "bigint", "numeric"},
     "integer": {"integer", "bigint", "numeric"},
@@ -94,8 +110,6 @@ _WIDENS = {
     "real": {"real", "double precision"},
     "character varying": {"text", "character varying"},
     "text": {"text", "character varying"},
-    "json": {"json", "jsonb"},
-    "jsonb": {"jsonb", "json"},
 }
 
 
@@ -104,22 +118,48 @@ def base_type(t: str) -> str:
 
 
 def compatible(src: str, dst: str) -> bool:
-    """True when every value of src type stores exactly in dst type."""
+    """True when every value of src type stores in dst type with the same text."""
+    return why_not(src, dst) is None
+
+
+_INT_DIGITS = {"smallint": 5, "integer": 10, "bigint": 19}
+
+
+def why_not(src: str, dst: str) -> str | None:
+    """Why a src value would not arrive exactly in a dst column (None: it would)."""
     if src == dst:
-        return True
+        return None
     bs, bd = base_type(src), base_type(dst)
     if src.endswith("[]") != dst.endswith("[]"):
-        return False
+        return "an array and a non-array type"
+    if {bs, bd} == {"json", "jsonb"}:
+        return ("json keeps its text (key order, duplicate keys, spacing) and jsonb does not: "
+                "link json to json and jsonb to jsonb")
     if bs == bd == "numeric":
-        return dst == "numeric" or src != "numeric" and _numeric_fits(src, dst)
+        if dst == "numeric":
+            return None
+        if src == "numeric":
+            return f"unconstrained numeric does not fit {dst}"
+        (ps, ss), (pd, sd) = _prec(src), _prec(dst)
+        if ss != sd:
+            return f"scale {ss} becomes scale {sd} (1.5 would read back as a different text)"
+        return None if ps <= pd else f"{src} has more digits than {dst}"
+    if bs in _INT_DIGITS and bd == "numeric" and dst != "numeric":
+        p, scale = _prec(dst)
+        if scale:
+            return f"an integer would gain {scale} decimal places in {dst}"
+        return None if _INT_DIGITS[bs] <= p else f"{src} does not fit {dst}"
     if bs == bd == "character varying":
-        return dst == "character varying" or src != "character varying" and _len(src) <= _len(dst)
-    return bd in _WIDENS.get(bs, set()) and not (bd == "character varying" and "(" in dst)
-
-
-def _numeric_fits(src: str, dst: str) -> bool:
-    (ps, ss), (pd, sd) = _prec(src), _prec(dst)
-    return ss <= sd and ps - ss <= pd - sd
+        if dst == "character varying":
+            return None
+        if src == "character varying" or _len(src) > _len(dst):
+            return f"{src} values may be longer than {dst}"
+        return None
+    if bd == "character varying" and "(" in dst and bs in _WIDENS:
+        return f"{src} values may be longer than {dst}"
+    if bd in _WIDENS.get(bs, set()):
+        return None
+    return f"{src} values cannot be stored as {dst} with the same text"
 
 
 def _prec(t: str) -> tuple[int, int]:
@@ -146,17 +186,18 @@ def shape(link: Link, a: Table | None, b: Table | None, check_types=compatible) 
     assert a is not None and b is not None
     pairs = _pairs(link, a, b)
     for ca, cb in pairs:
-        if not check_types(a.columns[ca].type, b.columns[cb].type):
+        ta, tb = a.columns[ca].type, b.columns[cb].type
+        if link.direction != "b_to_a" and not check_types(ta, tb):
             raise ConfigError(
-                f"link {link.name!r}: column {ca} ({a.columns[ca].type}) on peer {link.a.peer!r} "
-                f"and column {cb} ({b.columns[cb].type}) on peer {link.b.peer!r} "
-                "have incompatible types"
+                f"link {link.name!r}: column {ca} ({ta}) on peer {link.a.peer!r} "
+                f"and column {cb} ({tb}) on peer {link.b.peer!r} "
+                f"have incompatible types{_reason(check_types, ta, tb)}"
             )
-        if link.direction != "a_to_b" and not check_types(b.columns[cb].type, a.columns[ca].type):
+        if link.direction != "a_to_b" and not check_types(tb, ta):
             raise ConfigError(
-                f"link {link.name!r}: column {cb} ({b.columns[cb].type}) on peer {link.b.peer!r} "
-                f"does not fit column {ca} ({a.columns[ca].type}) on peer {link.a.peer!r} "
-                "for the b→a direction"
+                f"link {link.name!r}: column {cb} ({tb}) on peer {link.b.peer!r} "
+                f"does not fit column {ca} ({ta}) on peer {link.a.peer!r} "
+                f"for the b→a direction{_reason(check_types, tb, ta)}"
             )
     keys_b = tuple(cb for _, cb in pairs[: len(link.key)])
     if set(link.key) != set(a.pk) or set(keys_b) != set(b.pk):
@@ -166,6 +207,11 @@ def shape(link: Link, a: Table | None, b: Table | None, check_types=compatible) 
             f"key maps to {list(keys_b)})"
         )
     return LinkShape(link, a, b, tuple(pairs))
+
+
+def _reason(check_types, src: str, dst: str) -> str:
+    why = why_not(src, dst) if check_types is compatible else None
+    return f": {why}" if why else ""
 
 
 def _pairs(link: Link, a: Table, b: Table) -> list[tuple[str, str]]:

@@ -30,7 +30,7 @@ from typing import Any
 import asyncpg
 from psycopg import sql
 
-from . import canonical, sqlfiles
+from . import canonical, pg_session, sqlfiles
 from .catalog import LinkShape
 from .config import Config, ConfigError
 
@@ -71,7 +71,8 @@ class SideSql:
         self.cols = shape.cols(side)
         self.keys = shape.key_cols(side)
         self.key_types = [table.columns[k].type for k in self.keys]
-        fields = [(f"t.{_q(c)}", k) for c, k in zip(self.cols, classes, strict=True)]
+        # both sides are Postgres here (a SQL Server side is refused below): exact texts
+        fields = [(f"t.{_q(c)}", canonical.EXACT) for c in self.cols]
         self.table = f"{_q(s.schema)}.{_q(s.table)}"
         self.row = canonical.pg_row(fields)
         self.ckey = canonical.pg_row(fields[: len(self.keys)])
@@ -396,13 +397,13 @@ async def record(hub: asyncpg.Pool, res: Result) -> None:
 
 async def open_pools(config: Config, peers: set[str], size: int = WORKERS + 1
                      ) -> dict[str, asyncpg.Pool]:
-    """One small pool per peer; ISO dates so key text round-trips between sessions."""
+    """One small pool per peer, in the bridge's pinned settings: key and value texts
+    round-trip between sessions and print alike on both peers."""
     pools = {}
     for p in peers:
         pools[p] = await asyncpg.create_pool(
             config.peers[p].dsn, min_size=1, max_size=size, command_timeout=600,
-            server_settings={"application_name": "syncbridge-check", "DateStyle": "ISO, YMD",
-                             "IntervalStyle": "postgres"})
+            server_settings=pg_session.settings("syncbridge-check"))
     return pools
 
 

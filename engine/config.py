@@ -43,7 +43,7 @@ CONFLICT_POLICIES = ("a_wins", "b_wins", "newest_wins", "manual", "merge")
 MERGE_FALLBACKS = ("a_wins", "b_wins", "newest_wins", "manual")
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
-_FUNCTION = re.compile(r"^function:[A-Za-z_][A-Za-z0-9_]{0,62}\.[A-Za-z_][A-Za-z0-9_]{0,62}$")
+_FUNCTION = re.compile(r"^function:[A-Za-z_][A-Za-z0-9_$]{0,62}\.[A-Za-z_][A-Za-z0-9_$]{0,62}$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 

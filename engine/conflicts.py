@@ -1,54 +1,135 @@
 """Conflict detection and policies for two-way links.
 
-Images are jsonb texts named as on side a (canonical: Postgres prints jsonb
-with sorted keys, and the bridge's sessions run in UTC), so comparing texts
-compares rows. For one incoming row:
+Images are rows named as on side a whose values are the columns' text
+representations (see pg_sql), parsed into dicts: comparing them compares
+stored representations exactly, column by column. None is an absent row.
+
+The base is the image last synced (`sync.row_state`); for one incoming row:
 - source image == sink image: nothing to do (but remember it as synced);
-- sink image == last-synced image: only the source changed, apply it;
+- the base is unknown (the row predates install and its two sides differed,
+  or its state was lost): the incoming change is applied, never a conflict;
+- the sink changed no column since the base (a column both sides changed to the
+  same value does not count): only the source changed, apply;
 - otherwise both changed since the last sync: a conflict, settled by policy.
-A delete is an image of None, so edit-vs-delete is a conflict too and
-delete-vs-delete is not.
+A key the link has never synced has an absent base, so an insert on both sides
+is a conflict while an insert on one side is not. A column the base lacks (it
+was added later) is not counted as a change of the sink: it goes with the
+incoming row until `adopt` records it.
+
+Policies: a_wins, b_wins, newest_wins (by `newest_column`), manual (parked),
+merge (column-wise three-way: both sides' edits to different columns are
+kept, `merge_fallback` decides only the columns both changed) and
+function:schema.fn (a resolver on the hub, see drain.PgDrain._resolve).
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from .config import Link
 
-APPLY, SKIP, KEEP_SINK, PARK = "apply", "skip", "keep_sink", "park"
+APPLY, SKIP, KEEP_SINK, PARK, MERGE, RESOLVE = (
+    "apply", "skip", "keep_sink", "park", "merge", "resolve")
+
+Image = dict[str, str | None] | None
 
 
 @dataclass(frozen=True)
 class Verdict:
-    action: str  # APPLY, SKIP (already equal), KEEP_SINK (sink wins: re-send it), PARK (manual)
+    # APPLY the source row, SKIP (already equal), KEEP_SINK (sink wins: re-send it),
+    # PARK (manual), MERGE (apply `row` to the sink and re-send it), RESOLVE (ask the function)
+    action: str
     conflict: bool
-    winner: str | None = None  # 'a' / 'b' when a conflict was settled by policy
+    winner: str | None = None  # 'a' / 'b' / 'merge' when a conflict was settled by policy
+    row: Image = None  # MERGE: the merged image
+    columns: tuple[str, ...] = field(default=())  # columns both sides changed
 
 
-def decide(link: Link, source_side: str, source: str | None, sink: str | None,
-           last: str | None, forced: bool) -> Verdict:
+def load(text: str | None) -> Image:
+    """An image from its JSON text (None or 'null' = absent)."""
+    return None if text is None else json.loads(text)
+
+
+def dump(image: Image) -> str:
+    return "null" if image is None else json.dumps(image, ensure_ascii=False, sort_keys=True)
+
+
+def decide(link: Link, source_side: str, source: Image, sink: Image, base: Image,
+           known: bool, forced: bool) -> Verdict:
+    """What to do with one incoming row; `known` is False when the base is unknown."""
     if forced:
         return Verdict(APPLY, False)
     if source == sink:
         return Verdict(SKIP, False)
-    if sink == last:
+    if not known:
         return Verdict(APPLY, False)
-    winner = _winner(link, source_side, source, sink)
+    # a column both sides now hold alike changed the same way on both (the same edit,
+    # or DDL that converted both): not the sink's own change
+    sink_cols = {c for c in changed(sink, base)
+                 if c == "*" or source is None or source.get(c) != sink.get(c)}
+    if not sink_cols:
+        return Verdict(APPLY, False)
+    policy = link.conflict
+    if policy.startswith("function:"):
+        return Verdict(RESOLVE, True)
+    if policy == "merge":
+        return _merge(link, source_side, source, sink, base, sink_cols)
+    return _settle(policy, link, source_side, source, sink, ())
+
+
+def changed(image: Image, base: Image) -> set[str]:
+    """Columns of image that differ from base; '*' when the row appeared or went.
+
+    Columns the base does not hold are not counted (unknown, not changed)."""
+    if image is None or base is None:
+        return set() if image is None and base is None else {"*"}
+    return {c for c, v in image.items() if c in base and base[c] != v}
+
+
+def _settle(policy: str, link: Link, source_side: str, source: Image, sink: Image,
+            columns: tuple[str, ...]) -> Verdict:
+    winner = _winner(policy, link, source_side, source, sink)
     if winner is None:
-        return Verdict(PARK, True)
-    return Verdict(APPLY if winner == source_side else KEEP_SINK, True, winner)
+        return Verdict(PARK, True, columns=columns)
+    action = APPLY if winner == source_side else KEEP_SINK
+    return Verdict(action, True, winner, columns=columns)
 
 
-def _winner(link: Link, source_side: str, source: str | None, sink: str | None) -> str | None:
-    if link.conflict == "a_wins":
+def _merge(link: Link, source_side: str, source: Image, sink: Image, base: Image,
+           sink_cols: set[str]) -> Verdict:
+    """Column-wise three-way merge against the base; the fallback settles collisions."""
+    src_cols = changed(source, base)
+    if source is None or sink is None or base is None or "*" in src_cols | sink_cols:
+        return _settle(link.merge_fallback, link, source_side, source, sink, ("*",))
+    both = tuple(sorted(c for c in src_cols & sink_cols if source[c] != sink[c]))
+    merged = dict(sink)
+    merged.update({c: source[c] for c in src_cols if c not in both})
+    if both:
+        winner = _winner(link.merge_fallback, link, source_side, source, sink)
+        if winner is None:
+            return Verdict(PARK, True, columns=both)
+        if winner == source_side:
+            merged.update({c: source[c] for c in both})
+    else:
+        winner = "merge"
+    if merged == source:
+        return Verdict(APPLY, True, "merge" if not both else winner, columns=both)
+    if merged == sink:
+        return Verdict(KEEP_SINK, True, "merge" if not both else winner, columns=both)
+    return Verdict(MERGE, True, "merge", row=merged, columns=both)
+
+
+def _winner(policy: str, link: Link, source_side: str, source: Image,
+            sink: Image) -> str | None:
+    if policy == "a_wins":
         return "a"
-    if link.conflict == "b_wins":
+    if policy == "b_wins":
         return "b"
-    if link.conflict == "manual":
+    if policy == "manual":
         return None
     sink_side = "b" if source_side == "a" else "a"
     ts = {source_side: _stamp(source, link.newest_column),
@@ -57,16 +138,28 @@ def _winner(link: Link, source_side: str, source: str | None, sink: str | None) 
         return "a"  # a tie (or both unknown) goes to side a, the same way every time
     if ts["a"] is None or ts["b"] is None:
         return "a" if ts["b"] is None else "b"  # a deleted row has no stamp: the edit wins
-    return "a" if ts["a"] > ts["b"] else "b"
+    try:
+        return "a" if ts["a"] > ts["b"] else "b"
+    except (TypeError, InvalidOperation):  # a time vs a number, or NaN: compare the texts
+        return "a" if str(ts["a"]) > str(ts["b"]) else "b"
 
 
-def _stamp(image: str | None, column: str | None) -> Any:
+def _stamp(image: Image, column: str | None) -> Any:
+    """The newest_column value of an image, as something that orders like the type."""
     if image is None or column is None:
         return None
-    value = json.loads(image).get(column)
-    if isinstance(value, str):
-        try:
-            return datetime.fromisoformat(value)
-        except ValueError:
-            return value
-    return value
+    text = image.get(column)
+    if text is None:
+        return None
+    if text in ("infinity", "-infinity"):
+        big = dt.datetime.max if text == "infinity" else dt.datetime.min
+        return big.replace(tzinfo=dt.UTC)
+    try:
+        return Decimal(text)
+    except InvalidOperation:
+        pass
+    try:
+        stamp = dt.datetime.fromisoformat(text)
+    except ValueError:
+        return text
+    return stamp if stamp.tzinfo else stamp.replace(tzinfo=dt.UTC)

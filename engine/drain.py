@@ -21,9 +21,10 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import asyncpg
+from psycopg import sql
 
 from . import capture, conflicts, errors, faults, pg_sql, sqlfiles
-from .catalog import LinkShape
+from .catalog import LinkShape, Table
 from .config import Link
 
 log = logging.getLogger("syncbridge.drain")
@@ -35,6 +36,37 @@ def Q(name: str) -> str:  # noqa: N802 - reads like a table of named statements
 
 def _array(texts: list[str]) -> str:
     return "[" + ",".join(texts) + "]"
+
+
+class SchemaChanged(Exception):
+    """A linked table's columns or key changed since the bridge validated the link.
+
+    The link must pause (its signals keep queueing) until `syncbridge adopt`
+    re-validates it: applying batches with the old shape would silently leave a
+    new column unsynced, and comparing images of two shapes would call every
+    edit a conflict."""
+
+    def __init__(self, link: str, peer: str, table: str, detail: str) -> None:
+        self.link, self.peer, self.table, self.detail = link, peer, table, detail
+        super().__init__(f"schema changed on peer {peer}: {detail}")
+
+
+def expected_shape(table: Table) -> list[list[Any]]:
+    """What sync.table_shape() returns for a table as the catalog read it."""
+    return [[c, col.type, c in table.pk] for c, col in table.columns.items()]
+
+
+def shape_change(before: list[list[Any]], after: list[list[Any]]) -> str:
+    """'column email added', 'column age type integer -> bigint', ... (empty: the same)."""
+    old = {c: (t, k) for c, t, k in before}
+    new = {c: (t, k) for c, t, k in after}
+    out = [f"column {c} added" for c in new if c not in old]
+    out += [f"column {c} dropped" for c in old if c not in new]
+    out += [f"column {c} type {old[c][0]} -> {new[c][0]}" for c in old
+            if c in new and old[c][0] != new[c][0]]
+    if any(old[c][1] != new[c][1] for c in old if c in new):
+        out.append("primary key changed")
+    return ", ".join(out)
 
 
 @dataclass
@@ -177,6 +209,19 @@ class PgDrain(QueueDrain):
         self.two_way = self.link.direction == "both"
         self.max_attempts = max_attempts
         self.open_dead_letters = True  # refreshed by the stats task; True = check
+        # an image named as on side a -> the sink's column names (merged rows)
+        self.to_sink = {ca: (ca if self.dst == "a" else cb) for ca, cb in shape.pairs}
+        self.resolver = _resolver_sql(self.link.conflict)
+
+    async def check_shape(self) -> None:
+        """Raise SchemaChanged when either linked table differs from the validated shape."""
+        for side, pool in ((self.src, self.source), (self.dst, self.sink)):
+            s = self.link.side(side)
+            table = f"{pg_sql._q(s.schema)}.{pg_sql._q(s.table)}"
+            now = json.loads(await pool.fetchval(Q("table_shape"), table) or "[]")
+            detail = shape_change(expected_shape(self.shape.table(side)), now)
+            if detail:
+                raise SchemaChanged(self.link.name, s.peer, s.qualified, detail)
 
     async def _resume(self, batch_id: uuid.UUID) -> None:
         signals = await self.source.fetch(Q("batch_signals"), batch_id)
@@ -195,6 +240,11 @@ class PgDrain(QueueDrain):
             Q("claim"), self.link.name, self.src, self.link.batch_size, batch_id
         )
         if signals:
+            try:
+                await self.check_shape()
+            except SchemaChanged:
+                await self.source.execute(Q("release_batch"), batch_id)
+                raise
             faults.hit("after_claim")
             await self._apply_and_finish(batch_id, signals)
         return len(signals)
@@ -257,8 +307,14 @@ class PgDrain(QueueDrain):
         keep: list[Item] = []
         for item in items:
             st = state[item.ka]
-            v = conflicts.decide(self.link, self.src, item.image, st["cur"], st["last"],
+            source, sink = conflicts.load(item.image), conflicts.load(st["cur"])
+            base = conflicts.load(st["last"])
+            v = conflicts.decide(self.link, self.src, source, sink, base, st["known"],
                                  item.source_key in forced)
+            if v.action == conflicts.RESOLVE:
+                v = await self._resolve(item, source, sink, base, out)
+                if v is None:
+                    continue
             if v.conflict:
                 out.conflicts.append(self._conflict(item, st, v))
             if v.action == conflicts.APPLY:
@@ -267,14 +323,52 @@ class PgDrain(QueueDrain):
                 out.synced.append(_entry(key=item.ka, image=item.image or "null"))
             elif v.action == conflicts.KEEP_SINK:
                 out.resignal.append(item.sink_key)
+            elif v.action == conflicts.MERGE:
+                keep.append(self._merged(item, v.row))
+                out.resignal.append(item.sink_key)  # the source gets the merged row too
         return [i for i in keep if i.image is not None], [i for i in keep if i.image is None]
+
+    def _merged(self, item: Item, row: conflicts.Image) -> Item:
+        """The item carrying a merged (or resolver's) row instead of the source's."""
+        if row is None:
+            return Item(item.source_key, item.sink_key, item.ka, item.sink_key, None,
+                        item.attempts)
+        payload = json.dumps({self.to_sink[c]: v for c, v in row.items()}, ensure_ascii=False)
+        return Item(item.source_key, item.sink_key, item.ka, payload, conflicts.dump(row),
+                    item.attempts)
+
+    async def _resolve(self, item: Item, source: conflicts.Image, sink: conflicts.Image,
+                       base: conflicts.Image, out: Outcome) -> conflicts.Verdict | None:
+        """conflict = "function:s.fn": the hub's fn(link, key, a, b, base) -> row or NULL.
+
+        Its error dead-letters the key with the function's message (None: skip it)."""
+        images = {self.src: source, self.dst: sink}
+        try:
+            text = await self.hub.fetchval(
+                self.resolver, self.link.name, item.ka, conflicts.dump(images["a"]),
+                conflicts.dump(images["b"]), conflicts.dump(base))
+        except asyncpg.PostgresError as e:
+            out.problems.append(problem(self.name, item.source_key, e, defer=False))
+            return None
+        row = conflicts.load(text)
+        if row is not None and set(row) != set(source or sink or row):
+            exc = ValueError(f"resolver {self.link.conflict[9:]} returned columns "
+                             f"{sorted(row)}, not the link's {sorted(source or sink or {})}")
+            out.problems.append(problem(self.name, item.source_key, exc, defer=False))
+            return None
+        if row == source:
+            return conflicts.Verdict(conflicts.APPLY, True, self.src)
+        if row == sink:
+            return conflicts.Verdict(conflicts.KEEP_SINK, True, self.dst)
+        return conflicts.Verdict(conflicts.MERGE, True, "merge", row=row)
 
     def _conflict(self, item: Item, st: Any, v: conflicts.Verdict) -> str:
         images = {self.src: item.image or "null", self.dst: st["cur"] or "null"}
-        log.warning("event=conflict link=%s key=%s policy=%s winner=%s", self.link.name, item.ka,
-                 self.link.conflict, v.winner or "manual")
+        log.warning("event=conflict link=%s key=%s policy=%s winner=%s columns=%s",
+                    self.link.name, item.ka, self.link.conflict, v.winner or "manual",
+                    ",".join(v.columns) or "-")
         return _entry(key=item.ka, a=images["a"], b=images["b"], last=st["last"] or "null",
-                      winner=json.dumps(v.winner))
+                      winner=json.dumps(v.winner), columns=json.dumps(list(v.columns)))
 
     async def _remember(self, conn: asyncpg.Connection, out: Outcome) -> None:
         out.synced.extend(_entry(key=i.ka, image=i.image or "null") for i in out.applied)
@@ -317,3 +411,12 @@ class PgDrain(QueueDrain):
             await self.hub.execute(Q("close_dead_letters"), self.link.name, self.src,
                                    [i.source_key for i in out.applied])
 
+
+
+def _resolver_sql(policy: str) -> str | None:
+    """The hub statement calling a conflict = "function:schema.fn" resolver."""
+    if not policy.startswith("function:"):
+        return None
+    schema, _, fn = policy.removeprefix("function:").partition(".")
+    name = sql.Identifier(schema, fn).as_string(None)
+    return f"select {name}($1::text, $2::jsonb, $3::jsonb, $4::jsonb, $5::jsonb)::text"

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import psycopg
 from psycopg import sql
 
-from . import capture
+from . import base, capture, two_way
 from .config import Config
 from .validate import shapes, unfilled_columns
 
@@ -16,7 +16,8 @@ def _source_sides(config: Config, name: str) -> list[str]:
     return [src for src, _ in config.links[name].directions()]
 
 
-def install(config: Config, links: list[str] | None = None) -> Iterator[str]:
+def install(config: Config, links: list[str] | None = None,
+            fix_sequences: bool = False) -> Iterator[str]:
     link_shapes = shapes(config, links)
     unfilled_columns(config, link_shapes)
     for name, shape in link_shapes.items():
@@ -31,10 +32,24 @@ def install(config: Config, links: list[str] | None = None) -> Iterator[str]:
                 with psycopg.connect(peer.dsn) as conn:
                     capture.install(conn, shape, side)
             yield f"{name}: capture installed on {s.peer} {s.qualified}"
+        yield from two_way.user_triggers(config, shape)
+        if _two_way_postgres(config, shape):
+            yield from two_way.key_ranges(config, shape, fix_sequences)
+            # capture is on before the base is read: a change made meanwhile is queued
+            seeded = base.seed(config, shape)
+            yield seeded.report()
+            if not seeded.differing:
+                continue  # both sides agree: nothing for a backfill to send
         for src, dst in shape.link.directions():
             note = _sink_note(config, shape, src, dst)
             if note:
                 yield note
+
+
+def _two_way_postgres(config: Config, shape) -> bool:
+    link = shape.link
+    return link.direction == "both" and all(
+        config.peers[link.side(s).peer].dialect == "postgres" for s in ("a", "b"))
 
 
 def _sink_note(config: Config, shape, src: str, dst: str) -> str | None:

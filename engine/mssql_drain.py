@@ -88,7 +88,7 @@ def pg_value(value: Any, pg_type: str) -> str:
 
     Decimal and int as raw JSON numbers (jsonb numbers are numeric: no float in
     between), datetimes ISO 8601 with microseconds (and the offset when aware),
-    bytes as "\\x<hex>" (bytea's hex input), json kept as JSON. Raises ValueError
+    bytes as "\\x<hex>" (bytea's hex input), json as a string holding its text. Raises ValueError
     for a value Postgres cannot take (the row is dead-lettered, not the batch).
     """
     if value is None:
@@ -98,7 +98,9 @@ def pg_value(value: Any, pg_type: str) -> str:
         json.loads(text)  # not JSON -> ValueError (JSONDecodeError is one)
         if "\\u0000" in text:
             raise ValueError("Postgres jsonb cannot hold the NUL character (\\u0000)")
-        return text
+        # as a JSON string: the sink casts json columns from their text (pg_sql), so
+        # JSON null arrives as the JSON value null, not as SQL NULL
+        return json.dumps(text, ensure_ascii=False)
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int):

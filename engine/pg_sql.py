@@ -1,10 +1,19 @@
 """Per-link SQL for Postgres sources and sinks, rendered once per link side.
 
-Rows travel as one jsonb array per batch: the source builds each row with the
-sink's column names, the sink expands it with jsonb_populate_recordset into its
-own row type. One round trip and one set-based statement each way, and every
-Postgres type keeps its exact value (numeric as numeric, bytea as hex text,
-timestamptz with microseconds).
+Rows travel between Postgres peers as one jsonb array per batch whose values
+are each column's *text representation* (`col::text`, printed under the pinned
+settings of `pg_session`) or JSON null for SQL NULL. The sink reads every
+value back through its column's own input function
+(`jsonb_populate_record`), so what arrives is exactly what the source holds:
+numeric scale, interval fields, -0, JSON `null` (the string "null", never
+confused with SQL NULL), trailing spaces, every Unicode form. json and jsonb
+columns are cast from the text themselves, because populate would store the
+string as a JSON string.
+
+"Changed" means the representation differs: the upsert's guard compares the
+columns' texts byte for byte (collate "C"), not with the type's `=`, so
+1.5 -> 1.50 and '30 days' -> '1 mon' are applied while a rewrite of the same
+bytes is still skipped.
 """
 
 from __future__ import annotations
@@ -15,9 +24,15 @@ from psycopg import sql
 
 from .catalog import LinkShape
 
+JSON_TYPES = ("json", "jsonb")
+
 
 def _q(name: str) -> str:
     return sql.Identifier(name).as_string(None)
+
+
+def _lit(text: str) -> str:
+    return sql.Literal(text).as_string(None)
 
 
 def _table(shape: LinkShape, side: str) -> str:
@@ -30,23 +45,35 @@ def _coldefs(shape: LinkShape, side: str) -> str:
     return ", ".join(f"{_q(c)} {t.columns[c].type}" for c in shape.key_cols(side))
 
 
-def _obj(names: list[str], alias: str, cols: list[str]) -> str:
-    """jsonb_build_object over the columns, in chunks: a function takes at most 100 arguments."""
-    pairs = [
-        f"'{n.replace(chr(39), chr(39) * 2)}', {alias}.{_q(c)}"
-        for n, c in zip(names, cols, strict=True)
-    ]
+def _build(pairs: list[str]) -> str:
+    """jsonb_build_object over 'name', value pairs, in chunks: a function takes 100 arguments."""
     parts = [pairs[i: i + 50] for i in range(0, len(pairs), 50)]
     return " || ".join("jsonb_build_object(" + ", ".join(p) + ")" for p in parts)
+
+
+def _obj(names: list[str], alias: str, cols: list[str]) -> str:
+    """A jsonb object of typed values (keys, and the SQL Server path, which converts them)."""
+    return _build([f"{_lit(n)}, {alias}.{_q(c)}" for n, c in zip(names, cols, strict=True)])
+
+
+def text_obj(names: list[str], alias: str, cols: list[str]) -> str:
+    """A jsonb object of the columns' text representations: exact, and NULL stays JSON null."""
+    return _build([f"{_lit(n)}, {alias}.{_q(c)}::text"
+                   for n, c in zip(names, cols, strict=True)])
+
+
+def text_row(alias: str, cols: list[str]) -> str:
+    """row(...) of the columns' texts compared byte for byte: the representation guard."""
+    return "row(" + ", ".join(f'{alias}.{_q(c)}::text collate "C"' for c in cols) + ")"
 
 
 @dataclass(frozen=True)
 class PgLinkSql:
     read_rows: str  # $1 jsonb keys -> (row|null, key) in sink names, skey in source names, img
-    upsert: str  # $1 jsonb array of rows in sink names
+    upsert: str  # $1 jsonb array of rows in sink names, values as text
     delete: str  # $1 jsonb array of keys in sink names
     truncate: str
-    state_read: str  # $1 jsonb sink keys, $2 link -> (ka, cur image, last image), two-way only
+    state_read: str  # $1 jsonb sink keys, $2 link -> (ka, cur, last image, known), two-way only
 
 
 def render(shape: LinkShape, source: str, sink: str) -> PgLinkSql:
@@ -54,40 +81,52 @@ def render(shape: LinkShape, source: str, sink: str) -> PgLinkSql:
     src_cols, dst_cols = shape.cols(source), shape.cols(sink)
     join = " and ".join(f"t.{_q(s)} = k.{_q(s)}" for s in src_keys)
     two_way = shape.link.direction == "both"
-    a_cols = shape.cols("a")
     img = (f"case when t.{_q(src_keys[0])} is null then null "
-           f"else {_obj(a_cols, 't', src_cols)} end" if two_way else "null::jsonb")
+           f"else {text_obj(shape.cols('a'), 't', src_cols)} end" if two_way else "null::jsonb")
     read_rows = (
         f"select case when t.{_q(src_keys[0])} is null then null "
-        f"else {_obj(dst_cols, 't', src_cols)} end as row, "
+        f"else {text_obj(dst_cols, 't', src_cols)} end as row, "
         f"{_obj(dst_keys, 'k', src_keys)} as key, "
         f"{_obj(src_keys, 'k', src_keys)} as skey, {img} as img "
         f"from jsonb_to_recordset($1::jsonb) as k({_coldefs(shape, source)}) "
         f"left join {_table(shape, source)} t on {join}"
     )
     sink_table = _table(shape, sink)
-    cols = ", ".join(_q(c) for c in dst_cols)
-    nonkey = [c for c in dst_cols if c not in dst_keys]
+    return PgLinkSql(read_rows, _upsert(shape, sink), _delete(shape, sink),
+                     f"delete from {sink_table}", _state_read(shape, sink))
+
+
+def _upsert(shape: LinkShape, sink: str) -> str:
+    keys, cols = shape.key_cols(sink), shape.cols(sink)
+    table = shape.table(sink)
+    json_cols = [c for c in cols if table.columns[c].base in JSON_TYPES]
+    select = ", ".join(
+        f"(x.elem ->> {_lit(c)})::{table.columns[c].type}" if c in json_cols else f"r.{_q(c)}"
+        for c in cols)
+    # json columns are left out of populate: it would read their text as a JSON string
+    drop = f" - array[{', '.join(_lit(c) for c in json_cols)}]" if json_cols else ""
+    sink_table = _table(shape, sink)
+    nonkey = [c for c in cols if c not in keys]
     if nonkey:
         sets = ", ".join(f"{_q(c)} = excluded.{_q(c)}" for c in nonkey)
-        cur = ", ".join(f"t.{_q(c)}" for c in nonkey)
-        new = ", ".join(f"excluded.{_q(c)}" for c in nonkey)
-        # row(...) keeps a one-column comparison a row comparison too
-        action = f"do update set {sets} where row({cur}) is distinct from row({new})"
+        action = (f"do update set {sets} "
+                  f"where {text_row('t', nonkey)} is distinct from {text_row('excluded', nonkey)}")
     else:
         action = "do nothing"
-    upsert = (
-        f"insert into {sink_table} as t ({cols}) overriding system value "
-        f"select {cols} from jsonb_populate_recordset(null::{sink_table}, $1::jsonb) "
-        f"on conflict ({', '.join(_q(c) for c in dst_keys)}) {action}"
+    return (
+        f"insert into {sink_table} as t ({', '.join(_q(c) for c in cols)}) "
+        f"overriding system value "
+        f"select {select} from jsonb_array_elements($1::jsonb) as x(elem), "
+        f"jsonb_populate_record(null::{sink_table}, x.elem{drop}) r "
+        f"on conflict ({', '.join(_q(c) for c in keys)}) {action}"
     )
-    del_join = " and ".join(f"t.{_q(c)} = k.{_q(c)}" for c in dst_keys)
-    delete = (
-        f"delete from {sink_table} t using jsonb_to_recordset($1::jsonb) "
-        f"as k({_coldefs(shape, sink)}) where {del_join}"
-    )
-    return PgLinkSql(read_rows, upsert, delete, f"delete from {sink_table}",
-                     _state_read(shape, sink))
+
+
+def _delete(shape: LinkShape, sink: str) -> str:
+    keys = shape.key_cols(sink)
+    join = " and ".join(f"t.{_q(c)} = k.{_q(c)}" for c in keys)
+    return (f"delete from {_table(shape, sink)} t using jsonb_to_recordset($1::jsonb) "
+            f"as k({_coldefs(shape, sink)}) where {join}")
 
 
 def _state_read(shape: LinkShape, sink: str) -> str:
@@ -97,8 +136,8 @@ def _state_read(shape: LinkShape, sink: str) -> str:
     ka = _obj(a_keys, "k", keys)
     return (
         f"select {ka}::text as ka, case when t.{_q(keys[0])} is null then null "
-        f"else {_obj(shape.cols('a'), 't', shape.cols(sink))} end::text as cur, "
-        f"rs.image::text as last "
+        f"else {text_obj(shape.cols('a'), 't', shape.cols(sink))} end::text as cur, "
+        f"rs.image::text as last, coalesce(rs.known, true) as known "
         f"from jsonb_to_recordset($1::jsonb) as k({_coldefs(shape, sink)}) "
         f"left join {_table(shape, sink)} t on {join} "
         f"left join sync.row_state rs on rs.link = $2 and rs.key = {ka}"

@@ -25,13 +25,6 @@ def Q(name: str) -> str:  # noqa: N802 - reads like a table of named statements
     return sqlfiles.query("queries/reconcile.sql", name)
 
 
-def _pg(query: str) -> str:
-    """The asyncpg-style $n statement for psycopg (positional %s)."""
-    for n in range(9, 0, -1):
-        query = query.replace(f"${n}", "%s")
-    return query
-
-
 @dataclass
 class Repair:
     run_id: int | None
@@ -80,14 +73,14 @@ def repair(config: Config, link: str, prefer: str | None = None,
     other = config.links[link].side("b" if side == "a" else "a")
     target = f"{other.peer} {other.qualified}"
     with psycopg.connect(config.hub_peer.dsn, autocommit=True) as hub:
-        last = hub.execute(_pg(Q("last_link_check")), (link,)).fetchone()
+        last = hub.execute(sqlfiles.for_psycopg(Q("last_link_check")), (link,)).fetchone()
         if last is None:
             return Repair(None, side, 0, f"{link}: never checked; run `syncbridge check {link}`")
         run_id, verdict, _ = last
         if verdict != "different":
             return Repair(run_id, side, 0, f"{link}: last check (run {run_id}) was {verdict}; "
                                            "nothing to repair")
-        diffs = hub.execute(_pg(Q("check_diffs")), (run_id,)).fetchall()
+        diffs = hub.execute(sqlfiles.for_psycopg(Q("check_diffs")), (run_id,)).fetchall()
         keys = [json.loads(d[1] if side == "a" else d[2]) for d in diffs]
         actions: dict[str, list[dict]] = {}
         for (kind, *_), key in zip(diffs, keys, strict=True):
@@ -101,7 +94,7 @@ def repair(config: Config, link: str, prefer: str | None = None,
                                            f"from side {side} (check run {run_id}) would "
                                            f"signal {len(keys)} key(s); " + effect, actions)
         _signal(config, link, side, keys)
-        hub.execute(_pg(Q("mark_repaired")), (run_id,))
+        hub.execute(sqlfiles.for_psycopg(Q("mark_repaired")), (run_id,))
     return Repair(run_id, side, len(keys),
                   f"{link}: signalled {len(keys)} key(s) of side {side} from check run "
                   f"{run_id}; " + effect, actions)
@@ -113,6 +106,7 @@ def _signal(config: Config, link: str, side: str, keys: list[dict]) -> None:
     with psycopg.connect(dsn, autocommit=True) as conn:
         for i in range(0, len(keys), SIGNAL_CHUNK):
             with conn.transaction():
-                conn.execute(_pg(Q("signal_keys")), (link, side, "syncbridge:repair",
-                                                     json.dumps(keys[i: i + SIGNAL_CHUNK])))
-                conn.execute(_pg(Q("notify")), (f"{link}:{side}",))
+                conn.execute(sqlfiles.for_psycopg(Q("signal_keys")),
+                             (link, side, "syncbridge:repair",
+                              json.dumps(keys[i: i + SIGNAL_CHUNK])))
+                conn.execute(sqlfiles.for_psycopg(Q("notify")), (f"{link}:{side}",))

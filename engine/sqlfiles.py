@@ -41,3 +41,10 @@ def query(relpath: str, name: str) -> str:
         return queries(relpath)[name]
     except KeyError:
         raise KeyError(f"no query {name!r} in sql/{relpath}") from None
+
+
+def for_psycopg(query: str) -> str:
+    """An asyncpg-style statement ($1, $2 ... each used once, in order) for psycopg (%s)."""
+    for n in range(9, 0, -1):
+        query = query.replace(f"${n}", "%s")
+    return query

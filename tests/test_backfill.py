@@ -111,6 +111,7 @@ def test_backfill_rows_then_live_changes_converge(new_db, tmp_path):
         rig.start_bridge()
         out = _cli(rig, "items", "--side", "b", "--quiet")
         assert out.returncode == 0, out.stderr
+        rig.wait_equal({"items": ["id"]})  # the backfilled rows are on a: edit them there
         rig.execute("a", "update items set v = 'changed on a' where id <= 10")
         rig.wait_equal({"items": ["id"]})
         assert rig.query("b", "select count(*) from items where v = 'changed on a'") == [(10,)]

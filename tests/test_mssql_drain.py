@@ -299,7 +299,8 @@ def test_pg_value_is_exact_text() -> None:
     assert pg_value(b"\x00\xff", "bytea") == '"\\\\x00ff"'
     assert pg_value(U[1], "uuid") == '"00000000-0000-0000-0000-000000000001"'
     assert pg_value("Zoë 😀", "text") == '"Zoë 😀"'
-    assert pg_value('{"a": 1.10}', "jsonb") == '{"a": 1.10}', "JSON stays JSON, digits kept"
+    assert json.loads(pg_value('{"a": 1.10}', "jsonb")) == '{"a": 1.10}', "its text, digits kept"
+    assert json.loads(pg_value("null", "jsonb")) == "null", "JSON null is not SQL NULL"
     assert pg_value(0.1, "double precision") == "0.1"
     assert pg_value(True, "boolean") == "true"
     for bad, typ in (("a\x00b", "text"), ("{nope", "jsonb")):

@@ -24,6 +24,14 @@ select distinct batch_id from sync.queue
 -- The signals of one claimed batch, to re-apply it after a crash.
 select id, op, key::text as key, attempts from sync.queue where batch_id = $1 order by id
 
+-- name: release_batch
+-- Give a claimed batch back untouched (its link paused before anything was applied).
+update sync.queue set batch_id = null where batch_id = $1
+
+-- name: table_shape
+-- The linked table's columns as the bridge validated them (schema-change check).
+select sync.table_shape($1::regclass)::text
+
 -- name: finish_batch
 -- The sink committed the batch: drop exactly its claimed signals.
 delete from sync.queue where batch_id = $1
@@ -107,11 +115,22 @@ update sync.dead_letter set status = 'closed', closed_at = clock_timestamp()
 delete from sync.apply_log where applied_at < clock_timestamp() - interval '1 day'
 
 -- name: state_write
--- Two-way links: remember each row's image as last synced (null = absent).
-insert into sync.row_state (link, key, image)
-select $1, x.key, nullif(x.image, 'null'::jsonb)
+-- Two-way links: remember each row's image as last synced (null = absent): a known base.
+insert into sync.row_state (link, key, image, known, synced_at)
+select $1, x.key, nullif(x.image, 'null'::jsonb), true, clock_timestamp()
   from jsonb_to_recordset($2::jsonb) as x(key jsonb, image jsonb)
-on conflict (link, key) do update set image = excluded.image
+on conflict (link, key) do update
+   set image = excluded.image, known = true, synced_at = excluded.synced_at
+
+-- name: seed_state
+-- install/adopt: base images (key, image, known); never over a base the bridge wrote
+-- since the seeding started, and an unknown entry never replaces an existing one.
+insert into sync.row_state as rs (link, key, image, known, synced_at)
+select $1, x.key, nullif(x.image, 'null'::jsonb), x.known, clock_timestamp()
+  from jsonb_to_recordset($2::jsonb) as x(key jsonb, image jsonb, known boolean)
+on conflict (link, key) do update
+   set image = excluded.image, known = true, synced_at = excluded.synced_at
+ where excluded.known and rs.synced_at < $3
 
 -- name: resignal
 -- Conflict won by the sink's row: send it back the other way, unchecked (op R).
@@ -122,12 +141,13 @@ select $1, $2, 'R', x from jsonb_array_elements($3::jsonb) as x
 -- Hub: the conflicts ($4) found by batch $3; replays of the same batch add nothing.
 insert into sync.conflicts as c
        (link, key, a_image, b_image, last_image, policy, winner, status,
-        resolved_at, resolved_by, batch_id)
+        resolved_at, resolved_by, batch_id, columns)
 select $1, e -> 'key', nullif(e -> 'a', 'null'), nullif(e -> 'b', 'null'),
        nullif(e -> 'last', 'null'), $2, e ->> 'winner',
        case when e ->> 'winner' is null then 'open' else 'resolved' end,
        case when e ->> 'winner' is not null then clock_timestamp() end,
-       case when e ->> 'winner' is not null then 'policy:' || $2 end, $3
+       case when e ->> 'winner' is not null then 'policy:' || $2 end, $3,
+       array(select jsonb_array_elements_text(coalesce(e -> 'columns', '[]')))
   from jsonb_array_elements($4::jsonb) e
  where not exists (select 1 from sync.conflicts x where x.batch_id = $3 and x.key = e -> 'key')
 on conflict (link, key) where status <> 'resolved' do update
@@ -146,3 +166,29 @@ update sync.conflicts set status = 'resolved', resolved_at = clock_timestamp()
 -- name: forget_state
 -- Two-way links: a truncated table has no last-synced rows any more.
 delete from sync.row_state where link = $1
+
+-- name: pause_link
+-- Hub: hold a link back with a reason (its signals keep queueing), and say so.
+with v as (select $1::text as link, $2::text as reason, $3::text as by),
+p as (
+    insert into sync.link_control as c (link, paused_reason, paused_at, paused_by)
+    select v.link, v.reason, clock_timestamp(), v.by from v
+    on conflict (link) do update
+       set paused_reason = excluded.paused_reason, paused_at = excluded.paused_at,
+           paused_by = excluded.paused_by
+)
+select pg_notify('syncbridge_control', v.link) from v
+
+-- name: resume_link
+-- Hub: let a paused link flow again, and wake the bridge.
+with v as (select $1::text as link),
+r as (
+    update sync.link_control c
+       set paused_reason = null, paused_at = null, paused_by = null
+      from v where c.link = v.link
+)
+select pg_notify('syncbridge_control', v.link) from v
+
+-- name: link_paused
+-- Hub: why a link is paused (null: it is not).
+select paused_reason from sync.link_control where link = $1

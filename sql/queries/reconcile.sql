@@ -73,9 +73,10 @@ select kind, key_a::text as key_a, key_b::text as key_b from sync.check_diffs wh
 update sync.check_runs set repaired_at = clock_timestamp() where id = $1
 
 -- name: signal_keys
--- Source: queue key signals (as capture would) for keys given in source column names.
+-- Source: queue repair signals for keys given in source column names. Op R: the
+-- operator chose this side, so a two-way link applies it without a conflict check.
 insert into sync.queue (link, side, op, key, origin)
-select $1, $2, 'K', k, $3 from jsonb_array_elements($4::jsonb) as k
+select $1, $2, 'R', k, $3 from jsonb_array_elements($4::jsonb) as k
 
 -- name: notify
 -- Source: wake the bridge's drain loop of one link side.
