@@ -94,13 +94,14 @@ def test_equal_tables_with_differently_spelled_values_are_equal(rig, small_leave
     [res] = _check(rig)
     assert (res.verdict, res.rows_a, res.rows_b) == ("equal", ROWS, ROWS), res.diffs
     # and NULL vs '' is a difference, named by column, as is a numeric's scale
-    _quiet(rig, "b", "things", "update things set label = null where id = 4")
-    _quiet(rig, "a", "things", "update things set amount = 1.5 where id = 7")
-    _quiet(rig, "b", "things", "update things set amount = 1.50 where id = 7")
+    _quiet(rig, "a", "things", "update things set label = '' where id = 20")
+    _quiet(rig, "b", "things", "update things set label = null where id = 20")
+    _quiet(rig, "a", "things", "update things set amount = 1.5 where id = 21")
+    _quiet(rig, "b", "things", "update things set amount = 1.50 where id = 21")
     [res] = _check(rig)
     diffs = sorted(res.diffs, key=lambda d: d.key_a["id"])
     assert [(d.kind, d.key_a, d.columns) for d in diffs] == [
-        ("different", {"id": 4}, ["label"]), ("different", {"id": 7}, ["amount"])]
+        ("different", {"id": 20}, ["label"]), ("different", {"id": 21}, ["amount"])]
     assert diffs[0].detail == {"a": {"label": ""}, "b": {"label": None}}
     assert diffs[1].detail == {"a": {"amount": "1.5"}, "b": {"amount": "1.50"}}
 
