@@ -37,7 +37,16 @@ create trigger chaos_count after insert on sync.queue
 KILLS = 12
 
 
-def _writer(dsn: str, lo: int, stop: threading.Event, seed: int) -> None:
+def _writer(dsn: str, lo: int, stop: threading.Event, seed: int,
+            failures: list[BaseException]) -> None:
+    try:
+        _write(dsn, lo, stop, seed)
+    except BaseException as e:  # noqa: BLE001 - handed to the test thread, which fails on it
+        failures.append(e)
+        raise
+
+
+def _write(dsn: str, lo: int, stop: threading.Event, seed: int) -> None:
     rnd = random.Random(seed)
     conn = None
     while not stop.is_set():
@@ -53,11 +62,23 @@ def _writer(dsn: str, lo: int, stop: threading.Event, seed: int) -> None:
                              "where id = %s", (k,))
             else:
                 conn.execute("delete from items where id = %s", (k,))
-        except psycopg.Error:  # the server restarts under us: reconnect and go on
+        except psycopg.OperationalError:  # the server restarts under us: reconnect, go on
             conn = None
-            time.sleep(0.05)
+            stop.wait(0.05)  # reconnect backoff while the server is down
     if conn:
         conn.close()
+
+
+def _batches(rig: Rig) -> int:
+    """Batches applied so far, both directions (each sink records its own)."""
+    return sum(rig.query(s, "select count(*) from sync.applied_batches")[0][0] for s in "ab")
+
+
+def _apply_more(rig: Rig, batches: int, what: str) -> None:
+    """Wait for `batches` more applied batches: the kill lands at a random moment of
+    a bridge that is working, not of one still starting up."""
+    target = _batches(rig) + batches
+    wait_until(lambda: _batches(rig) >= target, 60, f"{what} to apply {batches} batches")
 
 
 @pytest.fixture
@@ -79,7 +100,8 @@ def test_chaos(server, tmp_path):
     for side in ("a", "b"):
         rig.execute(side, COUNTER)
     stop = threading.Event()
-    writers = [threading.Thread(target=_writer, args=(rig.dsn[s], lo, stop, lo))
+    failures: list[BaseException] = []
+    writers = [threading.Thread(target=_writer, args=(rig.dsn[s], lo, stop, lo, failures))
                for s, lo in (("a", 0), ("b", 10_000))]
     rnd = random.Random(42)
     started = time.monotonic()
@@ -88,19 +110,26 @@ def test_chaos(server, tmp_path):
             w.start()
         for i in range(KILLS):
             proc = rig.start_bridge()
-            time.sleep(rnd.uniform(0.3, 1.2))  # a random moment, on purpose
+            _apply_more(rig, rnd.randint(1, 3), f"bridge run {i}")
             if i == 4:
                 server.restart()
+                _apply_more(rig, 1, "the bridge after the server restart")
             if i == 8:
+                lost = rig.log_text().count("event=listen_lost")
                 wait_until(lambda: rig.query("a", "select pg_terminate_backend(pid) from "
                                                   "pg_stat_activity where application_name = "
-                                                  "'syncbridge-listen'") != [], 10, "LISTEN")
-                time.sleep(rnd.uniform(0.2, 0.6))
+                                                  "'syncbridge-listen'") != [], 30, "LISTEN")
+                wait_until(lambda n=lost: rig.log_text().count("event=listen_lost") > n, 30,
+                           "the bridge to notice the lost LISTEN connection")
+                _apply_more(rig, rnd.randint(0, 2), "the bridge after losing LISTEN")
+            assert proc.poll() is None, rig.log_text()[-2000:]
             proc.send_signal(signal.SIGKILL)
-            proc.wait(10)
+            assert proc.wait(10) == -signal.SIGKILL
         stop.set()
         for w in writers:
             w.join(30)
+        assert not any(w.is_alive() for w in writers), "the writers must stop when told"
+        assert failures == [], f"a writer failed: {failures!r}"
         rig.start_bridge()
         rig.wait_equal({"items": ["id"]}, 120)
         rig.wait_drained(60)
