@@ -144,8 +144,12 @@ def test_seeded_random_drift_is_found_exactly(rig, small_leaves):
     assert stored == [("different", 17, 16, 30)]
     assert rig.query("a", "select count(*) from sync.check_diffs where run_id = %s",
                      (res.run_id,)) == [(63,)]
-    assert rig.query("a", "select last_check like 'different %' from sync.status "
-                          "union all select true limit 1") == [(True,)]
+    assert rig.query("a", "select kind, verdict, run_id from sync.check_status "
+                          "where name = 'things'") == [("link", "different", res.run_id)]
+    # sync.status lists a link once the bridge has sampled it: give it that sample row
+    rig.execute("a", "insert into sync.link_state (link, source_side) values ('things', 'a')")
+    [(last_check,)] = rig.query("a", "select last_check from sync.status where link = 'things'")
+    assert last_check is not None and last_check.startswith("different "), last_check
 
 
 def test_repair_respects_a_one_way_link_and_makes_the_next_check_clean(rig, small_leaves):
@@ -177,15 +181,23 @@ def test_changes_in_flight_are_waited_for_not_reported(rig):
     results: list = []
     t = threading.Thread(target=lambda: results.extend(_check(rig, settle=60)))
     t.start()
+    # the check found the changed keys and now asks the queue about them (queued_keys)
+    # every 0.1 s; the pool resets a released connection's query text, so look often
     wait_until(lambda: rig.query("a", "select count(*) from pg_stat_activity where "
-                                      "application_name = 'syncbridge-check'")[0][0] > 0,
-               20, "the check to connect")
-    t.join(1.5)
+                                      "application_name = 'syncbridge-check' and "
+                                      "query like '%q.key = any%'")[0][0] > 0,
+               30, "the check to wait on the queued keys", every=0.01)
     assert t.is_alive(), "the check must wait for the queued keys, not finish"
     rig.start_bridge()
     t.join(60)
+    assert not t.is_alive(), "the check must finish once the bridge drained the queue"
     [res] = results
     assert res.verdict == "equal" and res.in_flight == 0, res.diffs
+    # it finished only after the bridge applied the keys it was waiting for
+    [(finished,)] = rig.query("a", "select finished_at from sync.check_runs where id = %s",
+                              (res.run_id,))
+    [(applied,)] = rig.query("b", "select max(applied_at) from sync.applied_batches")
+    assert applied is not None and finished > applied, (finished, applied)
 
 
 def test_concurrent_writes_during_a_check_are_not_reported(rig, small_leaves):
