@@ -118,16 +118,17 @@ create table sync.conflicts (
     b_image jsonb,
     last_image jsonb,
     policy text not null,
-    winner character(1),
+    winner text,
     status text not null,
     detected_at timestamp with time zone not null default clock_timestamp(),
     resolved_at timestamp with time zone,
     resolved_by text,
-    batch_id uuid not null
+    batch_id uuid not null,
+    columns text[]
 );
 alter table sync.conflicts add constraint conflicts_pkey PRIMARY KEY (id);
 alter table sync.conflicts add constraint conflicts_status_check CHECK ((status = ANY (ARRAY['open'::text, 'resolving'::text, 'resolved'::text])));
-alter table sync.conflicts add constraint conflicts_winner_check CHECK ((winner = ANY (ARRAY['a'::bpchar, 'b'::bpchar])));
+alter table sync.conflicts add constraint conflicts_winner_check CHECK ((winner = ANY (ARRAY['a'::text, 'b'::text, 'merge'::text])));
 CREATE INDEX conflicts_batch ON sync.conflicts USING btree (batch_id);
 CREATE UNIQUE INDEX conflicts_open ON sync.conflicts USING btree (link, key) WHERE (status <> 'resolved'::text);
 -- grants on sync.conflicts: default
@@ -159,6 +160,15 @@ alter table sync.dead_letter add constraint dead_letter_link_source_side_key_key
 alter table sync.dead_letter add constraint dead_letter_pkey PRIMARY KEY (id);
 alter table sync.dead_letter add constraint dead_letter_status_check CHECK ((status = ANY (ARRAY['open'::text, 'retry'::text, 'closed'::text])));
 -- grants on sync.dead_letter: default
+
+create table sync.link_control (
+    link text not null,
+    paused_reason text,
+    paused_at timestamp with time zone,
+    paused_by text
+);
+alter table sync.link_control add constraint link_control_pkey PRIMARY KEY (link);
+-- grants on sync.link_control: default
 
 create table sync.link_state (
     link text not null,
@@ -202,7 +212,9 @@ CREATE INDEX queue_webhook ON sync.queue USING btree (id) WHERE (op = 'W'::bpcha
 create table sync.row_state (
     link text not null,
     key jsonb not null,
-    image jsonb
+    image jsonb,
+    known boolean not null default true,
+    synced_at timestamp with time zone not null default clock_timestamp()
 );
 alter table sync.row_state add constraint row_state_pkey PRIMARY KEY (link, key);
 -- grants on sync.row_state: default
@@ -429,3 +441,19 @@ begin
 end
 $function$;
 -- grants on sync.retry_webhook_v1(p_source text, p_event_id text): {OWNER=X/OWNER}
+
+CREATE OR REPLACE FUNCTION sync.table_shape(p_table regclass)
+ RETURNS jsonb
+ LANGUAGE sql
+ STABLE
+ SET search_path TO 'pg_catalog'
+AS $function$
+    select coalesce(jsonb_agg(jsonb_build_array(
+               a.attname::text, format_type(a.atttypid, a.atttypmod),
+               coalesce(a.attnum = any(i.indkey), false)) order by a.attnum), '[]')
+      from pg_attribute a
+      left join pg_index i on i.indrelid = a.attrelid and i.indisprimary
+     where a.attrelid = p_table and a.attnum > 0 and not a.attisdropped
+       and a.attgenerated = ''
+$function$;
+-- grants on sync.table_shape(p_table regclass): default
