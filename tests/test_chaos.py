@@ -13,6 +13,7 @@ import random
 import signal
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import psycopg
 import pytest
@@ -53,11 +54,23 @@ def _writer(dsn: str, lo: int, stop: threading.Event, seed: int) -> None:
                              "where id = %s", (k,))
             else:
                 conn.execute("delete from items where id = %s", (k,))
-        except psycopg.Error:  # the server restarts under us: reconnect and go on
+        except psycopg.OperationalError:  # the server restarts under us: reconnect, go on
             conn = None
-            time.sleep(0.05)
+            stop.wait(0.05)  # reconnect backoff while the server is down
     if conn:
         conn.close()
+
+
+def _batches(rig: Rig) -> int:
+    """Batches applied so far, both directions (each sink records its own)."""
+    return sum(rig.query(s, "select count(*) from sync.applied_batches")[0][0] for s in "ab")
+
+
+def _apply_more(rig: Rig, batches: int, what: str) -> None:
+    """Wait for `batches` more applied batches: the kill lands at a random moment of
+    a bridge that is working, not of one still starting up."""
+    target = _batches(rig) + batches
+    wait_until(lambda: _batches(rig) >= target, 60, f"{what} to apply {batches} batches")
 
 
 @pytest.fixture
@@ -79,28 +92,33 @@ def test_chaos(server, tmp_path):
     for side in ("a", "b"):
         rig.execute(side, COUNTER)
     stop = threading.Event()
-    writers = [threading.Thread(target=_writer, args=(rig.dsn[s], lo, stop, lo))
-               for s, lo in (("a", 0), ("b", 10_000))]
+    pool = ThreadPoolExecutor(2, thread_name_prefix="chaos-writer")
     rnd = random.Random(42)
     started = time.monotonic()
     try:
-        for w in writers:
-            w.start()
+        # a writer's unexpected error is raised again here by result()
+        writers = [pool.submit(_writer, rig.dsn[s], lo, stop, lo)
+                   for s, lo in (("a", 0), ("b", 10_000))]
         for i in range(KILLS):
             proc = rig.start_bridge()
-            time.sleep(rnd.uniform(0.3, 1.2))  # a random moment, on purpose
+            _apply_more(rig, rnd.randint(1, 3), f"bridge run {i}")
             if i == 4:
                 server.restart()
+                _apply_more(rig, 1, "the bridge after the server restart")
             if i == 8:
+                lost = rig.log_text().count("event=listen_lost")
                 wait_until(lambda: rig.query("a", "select pg_terminate_backend(pid) from "
                                                   "pg_stat_activity where application_name = "
-                                                  "'syncbridge-listen'") != [], 10, "LISTEN")
-                time.sleep(rnd.uniform(0.2, 0.6))
+                                                  "'syncbridge-listen'") != [], 30, "LISTEN")
+                wait_until(lambda n=lost: rig.log_text().count("event=listen_lost") > n, 30,
+                           "the bridge to notice the lost LISTEN connection")
+                _apply_more(rig, rnd.randint(0, 2), "the bridge after losing LISTEN")
+            assert proc.poll() is None, rig.log_text()[-2000:]
             proc.send_signal(signal.SIGKILL)
-            proc.wait(10)
+            assert proc.wait(10) == -signal.SIGKILL
         stop.set()
         for w in writers:
-            w.join(30)
+            w.result(timeout=30)
         rig.start_bridge()
         rig.wait_equal({"items": ["id"]}, 120)
         rig.wait_drained(60)
@@ -117,4 +135,5 @@ def test_chaos(server, tmp_path):
               f"{produced} signals from b, {time.monotonic() - started:.1f}s")
     finally:
         stop.set()
+        pool.shutdown(wait=True)
         rig.close()

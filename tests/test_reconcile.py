@@ -94,13 +94,14 @@ def test_equal_tables_with_differently_spelled_values_are_equal(rig, small_leave
     [res] = _check(rig)
     assert (res.verdict, res.rows_a, res.rows_b) == ("equal", ROWS, ROWS), res.diffs
     # and NULL vs '' is a difference, named by column, as is a numeric's scale
-    _quiet(rig, "b", "things", "update things set label = null where id = 4")
-    _quiet(rig, "a", "things", "update things set amount = 1.5 where id = 7")
-    _quiet(rig, "b", "things", "update things set amount = 1.50 where id = 7")
+    _quiet(rig, "a", "things", "update things set label = '' where id = 20")
+    _quiet(rig, "b", "things", "update things set label = null where id = 20")
+    _quiet(rig, "a", "things", "update things set amount = 1.5 where id = 21")
+    _quiet(rig, "b", "things", "update things set amount = 1.50 where id = 21")
     [res] = _check(rig)
     diffs = sorted(res.diffs, key=lambda d: d.key_a["id"])
     assert [(d.kind, d.key_a, d.columns) for d in diffs] == [
-        ("different", {"id": 4}, ["label"]), ("different", {"id": 7}, ["amount"])]
+        ("different", {"id": 20}, ["label"]), ("different", {"id": 21}, ["amount"])]
     assert diffs[0].detail == {"a": {"label": ""}, "b": {"label": None}}
     assert diffs[1].detail == {"a": {"amount": "1.5"}, "b": {"amount": "1.50"}}
 
@@ -143,8 +144,12 @@ def test_seeded_random_drift_is_found_exactly(rig, small_leaves):
     assert stored == [("different", 17, 16, 30)]
     assert rig.query("a", "select count(*) from sync.check_diffs where run_id = %s",
                      (res.run_id,)) == [(63,)]
-    assert rig.query("a", "select last_check like 'different %' from sync.status "
-                          "union all select true limit 1") == [(True,)]
+    assert rig.query("a", "select kind, verdict, run_id from sync.check_status "
+                          "where name = 'things'") == [("link", "different", res.run_id)]
+    # sync.status lists a link once the bridge has sampled it: give it that sample row
+    rig.execute("a", "insert into sync.link_state (link, source_side) values ('things', 'a')")
+    [(last_check,)] = rig.query("a", "select last_check from sync.status where link = 'things'")
+    assert last_check is not None and last_check.startswith("different "), last_check
 
 
 def test_repair_respects_a_one_way_link_and_makes_the_next_check_clean(rig, small_leaves):
@@ -176,15 +181,23 @@ def test_changes_in_flight_are_waited_for_not_reported(rig):
     results: list = []
     t = threading.Thread(target=lambda: results.extend(_check(rig, settle=60)))
     t.start()
+    # the check found the changed keys and now asks the queue about them (queued_keys)
+    # every 0.1 s; the pool resets a released connection's query text, so look often
     wait_until(lambda: rig.query("a", "select count(*) from pg_stat_activity where "
-                                      "application_name = 'syncbridge-check'")[0][0] > 0,
-               20, "the check to connect")
-    t.join(1.5)
+                                      "application_name = 'syncbridge-check' and "
+                                      "query like '%q.key = any%'")[0][0] > 0,
+               30, "the check to wait on the queued keys", every=0.01)
     assert t.is_alive(), "the check must wait for the queued keys, not finish"
     rig.start_bridge()
     t.join(60)
+    assert not t.is_alive(), "the check must finish once the bridge drained the queue"
     [res] = results
     assert res.verdict == "equal" and res.in_flight == 0, res.diffs
+    # it finished only after the bridge applied the keys it was waiting for
+    [(finished,)] = rig.query("a", "select finished_at from sync.check_runs where id = %s",
+                              (res.run_id,))
+    [(applied,)] = rig.query("b", "select max(applied_at) from sync.applied_batches")
+    assert applied is not None and finished > applied, (finished, applied)
 
 
 def test_concurrent_writes_during_a_check_are_not_reported(rig, small_leaves):

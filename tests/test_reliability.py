@@ -112,8 +112,14 @@ def test_sigterm_during_a_batch_exits_zero_and_loses_nothing(new_db, tmp_path):
 
 
 def test_terminated_listen_connection_is_replaced(new_db, tmp_path):
+    """Only NOTIFY on the new LISTEN connection can explain a fast arrival: the
+    fallback poll is 60 s, and the one wake-up the reconnect itself gives every
+    drain is used up by the first row written after it."""
     rig = make_rig(new_db, tmp_path, SCHEMA, [link("items", "items", ["id"], "a_to_b")],
-                   settings={"fallback_poll": 30.0})
+                   settings={"fallback_poll": 60.0})
+    rig.execute("a", CLAIM_LOG)
+    listeners = ("select count(*) from pg_stat_activity where application_name = "
+                 "'syncbridge-listen' and datname = current_database()")
     try:
         rig.start_bridge()
         rig.execute("a", "insert into items values (1, 'before')")
@@ -123,17 +129,46 @@ def test_terminated_listen_connection_is_replaced(new_db, tmp_path):
                                 "and datname = current_database()")
         assert killed == [(True,)]
         wait_until(lambda: "event=listen_lost" in rig.log_text(), 30, "the bridge to notice")
-        wait_until(lambda: rig.query("a", "select count(*) from pg_stat_activity "
-                                          "where application_name = 'syncbridge-listen' "
-                                          "and datname = current_database()")[0][0] == 1,
-                   30, "a new LISTEN connection")
-        # the fallback poll is 30 s: arriving sooner proves the new LISTEN works
-        start = time.monotonic()
+        wait_until(lambda: rig.query("a", listeners)[0][0] == 1, 30, "a new LISTEN connection")
+        # row 2 may ride on the reconnect's wake-up of every drain (it may be written
+        # before the new connection said LISTEN); after it the drain goes idle
         rig.execute("a", "insert into items values (2, 'after')")
-        rig.wait_equal({"items": ["id"]}, 20)
-        assert time.monotonic() - start < 20
+        rig.wait_equal({"items": ["id"]}, 30)
+        for i in (3, 4):
+            _wait_idle_claim(rig)
+            start = time.monotonic()
+            rig.execute("a", "insert into items values (%s, 'notified')", (i,))
+            rig.wait_equal({"items": ["id"]}, 20)
+            assert time.monotonic() - start < 20, "only a NOTIFY explains arriving before 60 s"
+        assert "event=listen_lost" in rig.log_text() and rig.proc.poll() is None
     finally:
         rig.close()
+
+
+# On the source: when each claim statement ran. A statement-level trigger fires
+# even when the claim updates no row, so an empty claim (the drain found nothing
+# and is about to sleep) leaves its time here too.
+CLAIM_LOG = """
+create table public.claims (at timestamptz not null);
+create function public.log_claim() returns trigger language plpgsql as $$
+begin
+    if current_query() like '%set batch_id = $4%' then
+        insert into public.claims values (clock_timestamp());
+    end if;
+    return null;
+end $$;
+create trigger log_claim after update on sync.queue
+    for each statement execute function public.log_claim();
+"""
+
+
+def _wait_idle_claim(rig) -> None:
+    """Wait until the drain, after the last applied batch, claimed and found nothing:
+    from then on it sleeps until a notify (or the fallback poll) wakes it."""
+    [(applied,)] = rig.query("b", "select max(applied_at) from sync.applied_batches")
+    wait_until(lambda: rig.queue_empty() and rig.query(
+        "a", "select count(*) from claims where at > %s", (applied,))[0][0] > 0,
+        20, "the drain to claim nothing and go idle")
 
 
 def test_reconnects_after_the_database_restarts(pg_server, new_db, tmp_path):

@@ -349,3 +349,40 @@ def test_every_kind_of_schema_change_pauses_with_its_reason(new_db, tmp_path, dd
         assert _paused(rig) is None and _conflicts(rig) == []
     finally:
         rig.close()
+
+
+def test_no_edit_is_undone_after_uninstall_install_or_a_repair(new_db, tmp_path):
+    import asyncio
+
+    from syncbridge.engine import check, repair
+    from syncbridge.engine.install import uninstall
+    from syncbridge.engine.validate import shapes
+
+    rig, _notes = _prefilled(new_db, tmp_path)
+    try:
+        list(uninstall(rig.config))
+        rig.execute("b", "update people set name = 'while uninstalled' where id = 1")
+        notes = list(install(rig.config))
+        assert any("19 equal row(s); 1 key(s) differ" in n for n in notes), notes
+        # drift written around capture, then found and repaired from a
+        with psycopg.connect(rig.dsn["b"], autocommit=True) as c, c.transaction():
+            c.execute("select set_config('syncbridge.origin', 'people:a', true)")
+            c.execute("update people set phone = 'drift' where id = 3")
+        config = rig.config
+        [res] = asyncio.run(check.check_all(config, shapes(config), [], settle=2.0))
+        assert {d.key_a["id"] for d in res.diffs} == {1, 3}
+        repair.repair(config, "people", prefer="a")
+        rig.start_bridge()
+        wait_until(lambda: _names(rig, "b")[3] == ("p3", "000"), 30, "the repair of key 3")
+        wait_until(lambda: _names(rig, "b")[1] == ("p1", "000"), 30, "the repair of key 1")
+        rig.execute("b", "update people set phone = 'b after repair' where id = 3")
+        rig.execute("a", "update people set name = 'a after reinstall' where id = 2")
+        rig.execute("b", "update people set name = 'b on key 1' where id = 1")
+        rig.wait_equal({"people": ["id"]})
+        rig.wait_drained()
+        names = _names(rig, "a")
+        assert names[3] == ("p3", "b after repair") and names[1][0] == "b on key 1"
+        assert _names(rig, "b")[2][0] == "a after reinstall"
+        assert _conflicts(rig) == []
+    finally:
+        rig.close()

@@ -65,9 +65,19 @@ def test_signed_events_reach_the_other_peer(rig):
                "updated_at": "2026-11-24T10:00:00+00:00"}
         body, headers = signed("shop", old, event_id="e2e-old")
         assert httpx.post(f"{url}/webhooks/shop", content=body, headers=headers).status_code == 202
+        # all six events drained (counted in the same transaction that deletes them from
+        # the queue) before we look at what the stale one did
+        drained = "select coalesce(sum(applied + stale + dead), 0) from sync.webhook_counters"
+        wait_until(lambda: rig.query("a", drained) == [(len(SOURCES) + 1,)], 30,
+                   "every event, the stale redelivery too, to be drained")
+        assert rig.query("a", "select count(*) from sync.queue where op = 'W'") == [(0,)]
+        assert rig.query("a", "select applied, stale, dead from sync.webhook_counters "
+                              "where source = 'shop'") == [(1, 1, 0)]
         wait_until(lambda: len(rig.rows("b", "patients", ["id"])) == len(SOURCES), 30,
                    "every event on peer b")
+        rig.wait_drained()
         rig.wait_equal({"patients": ["id"]})
+        assert rig.rows("a", "patients", ["id"])[0][1] == "p1@example.org"
         assert rig.rows("b", "patients", ["id"])[0][1] == "p1@example.org"
         assert rig.rows("b", "patients", ["id"])[1][2] == "Name 2 ✓"
     finally:

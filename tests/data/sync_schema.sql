@@ -1,0 +1,459 @@
+-- the sync schema after all migrations, PostgreSQL 18 (schema_snapshot.py)
+create table sync.applied_batches (
+    batch_id uuid not null,
+    link text not null,
+    source_side character(1) not null,
+    signals integer not null,
+    upserts integer not null,
+    deletes integer not null,
+    dead jsonb not null default '[]'::jsonb,
+    synced jsonb not null default '[]'::jsonb,
+    conflicts jsonb not null default '[]'::jsonb,
+    truncated boolean not null default false,
+    applied_at timestamp with time zone not null default clock_timestamp()
+);
+alter table sync.applied_batches add constraint applied_batches_pkey PRIMARY KEY (batch_id);
+CREATE INDEX applied_batches_link ON sync.applied_batches USING btree (link, applied_at);
+-- grants on sync.applied_batches: default
+
+create table sync.apply_log (
+    link text not null,
+    source_side character(1) not null,
+    rows integer not null,
+    applied_at timestamp with time zone not null default clock_timestamp()
+);
+CREATE INDEX apply_log_at ON sync.apply_log USING btree (link, source_side, applied_at);
+-- grants on sync.apply_log: default
+
+create table sync.backfill_runs (
+    id uuid not null,
+    link text not null,
+    side character(1) not null,
+    filter text not null default ''::text,
+    last_key jsonb,
+    signalled bigint not null default 0,
+    total bigint,
+    status text not null default 'running'::text,
+    started_at timestamp with time zone not null default clock_timestamp(),
+    updated_at timestamp with time zone not null default clock_timestamp(),
+    finished_at timestamp with time zone
+);
+alter table sync.backfill_runs add constraint backfill_runs_pkey PRIMARY KEY (id);
+alter table sync.backfill_runs add constraint backfill_runs_side_check CHECK ((side = ANY (ARRAY['a'::bpchar, 'b'::bpchar])));
+alter table sync.backfill_runs add constraint backfill_runs_status_check CHECK ((status = ANY (ARRAY['requested'::text, 'running'::text, 'finished'::text, 'abandoned'::text])));
+CREATE INDEX backfill_runs_open ON sync.backfill_runs USING btree (link, side) WHERE (finished_at IS NULL);
+-- grants on sync.backfill_runs: default
+
+create table sync.bridges (
+    instance text not null,
+    host text not null,
+    pid integer not null,
+    role text not null,
+    started_at timestamp with time zone not null default clock_timestamp(),
+    heartbeat timestamp with time zone not null default clock_timestamp()
+);
+alter table sync.bridges add constraint bridges_pkey PRIMARY KEY (instance);
+-- grants on sync.bridges: default
+
+create table sync.check_diffs (
+    run_id bigint not null,
+    kind text not null,
+    key_a jsonb,
+    key_b jsonb,
+    columns text[],
+    detail jsonb
+);
+alter table sync.check_diffs add constraint check_diffs_kind_check CHECK ((kind = ANY (ARRAY['missing_on_a'::text, 'missing_on_b'::text, 'different'::text, 'violation'::text])));
+alter table sync.check_diffs add constraint check_diffs_run_id_fkey FOREIGN KEY (run_id) REFERENCES sync.check_runs(id) ON DELETE CASCADE;
+CREATE INDEX check_diffs_run ON sync.check_diffs USING btree (run_id);
+-- grants on sync.check_diffs: default
+
+create table sync.check_runs (
+    id bigint not null generated always as identity,
+    kind text not null,
+    name text not null,
+    verdict text,
+    rows_a bigint,
+    rows_b bigint,
+    missing_a bigint not null default 0,
+    missing_b bigint not null default 0,
+    different bigint not null default 0,
+    violations bigint not null default 0,
+    in_flight bigint not null default 0,
+    error text,
+    seconds double precision,
+    started_at timestamp with time zone not null default clock_timestamp(),
+    finished_at timestamp with time zone,
+    repaired_at timestamp with time zone
+);
+alter table sync.check_runs add constraint check_runs_kind_check CHECK ((kind = ANY (ARRAY['link'::text, 'rule'::text])));
+alter table sync.check_runs add constraint check_runs_pkey PRIMARY KEY (id);
+alter table sync.check_runs add constraint check_runs_verdict_check CHECK ((verdict = ANY (ARRAY['equal'::text, 'different'::text, 'ok'::text, 'violated'::text, 'error'::text])));
+CREATE INDEX check_runs_name ON sync.check_runs USING btree (kind, name, id DESC);
+-- grants on sync.check_runs: default
+
+create view sync.check_status as
+ SELECT DISTINCT ON (kind, name) kind,
+    name,
+    verdict,
+    missing_a,
+    missing_b,
+    different,
+    violations,
+    in_flight,
+    error,
+    finished_at AS checked_at,
+    repaired_at,
+    id AS run_id
+   FROM sync.check_runs r
+  WHERE finished_at IS NOT NULL
+  ORDER BY kind, name, id DESC;
+-- grants on sync.check_status: default
+
+create table sync.conflicts (
+    id bigint not null generated always as identity,
+    link text not null,
+    key jsonb not null,
+    a_image jsonb,
+    b_image jsonb,
+    last_image jsonb,
+    policy text not null,
+    winner text,
+    status text not null,
+    detected_at timestamp with time zone not null default clock_timestamp(),
+    resolved_at timestamp with time zone,
+    resolved_by text,
+    batch_id uuid not null,
+    columns text[]
+);
+alter table sync.conflicts add constraint conflicts_pkey PRIMARY KEY (id);
+alter table sync.conflicts add constraint conflicts_status_check CHECK ((status = ANY (ARRAY['open'::text, 'resolving'::text, 'resolved'::text])));
+alter table sync.conflicts add constraint conflicts_winner_check CHECK ((winner = ANY (ARRAY['a'::text, 'b'::text, 'merge'::text])));
+CREATE INDEX conflicts_batch ON sync.conflicts USING btree (batch_id);
+CREATE UNIQUE INDEX conflicts_open ON sync.conflicts USING btree (link, key) WHERE (status <> 'resolved'::text);
+-- grants on sync.conflicts: default
+
+create table sync.ct_cursor (
+    link text not null,
+    source_side character(1) not null,
+    version bigint not null,
+    db_identity text,
+    updated_at timestamp with time zone not null default clock_timestamp()
+);
+alter table sync.ct_cursor add constraint ct_cursor_pkey PRIMARY KEY (link, source_side);
+alter table sync.ct_cursor add constraint ct_cursor_source_side_check CHECK ((source_side = ANY (ARRAY['a'::bpchar, 'b'::bpchar])));
+-- grants on sync.ct_cursor: default
+
+create table sync.dead_letter (
+    id bigint not null generated always as identity,
+    link text not null,
+    source_side character(1) not null,
+    key jsonb not null,
+    error text not null,
+    first_seen timestamp with time zone not null default clock_timestamp(),
+    last_seen timestamp with time zone not null default clock_timestamp(),
+    attempts integer not null default 1,
+    status text not null default 'open'::text,
+    closed_at timestamp with time zone
+);
+alter table sync.dead_letter add constraint dead_letter_link_source_side_key_key UNIQUE (link, source_side, key);
+alter table sync.dead_letter add constraint dead_letter_pkey PRIMARY KEY (id);
+alter table sync.dead_letter add constraint dead_letter_status_check CHECK ((status = ANY (ARRAY['open'::text, 'retry'::text, 'closed'::text])));
+-- grants on sync.dead_letter: default
+
+create table sync.link_control (
+    link text not null,
+    paused_reason text,
+    paused_at timestamp with time zone,
+    paused_by text
+);
+alter table sync.link_control add constraint link_control_pkey PRIMARY KEY (link);
+-- grants on sync.link_control: default
+
+create table sync.link_state (
+    link text not null,
+    source_side character(1) not null,
+    queued bigint not null default 0,
+    oldest_queued_at timestamp with time zone,
+    last_applied_at timestamp with time zone,
+    applied_total bigint not null default 0,
+    retries bigint not null default 0,
+    last_error text,
+    last_error_at timestamp with time zone,
+    sampled_at timestamp with time zone not null default clock_timestamp()
+);
+alter table sync.link_state add constraint link_state_pkey PRIMARY KEY (link, source_side);
+-- grants on sync.link_state: default
+
+create table sync.queue (
+    id bigint not null generated always as identity,
+    link text not null,
+    side character(1) not null,
+    op character(1) not null default 'K'::bpchar,
+    key jsonb,
+    origin text,
+    enqueued_at timestamp with time zone not null default clock_timestamp(),
+    batch_id uuid,
+    attempts integer not null default 0,
+    retry_at timestamp with time zone,
+    source text,
+    event_id text,
+    topic text,
+    payload jsonb
+);
+alter table sync.queue add constraint queue_op_check CHECK ((op = ANY (ARRAY['K'::bpchar, 'T'::bpchar, 'R'::bpchar, 'W'::bpchar])));
+alter table sync.queue add constraint queue_pkey PRIMARY KEY (id);
+alter table sync.queue add constraint queue_side_check CHECK ((side = ANY (ARRAY['a'::bpchar, 'b'::bpchar])));
+CREATE INDEX queue_batch ON sync.queue USING btree (batch_id) WHERE (batch_id IS NOT NULL);
+CREATE INDEX queue_claim ON sync.queue USING btree (link, side, id) WHERE (batch_id IS NULL);
+CREATE INDEX queue_webhook ON sync.queue USING btree (id) WHERE (op = 'W'::bpchar);
+-- grants on sync.queue: default
+
+create table sync.row_state (
+    link text not null,
+    key jsonb not null,
+    image jsonb,
+    known boolean not null default true,
+    synced_at timestamp with time zone not null default clock_timestamp()
+);
+alter table sync.row_state add constraint row_state_pkey PRIMARY KEY (link, key);
+-- grants on sync.row_state: default
+
+create view sync.status as
+ SELECT link,
+        CASE source_side
+            WHEN 'a'::bpchar THEN 'a_to_b'::text
+            ELSE 'b_to_a'::text
+        END AS direction,
+    queued,
+        CASE
+            WHEN queued > 0 THEN clock_timestamp() - oldest_queued_at
+            ELSE NULL::interval
+        END AS lag,
+    ( SELECT COALESCE(sum(l.rows), 0::bigint) AS "coalesce"
+           FROM sync.apply_log l
+          WHERE l.link = s.link AND l.source_side = s.source_side AND l.applied_at > (clock_timestamp() - '00:01:00'::interval)) AS applied_last_minute,
+    last_applied_at,
+    applied_total,
+    retries,
+    ( SELECT count(*) AS count
+           FROM sync.dead_letter d
+          WHERE d.link = s.link AND d.source_side = s.source_side AND d.status <> 'closed'::text) AS dead_letters,
+    last_error,
+    last_error_at,
+    clock_timestamp() - sampled_at AS sampled_ago,
+    ( SELECT max(b.heartbeat) AS max
+           FROM sync.bridges b
+          WHERE b.role = 'active'::text) AS bridge_heartbeat,
+    ( SELECT count(*) AS count
+           FROM sync.conflicts c
+          WHERE c.link = s.link AND c.status <> 'resolved'::text) AS open_conflicts,
+    ( SELECT count(*) AS count
+           FROM sync.conflicts c
+          WHERE c.link = s.link) AS conflicts_total,
+    ( SELECT
+                CASE
+                    WHEN r.status = 'finished'::text THEN 'done '::text || r.signalled
+                    ELSE (((r.status || ' '::text) || r.signalled) || '/'::text) || COALESCE(r.total::text, '?'::text)
+                END AS "case"
+           FROM sync.backfill_runs r
+          WHERE r.link = s.link AND r.side = s.source_side
+          ORDER BY r.started_at DESC
+         LIMIT 1) AS backfill,
+    ( SELECT (c.verdict || ' '::text) || to_char(c.checked_at, 'YYYY-MM-DD HH24:MI:SS'::text)
+           FROM sync.check_status c
+          WHERE c.kind = 'link'::text AND c.name = s.link) AS last_check,
+    ( SELECT string_agg((((((b.role || ' '::text) || b.host) || ':'::text) || b.pid) || ' '::text) || to_char(b.heartbeat, 'HH24:MI:SS'::text), ', '::text ORDER BY b.role, b.host) AS string_agg
+           FROM sync.bridges b
+          WHERE b.heartbeat > (clock_timestamp() - '00:01:00'::interval)) AS bridges
+   FROM sync.link_state s
+  ORDER BY link, source_side;
+-- grants on sync.status: default
+
+create table sync.webhook_counters (
+    source text not null,
+    duplicates bigint not null default 0,
+    applied bigint not null default 0,
+    stale bigint not null default 0,
+    dead bigint not null default 0,
+    last_duplicate_at timestamp with time zone,
+    last_applied_at timestamp with time zone
+);
+alter table sync.webhook_counters add constraint webhook_counters_pkey PRIMARY KEY (source);
+-- grants on sync.webhook_counters: default
+
+create table sync.webhook_events (
+    source text not null,
+    event_id text not null,
+    topic text,
+    link text,
+    side character(1),
+    received_at timestamp with time zone not null default clock_timestamp(),
+    payload jsonb
+);
+alter table sync.webhook_events add constraint webhook_events_pkey PRIMARY KEY (source, event_id);
+CREATE INDEX webhook_events_received ON sync.webhook_events USING btree (received_at);
+-- grants on sync.webhook_events: default
+
+create view sync.webhook_status as
+ WITH sources AS (
+         SELECT webhook_counters.source
+           FROM sync.webhook_counters
+        UNION
+         SELECT DISTINCT queue.source
+           FROM sync.queue
+          WHERE queue.op = 'W'::bpchar
+        )
+ SELECT s.source,
+    ( SELECT count(*) AS count
+           FROM sync.queue q
+          WHERE q.op = 'W'::bpchar AND q.source = s.source) AS queued,
+    ( SELECT clock_timestamp() - min(q.enqueued_at)
+           FROM sync.queue q
+          WHERE q.op = 'W'::bpchar AND q.source = s.source) AS lag,
+    ( SELECT count(*) AS count
+           FROM sync.webhook_events e
+          WHERE e.source = s.source AND e.received_at > (clock_timestamp() - '01:00:00'::interval)) AS received_last_hour,
+    COALESCE(c.applied, 0::bigint) AS applied,
+    COALESCE(c.stale, 0::bigint) AS stale_events,
+    COALESCE(c.duplicates, 0::bigint) AS duplicates,
+    ( SELECT count(*) AS count
+           FROM sync.dead_letter d
+          WHERE d.key ? 'event_id'::text AND (d.key ->> 'source'::text) = s.source AND d.status <> 'closed'::text) AS dead_letters,
+    c.last_applied_at,
+    c.last_duplicate_at
+   FROM sources s
+     LEFT JOIN sync.webhook_counters c ON c.source = s.source
+  ORDER BY s.source;
+-- grants on sync.webhook_status: default
+
+CREATE OR REPLACE FUNCTION sync.enqueue_webhook_v1(p_source text, p_event_id text, p_topic text, p_link text, p_side character, p_key jsonb, p_payload jsonb)
+ RETURNS boolean
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+begin
+    -- a concurrent delivery of the same event waits here for the first to
+    -- commit, then sees the conflict: exactly one of them queues the event
+    insert into sync.webhook_events (source, event_id, topic, link, side)
+    values (p_source, p_event_id, p_topic, p_link, p_side)
+    on conflict do nothing;
+    if not found then
+        insert into sync.webhook_counters as c (source, duplicates, last_duplicate_at)
+        values (p_source, 1, clock_timestamp())
+        on conflict (source) do update
+           set duplicates = c.duplicates + 1, last_duplicate_at = excluded.last_duplicate_at;
+        return false;
+    end if;
+    insert into sync.queue (link, side, op, key, origin, source, event_id, topic, payload)
+    values (p_link, p_side, 'W', p_key, 'webhook:' || p_source, p_source, p_event_id,
+            p_topic, p_payload);
+    perform pg_notify('syncbridge', 'webhook');
+    return true;
+end
+$function$;
+-- grants on sync.enqueue_webhook_v1(p_source text, p_event_id text, p_topic text, p_link text, p_side character, p_key jsonb, p_payload jsonb): {OWNER=X/OWNER}
+
+CREATE OR REPLACE FUNCTION sync.prune_webhook_events_v1(p_older_than interval)
+ RETURNS bigint
+ LANGUAGE sql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+    with gone as (
+        delete from sync.webhook_events
+         where received_at < clock_timestamp() - p_older_than and payload is null
+        returning 1
+    )
+    select count(*) from gone;
+$function$;
+-- grants on sync.prune_webhook_events_v1(p_older_than interval): {OWNER=X/OWNER}
+
+CREATE OR REPLACE FUNCTION sync.resolve_conflict(p_id bigint, p_winner text)
+ RETURNS void
+ LANGUAGE plpgsql
+AS $function$
+begin
+    if p_winner not in ('a', 'b') then
+        raise exception 'winner must be ''a'' or ''b'', not %', p_winner;
+    end if;
+    update sync.conflicts
+       set status = 'resolving', winner = p_winner, resolved_by = current_user
+     where id = p_id and status = 'open';
+    if not found then
+        raise exception 'conflict % is not open', p_id;
+    end if;
+end
+$function$;
+-- grants on sync.resolve_conflict(p_id bigint, p_winner text): default
+
+CREATE OR REPLACE FUNCTION sync.resync(p_link text, p_side character DEFAULT 'a'::bpchar)
+ RETURNS uuid
+ LANGUAGE sql
+AS $function$
+    insert into sync.backfill_runs (id, link, side, status)
+    values (gen_random_uuid(), p_link, p_side, 'requested')
+    returning id
+$function$;
+-- grants on sync.resync(p_link text, p_side character): default
+
+CREATE OR REPLACE FUNCTION sync.retry_dead(p_link text DEFAULT NULL::text, p_id bigint DEFAULT NULL::bigint)
+ RETURNS integer
+ LANGUAGE sql
+AS $function$
+    with r as (
+        update sync.dead_letter
+           set status = 'retry', last_seen = clock_timestamp()
+         where status = 'open'
+           and (p_link is null or link = p_link)
+           and (p_id is null or id = p_id)
+        returning 1
+    )
+    select count(*)::integer from r
+$function$;
+-- grants on sync.retry_dead(p_link text, p_id bigint): default
+
+CREATE OR REPLACE FUNCTION sync.retry_webhook_v1(p_source text, p_event_id text)
+ RETURNS boolean
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+declare
+    e sync.webhook_events;
+begin
+    select * into e from sync.webhook_events
+     where source = p_source and event_id = p_event_id and payload is not null
+       for update;
+    if not found then
+        return false;
+    end if;
+    insert into sync.queue (link, side, op, origin, source, event_id, topic, payload)
+    values (e.link, e.side, 'W', 'webhook:' || e.source, e.source, e.event_id, e.topic, e.payload);
+    update sync.webhook_events set payload = null
+     where source = p_source and event_id = p_event_id;
+    update sync.dead_letter set status = 'retry'
+     where link = e.link and source_side = e.side
+       and key = jsonb_build_object('source', p_source, 'event_id', p_event_id);
+    perform pg_notify('syncbridge', 'webhook');
+    return true;
+end
+$function$;
+-- grants on sync.retry_webhook_v1(p_source text, p_event_id text): {OWNER=X/OWNER}
+
+CREATE OR REPLACE FUNCTION sync.table_shape(p_table regclass)
+ RETURNS jsonb
+ LANGUAGE sql
+ STABLE
+ SET search_path TO 'pg_catalog'
+AS $function$
+    select coalesce(jsonb_agg(jsonb_build_array(
+               a.attname::text, format_type(a.atttypid, a.atttypmod),
+               coalesce(a.attnum = any(i.indkey), false)) order by a.attnum), '[]')
+      from pg_attribute a
+      left join pg_index i on i.indrelid = a.attrelid and i.indisprimary
+     where a.attrelid = p_table and a.attnum > 0 and not a.attisdropped
+       and a.attgenerated = ''
+$function$;
+-- grants on sync.table_shape(p_table regclass): default

@@ -1,0 +1,132 @@
+"""The claim at the SQL level: two sessions stepped by hand (pgmq's
+transaction_tests.spec, STYLE.md 12).
+
+The statement is the bridge's own `claim` from sql/queries/bridge.sql, loaded
+with the project's query loader and PREPAREd in each session, so these tests
+run exactly what the drain runs. Signals come from the real capture triggers
+(installed by make_rig), so "the capturing transaction" is a write to a
+captured table.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from rigs import link, make_rig
+from syncbridge.engine import sqlfiles
+
+SCHEMA = "create table items (id int primary key, v text);"
+CLAIM = sqlfiles.query("queries/bridge.sql", "claim")
+
+
+@pytest.fixture
+def rig(new_db, tmp_path):
+    r = make_rig(new_db, tmp_path, SCHEMA, [link("items", "items", ["id"], "a_to_b")])
+    yield r
+    r.close()
+
+
+@pytest.fixture
+def session(rig) -> Iterator:
+    """Factory: a new connection to side a with the claim PREPAREd as `claim`."""
+    opened: list[psycopg.Connection] = []
+
+    def make(autocommit: bool = False) -> psycopg.Connection:
+        conn = psycopg.connect(rig.dsn["a"], autocommit=autocommit)
+        # a claim that would wait on another session's lock fails instead of hanging
+        conn.execute("set lock_timeout = '5s'")
+        conn.execute("prepare claim as " + CLAIM)
+        if not autocommit:
+            conn.commit()
+        opened.append(conn)
+        return conn
+
+    yield make
+    for conn in opened:
+        conn.close()
+
+
+def claim(conn: psycopg.Connection, limit: int = 100) -> tuple[uuid.UUID, list[dict]]:
+    """Run the bridge's claim for link items, side a, as one new batch."""
+    batch = uuid.uuid4()
+    # EXECUTE takes no bind parameters: its arguments go in as quoted literals
+    args = sql.SQL(", ").join(sql.Literal(v) for v in ("items", "a", limit, batch))
+    rows = conn.execute(sql.SQL("execute claim({})").format(args)).fetchall()
+    return batch, [{"id": r[0], "op": r[1], "key": r[2], "attempts": r[3]} for r in rows]
+
+
+def keys(claimed: list[dict]) -> list[str]:
+    return sorted(r["key"] for r in claimed)
+
+
+def batches(rig) -> dict[uuid.UUID | None, list[int]]:
+    out: dict[uuid.UUID | None, list[int]] = {}
+    for batch_id, key_id in rig.query("a", "select batch_id, (key ->> 'id')::int "
+                                           "from sync.queue order by id"):
+        out.setdefault(batch_id, []).append(key_id)
+    return out
+
+
+def test_signals_are_invisible_until_the_capturing_transaction_commits(rig, session):
+    writer, claimer = session(), session(autocommit=True)
+    writer.execute("insert into items select g, 'v' from generate_series(1, 3) g")
+    assert claim(claimer)[1] == [], "uncommitted signals must not be claimed"
+    writer.commit()
+    batch, got = claim(claimer)
+    assert keys(got) == ['{"id": 1}', '{"id": 2}', '{"id": 3}']
+    assert {(r["op"], r["attempts"]) for r in got} == {("K", 0)}
+    assert claim(claimer)[1] == [], "a claimed signal is not claimed again"
+    assert batches(rig) == {batch: [1, 2, 3]}
+
+
+def test_a_rolled_back_write_leaves_no_signal(rig, session):
+    writer, claimer = session(), session(autocommit=True)
+    writer.execute("insert into items values (1, 'x')")
+    writer.rollback()
+    assert claim(claimer)[1] == []
+    assert rig.query("a", "select count(*) from sync.queue") == [(0,)]
+
+
+def test_concurrent_claims_skip_each_others_locked_signals(rig, session):
+    rig.execute("a", "insert into items select g, 'v' from generate_series(1, 10) g")
+    first, second = session(), session()
+    batch1, got1 = claim(first, limit=4)  # open transaction: its 4 rows stay locked
+    assert len(got1) == 4
+    # the second claim neither waits for the first (lock_timeout would fail it) nor
+    # takes its rows: it sees them unclaimed in its snapshot, but locked
+    batch2, got2 = claim(second)
+    assert len(got2) == 6 and not set(keys(got1)) & set(keys(got2))
+    first.commit()
+    second.commit()
+    assert batches(rig) == {batch1: [1, 2, 3, 4], batch2: [5, 6, 7, 8, 9, 10]}
+    third = session(autocommit=True)
+    assert claim(third)[1] == [], "every signal is claimed exactly once"
+
+
+def test_a_claim_committed_meanwhile_is_not_claimed_again(rig, session):
+    rig.execute("a", "insert into items select g, 'v' from generate_series(1, 5) g")
+    first, second = session(), session()
+    second.execute("select 1")  # the second session's transaction is already open
+    batch1, got1 = claim(first, limit=2)
+    first.commit()
+    batch2, got2 = claim(second)
+    second.commit()
+    assert (len(got1), len(got2)) == (2, 3) and not set(keys(got1)) & set(keys(got2))
+    assert batches(rig) == {batch1: [1, 2], batch2: [3, 4, 5]}
+
+
+def test_a_rolled_back_claim_gives_its_signals_back(rig, session):
+    rig.execute("a", "insert into items select g, 'v' from generate_series(1, 3) g")
+    first, second = session(), session(autocommit=True)
+    _, got1 = claim(first)
+    assert len(got1) == 3
+    assert claim(second)[1] == [], "all three are locked by the first claim"
+    first.rollback()  # the claimer died before committing its claim
+    batch, got2 = claim(second)
+    assert keys(got2) == keys(got1)
+    assert batches(rig) == {batch: [1, 2, 3]}
