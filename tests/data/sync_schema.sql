@@ -402,15 +402,22 @@ CREATE OR REPLACE FUNCTION sync.retry_dead(p_link text DEFAULT NULL::text, p_id 
  RETURNS integer
  LANGUAGE sql
 AS $function$
-    with r as (
-        update sync.dead_letter
-           set status = 'retry', last_seen = clock_timestamp()
+    with picked as (
+        select id, key from sync.dead_letter
          where status = 'open'
            and (p_link is null or link = p_link)
            and (p_id is null or id = p_id)
+    ), hooks as (
+        select sync.retry_webhook_v1(key ->> 'source', key ->> 'event_id') as queued
+          from picked where key ? 'event_id' and key ? 'source'
+    ), keys as (
+        update sync.dead_letter d
+           set status = 'retry', last_seen = clock_timestamp()
+          from picked p
+         where d.id = p.id and not (p.key ? 'event_id' and p.key ? 'source')
         returning 1
     )
-    select count(*)::integer from r
+    select ((select count(*) from keys) + (select count(*) from hooks where queued))::integer
 $function$;
 -- grants on sync.retry_dead(p_link text, p_id bigint): default
 
@@ -433,7 +440,8 @@ begin
     values (e.link, e.side, 'W', 'webhook:' || e.source, e.source, e.event_id, e.topic, e.payload);
     update sync.webhook_events set payload = null
      where source = p_source and event_id = p_event_id;
-    update sync.dead_letter set status = 'retry'
+    update sync.dead_letter set status = 'closed', closed_at = clock_timestamp(),
+                                last_seen = clock_timestamp()
      where link = e.link and source_side = e.side
        and key = jsonb_build_object('source', p_source, 'event_id', p_event_id);
     perform pg_notify('syncbridge', 'webhook');
