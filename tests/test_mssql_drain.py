@@ -100,6 +100,10 @@ class FakeMssql:
         self.reject: dict[tuple, Exception] = {}  # key -> error an upsert of it raises
         self.fail_after_commit = 0  # > 0: raise a link failure after committing
         self.meta_reads = 0
+        self.prunes: list[int] = []
+        self.records: list[int] = []  # versions recorded on the source before a cursor store
+        self.polls = self.reads = 0
+        self.page_reads: list[bool] = []  # sink= of each read_keys_page (item 2: writer)
 
     def key(self, row: dict[str, Any]) -> tuple:
         return tuple(row[k] for k in self.shape.key_cols(self.side))
@@ -129,11 +133,24 @@ class FakeMssql:
         self.meta_reads += 1
         return self.shape.table(self.side)
 
-    async def poll_version(self) -> int:
-        return self.version
+    async def ensure_ready(self, side: Any, **_: Any) -> list[Any]:
+        self.meta_reads += 1
+        return []
+
+    async def prune_applied(self, days: int) -> None:
+        self.prunes.append(days)
+
+    async def record_client_version(self, link: str, source_side: str, version: int) -> None:
+        self.records.append(version)
+
+    async def poll_version(self, side: Any) -> tuple[int, int]:
+        self.polls += 1
+        return self.version, self.min_valid
 
     async def read_changes(self, shape: LinkShape, side: str, cursor: mp.CtCursor | None,
-                           ctx: bytes) -> mp.ChangeSet:
+                           ctx: bytes, *, after: dict[str, Any] | None = None,
+                           upto: int | None = None, limit: int = 0) -> mp.ChangeSet:
+        self.reads += 1
         new = mp.CtCursor(self.version, self.identity)
         if (cursor is None or cursor.version < self.min_valid or cursor.version > self.version
                 or cursor.db_identity != self.identity):
@@ -148,7 +165,9 @@ class FakeMssql:
         return mp.ChangeSet(ups, dels, new, False)
 
     async def read_keys_page(self, shape: LinkShape, side: str, after: dict[str, Any] | None,
-                             limit: int = 1000, *, values: bool = False) -> list[dict[str, Any]]:
+                             limit: int = 1000, *, values: bool = False,
+                             sink: bool = False) -> list[dict[str, Any]]:
+        self.page_reads.append(sink)
         keys = shape.key_cols(side)
         start = None if after is None else tuple(after[k] for k in keys)
         out = []
@@ -540,7 +559,8 @@ def test_pg_to_ct_claims_applies_exactly_and_finishes(portal) -> None:
             await pg_insert(pool, i)
         d = pg_drain(pool, shape, fake)
         assert await d.recover() == 0
-        assert await d.depth() == (3, (await d.depth())[1])
+        depth, since = await d.depth()
+        assert depth == 3 and isinstance(since, dt.datetime)
         assert await d.drain_once() == 3
         assert await queued(pool) == 0
         assert set(fake.rows) == {(U[i], i) for i in range(1, 4)}
@@ -715,7 +735,7 @@ def test_the_daemon_drains_both_directions_through_make_drain(portal, monkeypatc
     cfg = config.parse(raw)
     fake = FakeMssql(shape)
     fake.write(ms_row(1))
-    monkeypatch.setattr(mssql_drain, "MssqlPeer", lambda peer: fake)
+    monkeypatch.setattr(mssql_drain, "MssqlPeer", lambda peer, **_: fake)
     monkeypatch.setattr(daemon, "shapes", lambda c: {LINK: shape})
 
     async def main() -> None:
