@@ -45,6 +45,11 @@ class Role:
     identity: bool = False  # an IDENTITY column is written (SET IDENTITY_INSERT needs ALTER)
 
 
+def _stmt(r: q.Rendered) -> str:
+    """A rendered statement without its header comment, to print as a fix."""
+    return "\n".join(line for line in r.sql.splitlines() if not line.startswith("--")).strip()
+
+
 def _one(cur: Any, name: str, *params: Any) -> Any:
     row = cur.execute(q.static(name).sql, *params).fetchone()
     return row[0] if row else None
@@ -72,13 +77,13 @@ def database(cur: Any, *, source: bool, retention_days: float) -> list[Finding]:
         return out
     if _one(cur, "db_snapshot_state") != "ON":
         out.append(Finding(ERROR, f"snapshot isolation is not allowed on {db} (Msg 3952 on "
-                           "the first change read)", q.enable_db_snapshot(name).sql))
+                           "the first change read)", _stmt(q.enable_db_snapshot(name))))
     row = cur.execute(q.static("db_ct_state").sql).fetchone()
     want = max(1, round(retention_days))
     if row is None:
         out.append(Finding(
             ERROR, f"change tracking is off for {db} (or the login lacks VIEW DATABASE STATE "
-            "to see it)", q.enable_db_ct(name, want).sql))
+            "to see it)", _stmt(q.enable_db_ct(name, want))))
     else:
         auto, period, unit = row[0], row[1], str(row[2]).upper()
         days = period * UNIT_DAYS.get(unit, 1.0)
@@ -86,7 +91,7 @@ def database(cur: Any, *, source: bool, retention_days: float) -> list[Finding]:
             out.append(Finding(
                 WARNING, f"change retention of {db} is {period} {unit}, shorter than the "
                 f"configured {retention_days:g} days: an outage longer than that forces a "
-                "full resync", q.set_db_retention(name, want).sql))
+                "full resync", _stmt(q.set_db_retention(name, want))))
         if not auto:
             out.append(Finding(
                 WARNING, f"AUTO_CLEANUP is off on {db}: change tracking data grows forever",
@@ -107,7 +112,7 @@ def tables(cur: Any, roles: Iterable[Role], user: str | None) -> list[Finding]:
                                    f"{q.qi(r.side.table + '_pk')} PRIMARY KEY (<key columns>);"))
             elif cur.execute(q.static("table_ct_state").sql, obj).fetchone() is None:
                 out.append(Finding(ERROR, f"change tracking is off for {obj}",
-                                   q.enable_table_ct(r.side).sql))
+                                   _stmt(q.enable_table_ct(r.side))))
         missing = [p for p in required(r) if _one(cur, "has_perms", obj, p) != 1]
         if missing:
             out.append(Finding(ERROR, f"the login lacks {', '.join(missing)} on {obj}",
