@@ -216,10 +216,12 @@ def test_entry_point_value_loads_the_backend() -> None:
 
 
 def test_mssql_scheme_is_registered_with_yoyo() -> None:
+    # A packaging bug (the entry point missing from the installed metadata) must fail
+    # here, never skip: without it `syncbridge migrate` cannot reach a SQL Server peer.
     names = {ep.name for ep in entry_points(group="yoyo.backends")}
-    if "mssql" not in names:
-        pytest.skip('pyproject.toml lacks [project.entry-points."yoyo.backends"] '
-                    'mssql = "syncbridge.engine.mssql_yoyo:MSSQLBackend" (then reinstall)')
+    assert "mssql" in names, ('pyproject.toml lacks [project.entry-points."yoyo.backends"] '
+                              'mssql = "syncbridge.engine.mssql_yoyo:MSSQLBackend" '
+                              '(or the package was installed without it: reinstall)')
     from yoyo.backends.base import get_backend_class
 
     assert get_backend_class("mssql") is mssql_yoyo.MSSQLBackend
