@@ -118,7 +118,12 @@ def tables(cur: Any, roles: Iterable[Role], user: str | None) -> list[Finding]:
             out.append(Finding(ERROR, f"the login lacks {', '.join(missing)} on {obj}",
                                f"GRANT {', '.join(missing)} ON OBJECT::{obj} TO {who};"))
         for table, perms in bookkeeping(r):
-            lacking = [p for p in perms if _one(cur, "has_perms", table, p) != 1]
+            got = {p: _one(cur, "has_perms", table, p) for p in perms}
+            if all(v is None for v in got.values()):  # NULL: no such object
+                out.append(Finding(ERROR, f"{table} does not exist (the bridge's objects are "
+                                   "not there yet, or are older)", "syncbridge migrate"))
+                continue
+            lacking = [p for p, v in got.items() if v != 1]
             if lacking:
                 out.append(Finding(ERROR, f"the login lacks {', '.join(lacking)} on {table}",
                                    f"GRANT {', '.join(lacking)} ON OBJECT::{table} TO {who};"))

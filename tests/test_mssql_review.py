@@ -178,6 +178,11 @@ def test_item4_missing_grants_are_named_with_the_grant_statement() -> None:
         "GRANT VIEW CHANGE TRACKING ON OBJECT::[dbo].[patients] TO [bridge];",
         "GRANT SELECT ON OBJECT::[sync].[db_identity] TO [bridge];",
     ]
+    cur = Conn(db_responder(perms={"[sync].[ct_client] SELECT": None,
+                                   "[sync].[ct_client] INSERT": None,
+                                   "[sync].[ct_client] UPDATE": None}), [], True).cursor()
+    (missing,) = mssql_checks.tables(cur, [mssql_checks.Role(side, True, False)], "bridge")
+    assert missing.fix == "syncbridge migrate", "no such table: not a grant problem"
     sink = mssql_checks.Role(side, source=False, sink=True, identity=True)
     assert mssql_checks.required(sink) == ["SELECT", "INSERT", "UPDATE", "DELETE", "ALTER"]
     assert mssql_checks.bookkeeping(sink) == [
