@@ -314,7 +314,8 @@ class CtToPgDrain:
         if (seen is not None and version is not None and version <= seen
                 and min_valid is not None and min_valid <= cursor.version):
             return n  # idle; a TRUNCATE (min valid above the cursor) is never idle
-        cs = await self.mssql.read_changes(self.shape, self.src, cursor, self.ctx)
+        # the poll's version is the window's bound: it was read before any snapshot opened
+        cs = await self.mssql.read_changes(self.shape, self.src, cursor, self.ctx, upto=version)
         count = 0
         while True:
             if cs.resync_needed:
