@@ -261,6 +261,7 @@ class CtToPgDrain:
         self._stored_at = 0.0  # time.monotonic() of the last cursor store
         self._cursor_at: dt.datetime | None = None  # sink's updated_at of the stored cursor
         self._warned_at = -3600.0
+        self._altered: Any = None  # modify_date of the source table at the first poll
 
     @property
     def name(self) -> str:
@@ -306,7 +307,8 @@ class CtToPgDrain:
         await self._load_meta()
         n = await self._retry_dead()
         cursor = await self._cursor()
-        version, min_valid = await self.mssql.poll_version(self.link.side(self.src))
+        version, min_valid, altered = await self.mssql.poll_version(self.link.side(self.src))
+        await self._check_schema(altered)
         seen = max(cursor.version, self._seen or 0) if cursor is not None else None
         self._observe(version, CtCursor(seen, None) if seen is not None else None)
         if seen is not None and version is not None and version > seen:
@@ -338,6 +340,29 @@ class CtToPgDrain:
             self._seen = None
         self._observe(version, cs.new_cursor)
         return n + count
+
+    async def _check_schema(self, altered: Any) -> None:
+        """Runtime schema changes (issue 18 item 22): when the source table's modify_date
+        moves (ALTER TABLE, also index or CT changes), read its catalog again; if a linked
+        column's type, nullability or the key changed, stop with a clear error instead of
+        reading rows the validated shape no longer describes. A restart validates anew."""
+        if altered is None or altered == self._altered:
+            return
+        if self._altered is None:
+            self._altered = altered
+            return
+        side = self.link.side(self.src)
+        now = await self.mssql.read_table(side)
+        before = self.shape.table(self.src)
+        cols = self._src_cols
+        if now is None or now.pk != before.pk or any(
+                c not in now.columns or now.columns[c] != before.columns[c] for c in cols):
+            raise ConfigError(
+                f"link {self.link.name!r}: {side.qualified} on peer {side.peer!r} was altered "
+                "while the bridge ran (a linked column or the key changed); restart the "
+                "bridge so the link is validated against the new definition")
+        log.info("event=schema_rechecked link=%s table=%s", self.name, side.qualified)
+        self._altered = altered
 
     def _warn_retention(self) -> None:
         """Unread changes behind a cursor stored more than half the retention ago are a

@@ -419,16 +419,17 @@ class MssqlPeer:
 
     # change tracking
 
-    async def poll_version(self, side: Side) -> tuple[int | None, int | None]:
-        """(CHANGE_TRACKING_CURRENT_VERSION(), the table's min valid version), one round
-        trip. Idle only when the first equals the stored cursor AND the second is not
-        above it: TRUNCATE raises the min valid version without necessarily moving the
-        current one (issue 18 item 14)."""
+    async def poll_version(self, side: Side) -> tuple[int | None, int | None, Any]:
+        """(CHANGE_TRACKING_CURRENT_VERSION(), the table's min valid version, the table's
+        last ALTER time), one round trip. Idle only when the first equals the stored
+        cursor AND the second is not above it: TRUNCATE raises the min valid version
+        without necessarily moving the current one (issue 18 item 14)."""
 
-        def run(cn: Any) -> tuple[int | None, int | None]:
+        def run(cn: Any) -> tuple[int | None, int | None, Any]:
+            obj = q.side_name(side)
             try:
-                row = cn.cursor().execute(q.static("poll").sql, q.side_name(side)).fetchone()
-                return row[0], row[1]
+                row = cn.cursor().execute(q.static("poll").sql, obj, obj).fetchone()
+                return row[0], row[1], row[2]
             finally:
                 cn.commit()
 
@@ -476,8 +477,9 @@ class MssqlPeer:
         src = shape.link.side(side)
         cur = cn.cursor()
         if upto is None:
+            obj = q.side_name(src)
             try:
-                upto = cur.execute(q.static("poll").sql, q.side_name(src)).fetchone()[0]
+                upto = cur.execute(q.static("poll").sql, obj, obj).fetchone()[0]
             finally:
                 cn.commit()  # no snapshot may be open while the bound is read
         try:

@@ -89,7 +89,7 @@ def _q(name: str, **fields: str) -> str:
 STATIC_PARAMS: dict[str, tuple[str, ...]] = {
     "db_ct_state": (), "db_snapshot_state": (), "db_name": (), "db_identity": (),
     "db_compat": (), "db_updateability": (), "db_collation": (), "server_facts": (),
-    "poll": ("object",), "table_ct_state": ("object",), "table_pk": ("object",),
+    "poll": ("object", "object"), "table_ct_state": ("object",), "table_pk": ("object",),
     "versions": ("object",), "table_columns": ("object",), "table_pk_columns": ("object",),
     "applied": ("batch",), "cursor_read": ("link", "source_side"),
     "client_version_read": ("link", "source_side"),

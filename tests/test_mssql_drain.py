@@ -103,6 +103,8 @@ class FakeMssql:
         self.prunes: list[int] = []
         self.records: list[int] = []  # versions recorded on the source before a cursor store
         self.polls = self.reads = 0
+        self.altered = 1  # sys.objects.modify_date stand-in; bump to simulate ALTER TABLE
+        self.table_now: catalog.Table | None = None  # what read_table returns after it
         self.page_size = 0  # > 0: read_changes pages like the adapter (CHANGE_PAGE_ROWS)
         self.page_reads: list[bool] = []  # sink= of each read_keys_page (item 2: writer)
 
@@ -132,7 +134,7 @@ class FakeMssql:
 
     async def read_table(self, side: Any) -> catalog.Table:
         self.meta_reads += 1
-        return self.shape.table(self.side)
+        return self.table_now or self.shape.table(self.side)
 
     async def ensure_ready(self, side: Any, **_: Any) -> list[Any]:
         self.meta_reads += 1
@@ -144,9 +146,9 @@ class FakeMssql:
     async def record_client_version(self, link: str, source_side: str, version: int) -> None:
         self.records.append(version)
 
-    async def poll_version(self, side: Any) -> tuple[int, int]:
+    async def poll_version(self, side: Any) -> tuple[int, int, int]:
         self.polls += 1
-        return self.version, self.min_valid
+        return self.version, self.min_valid, self.altered
 
     async def read_changes(self, shape: LinkShape, side: str, cursor: mp.CtCursor | None,
                            ctx: bytes, *, after: dict[str, Any] | None = None,
@@ -893,5 +895,26 @@ def test_pg_to_ct_truncate_sweep_reads_the_sink_on_the_writer(portal) -> None:
         await d.drain_once()
         assert fake.rows == {}
         assert fake.page_reads and all(fake.page_reads)
+
+    run(portal, body)
+
+
+def test_ct_an_altered_source_table_is_rechecked_and_a_changed_column_stops(portal) -> None:
+    """Item 22: modify_date moved -> the catalog is read again; an unrelated ALTER (index,
+    CT) goes on, a changed linked column stops the drain with a clear error."""
+    async def body(pool: asyncpg.Pool, shape: LinkShape, fake: FakeMssql) -> None:
+        d = ct_drain(pool, shape, fake)
+        await d.drain_once()
+        reads = fake.meta_reads
+        fake.altered = 2  # e.g. CREATE INDEX: same columns
+        await d.drain_once()
+        assert fake.meta_reads == reads + 1
+        t = shape.table("b")
+        cols = dict(t.columns)
+        cols["amount"] = catalog.Column("amount", "decimal(10,2)", True)
+        fake.table_now = catalog.Table(t.schema, t.name, cols, t.pk)
+        fake.altered = 3
+        with pytest.raises(config.ConfigError, match="was altered while the bridge ran"):
+            await d.drain_once()
 
     run(portal, body)

@@ -126,8 +126,10 @@ def test_poll_and_versions() -> None:
     # the idle poll carries the table's min valid version too (issue 18 item 14)
     assert " ".join(strip_comments(q.static("poll").sql).split()) == (
         "SELECT CHANGE_TRACKING_CURRENT_VERSION() AS cur_v, "
-        "CHANGE_TRACKING_MIN_VALID_VERSION(OBJECT_ID(?)) AS min_v;")
-    assert q.static("poll").params == ("object",)
+        "CHANGE_TRACKING_MIN_VALID_VERSION(OBJECT_ID(?)) AS min_v, "
+        "(SELECT o.modify_date FROM sys.objects AS o WHERE o.object_id = OBJECT_ID(?)) "
+        "AS altered;")
+    assert q.static("poll").params == ("object", "object")
     v = parse(q.static("versions").sql)[0]
     names = [e.alias for e in v.expressions]
     assert names == ["cur_v", "min_v"]

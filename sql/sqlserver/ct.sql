@@ -58,9 +58,10 @@ SELECT CHANGE_TRACKING_CURRENT_VERSION() AS cur_v,
        CHANGE_TRACKING_MIN_VALID_VERSION(OBJECT_ID(?)) AS min_v;
 
 -- name: poll
--- §1.4: the idle poll, read BEFORE the snapshot opens (Dotmim.Sync, Estuary): a race can only re-read. Also the table's min valid version: TRUNCATE raises it without (necessarily) moving the current version.
+-- §1.4: the idle poll, read BEFORE the snapshot opens (Dotmim.Sync, Estuary): a race can only re-read. Also the table's min valid version (TRUNCATE raises it without necessarily moving the current version) and the table's sys.objects.modify_date (ALTER TABLE moves it: the bridge then re-reads the catalog).
 SELECT CHANGE_TRACKING_CURRENT_VERSION() AS cur_v,
-       CHANGE_TRACKING_MIN_VALID_VERSION(OBJECT_ID(?)) AS min_v;
+       CHANGE_TRACKING_MIN_VALID_VERSION(OBJECT_ID(?)) AS min_v,
+       (SELECT o.modify_date FROM sys.objects AS o WHERE o.object_id = OBJECT_ID(?)) AS altered;
 
 -- name: changes
 -- §1.4/§1.5: one page of net changes in (@last, @upto] joined to current values, in key order after the last key of the previous page; LEFT JOIN keeps deletes; own writes filtered by context. Pages bound memory and the snapshot's length (issue 18 item 18).
