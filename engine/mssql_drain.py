@@ -803,6 +803,8 @@ def make_drain(shape: LinkShape, src: str, dst: str, config: Config,
             mssql[name] = MssqlPeer(peers[side], timeouts=Timeouts(
                 config.setting("mssql_login_timeout"), config.setting("mssql_query_timeout"),
                 config.setting("mssql_lock_timeout")))
+            # links of one peer share one poll per interval (issue 18 item 19)
+            mssql[name].poll_max_age = 0.5 * config.setting("ct_poll_interval")
         return mssql[name]
 
     if link.direction == "both" and (src, dst) == link.directions()[0]:

@@ -332,6 +332,13 @@ class MssqlPeer:
         self._pyodbc = driver
         self._meta: dict[tuple[str, str], TableMeta] = {}
         self.reader = _Conn(self._open_reader, f"{peer.name}-r")
+        # One poll per peer (issue 18 item 19): every source table's drain asks
+        # poll_version; within poll_max_age one batched answer serves them all.
+        self.poll_max_age = 0.0
+        self._poll_sides: dict[Side, None] = {}
+        self._polled: dict[Side, tuple[int | None, int | None, Any]] = {}
+        self._polled_at = -1.0
+        self._polling: asyncio.Future[Any] | None = None
         self.writer = _Conn(self._open_writer, f"{peer.name}-w")
 
     # connections
@@ -421,19 +428,44 @@ class MssqlPeer:
 
     async def poll_version(self, side: Side) -> tuple[int | None, int | None, Any]:
         """(CHANGE_TRACKING_CURRENT_VERSION(), the table's min valid version, the table's
-        last ALTER time), one round trip. Idle only when the first equals the stored
-        cursor AND the second is not above it: TRUNCATE raises the min valid version
-        without necessarily moving the current one (issue 18 item 14)."""
+        last ALTER time). Idle only when the first equals the stored cursor AND the
+        second is not above it: TRUNCATE raises the min valid version without
+        necessarily moving the current one (issue 18 item 14).
 
-        def run(cn: Any) -> tuple[int | None, int | None, Any]:
-            obj = q.side_name(side)
+        One round trip per peer, not per link: the first caller polls every table
+        registered so far in one statement; callers within poll_max_age seconds (and
+        those waiting on a poll in flight) share its answer. An answer at most that
+        old is safe: the version only bounds the next read from above."""
+        loop = asyncio.get_running_loop()
+        if side not in self._poll_sides:
+            self._poll_sides[side] = None
+        elif loop.time() - self._polled_at <= self.poll_max_age and side in self._polled:
+            return self._polled[side]
+        if self._polling is None:
+            self._polling = asyncio.ensure_future(self._poll_all(list(self._poll_sides)))
+        polling = self._polling
+        try:
+            got = await asyncio.shield(polling)
+        finally:
+            if self._polling is polling and polling.done():
+                self._polling = None
+        if side not in got:  # registered while another poll was in flight: ask again
+            return await self.poll_version(side)
+        return got[side]
+
+    async def _poll_all(self, sides: list[Side]) -> dict[Side, tuple[int | None, int | None,
+                                                                     Any]]:
+        def run(cn: Any) -> list[Any]:
+            r = q.poll_tables(len(sides))
             try:
-                row = cn.cursor().execute(q.static("poll").sql, obj, obj).fetchone()
-                return row[0], row[1], row[2]
+                return cn.cursor().execute(r.sql, *(q.side_name(s) for s in sides)).fetchall()
             finally:
                 cn.commit()
 
-        return await self.reader.run(run)
+        rows = await self.reader.run(run)
+        self._polled = {sides[r[0]]: (r[1], r[2], r[3]) for r in rows}
+        self._polled_at = asyncio.get_running_loop().time()
+        return self._polled
 
     async def db_identity(self) -> str | None:
         def run(cn: Any) -> str | None:

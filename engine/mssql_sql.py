@@ -103,6 +103,14 @@ def static(name: str) -> Rendered:
     return Rendered(query(SQL_FILE, name), STATIC_PARAMS[name])
 
 
+def poll_tables(count: int) -> Rendered:
+    """The per-peer poll for `count` tables: parameters obj0, obj1, ... (side_name())."""
+    if count < 1:
+        raise ValueError("poll_tables needs at least one table")
+    values = ", ".join(f"({i}, CAST(? AS nvarchar(600)))" for i in range(count))
+    return Rendered(_q("poll_tables", values=values), tuple(f"obj{i}" for i in range(count)))
+
+
 def enable_db_snapshot(db: str) -> Rendered:
     return Rendered(_q("enable_db_snapshot", db=qi(db)))
 
@@ -374,6 +382,7 @@ def all_statements(shape: LinkShape, side: str, db: str = "clinic") -> dict[str,
         set_db_retention=set_db_retention(db, 7),
         enable_table_ct=enable_table_ct(s),
         disable_table_ct=disable_table_ct(s),
+        poll_tables=poll_tables(2),
         changes=changes(shape, side),
         changes_next_page=changes(shape, side, first=False),
         keys_first_page=keys_page(shape, side, first=True),

@@ -7,6 +7,7 @@ live counterparts in test_mssql_live.py."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import uuid
 from typing import Any
@@ -391,3 +392,35 @@ def test_changes_page_statement_parses() -> None:
     assert r.params == ("last", "ctx", "upto", "n", "k0", "k1")
     assert strip_comments(r.sql).count("?") == len(r.params)
     assert any(isinstance(e, exp.Select) for e in parse(r.sql))
+
+
+# --- item 19: one poll per peer ---------------------------------------------------------------
+
+
+def test_item19_links_of_one_peer_share_one_poll() -> None:
+    a, b = Side("clinic", "dbo", "a"), Side("clinic", "dbo", "b")
+
+    def respond(sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]] | None:
+        if "FROM (VALUES" in sql:
+            return [(i, 42, 3 + i, None) for i in range(len(params))]
+        return None
+
+    peer, log = make_peer(respond)
+    peer.poll_max_age = 60.0
+
+    async def ticks() -> list[Any]:
+        first = await asyncio.gather(peer.poll_version(a), peer.poll_version(b))
+        again = [await peer.poll_version(a), await peer.poll_version(b)]
+        return [*first, *again]
+
+    got = asyncio.run(ticks())
+    assert got == [(42, 3, None), (42, 4, None)] * 2
+    polls = [(sql, p) for sql, p in log if "FROM (VALUES" in sql]
+    assert [p for _, p in polls] == [("[dbo].[a]",), ("[dbo].[a]", "[dbo].[b]")], (
+        "b joined while a's poll was in flight, then both in one statement; the later "
+        "ticks were answered from that poll")
+    assert "CHANGE_TRACKING_MIN_VALID_VERSION(OBJECT_ID(v.obj))" in polls[-1][0]
+    peer.poll_max_age = 0.0
+    asyncio.run(peer.poll_version(a))
+    assert len([s for s, _ in log if "FROM (VALUES" in s]) == 3, "stale: polled again"
+    run(peer.close())

@@ -52,6 +52,13 @@ ALTER TABLE {table} DISABLE CHANGE_TRACKING;
 -- §1.1: autocommit only; fails while any table still has change tracking on.
 ALTER DATABASE {db} SET CHANGE_TRACKING = OFF;
 
+-- name: poll_tables
+-- Issue 18 item 19: ONE poll per peer for all its source tables (one row per table, objects as VALUES parameters {values}); same columns as poll after the table's position.
+SELECT v.n, CHANGE_TRACKING_CURRENT_VERSION() AS cur_v,
+       CHANGE_TRACKING_MIN_VALID_VERSION(OBJECT_ID(v.obj)) AS min_v,
+       (SELECT o.modify_date FROM sys.objects AS o WHERE o.object_id = OBJECT_ID(v.obj)) AS altered
+  FROM (VALUES {values}) AS v(n, obj);
+
 -- name: versions
 -- §1.4: inside the snapshot, after db_identity (a table read opens it); NULL min_v = not tracked or no permission. cur_v here is only a check (cursor ahead = restored): the window's upper bound is the poll's.
 SELECT CHANGE_TRACKING_CURRENT_VERSION() AS cur_v,
