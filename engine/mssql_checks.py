@@ -80,7 +80,12 @@ def database(cur: Any, *, source: bool, retention_days: float) -> list[Finding]:
                            "the first change read)", _stmt(q.enable_db_snapshot(name))))
     row = cur.execute(q.static("db_ct_state").sql).fetchone()
     want = max(1, round(retention_days))
-    if row is None:
+    if row is None and _one(cur, "db_ct_version") is not None:
+        # On, but this login cannot see sys.change_tracking_databases (reference §1.1 note)
+        out.append(Finding(
+            WARNING, f"change tracking is on for {db} but this login cannot see its retention",
+            "GRANT VIEW ANY DATABASE TO [<login>]; (server level), or let a DBA run doctor"))
+    elif row is None:
         out.append(Finding(
             ERROR, f"change tracking is off for {db} (or the login lacks VIEW DATABASE STATE "
             "to see it)", _stmt(q.enable_db_ct(name, want))))

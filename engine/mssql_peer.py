@@ -787,8 +787,9 @@ def _enable(cur: Any, sides: list[Side], retention: int, unit: str,
                   if f.level == checks.WARNING]
     if cur.execute(q.static("db_snapshot_state").sql).fetchone()[0] != "ON":
         do(q.enable_db_snapshot(db))
-    if cur.execute(q.static("db_ct_state").sql).fetchone() is None:
-        do(q.enable_db_ct(db, retention, unit))
+    if cur.execute(q.static("db_ct_state").sql).fetchone() is None and \
+            (cur.execute(q.static("db_ct_version").sql).fetchone() or (None,))[0] is None:
+        do(q.enable_db_ct(db, retention, unit))  # off (not merely invisible to this login)
     for side in sides:
         obj = q.side_name(side)
         if cur.execute(q.static("table_pk").sql, obj).fetchone() is None:

@@ -88,7 +88,8 @@ def _q(name: str, **fields: str) -> str:
 # bracket-quoted schema.table from side_name(), passed to OBJECT_ID(?).
 STATIC_PARAMS: dict[str, tuple[str, ...]] = {
     "db_ct_state": (), "db_snapshot_state": (), "db_name": (), "db_identity": (),
-    "db_compat": (), "db_updateability": (), "db_collation": (), "server_facts": (),
+    "db_compat": (), "db_ct_version": (), "db_updateability": (), "db_collation": (),
+    "server_facts": (),
     "poll": ("object", "object"), "table_ct_state": ("object",), "table_pk": ("object",),
     "versions": ("object",), "table_columns": ("object",), "table_pk_columns": ("object",),
     "applied": ("batch",), "cursor_read": ("link", "source_side"),

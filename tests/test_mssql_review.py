@@ -161,6 +161,25 @@ def test_item21_a_shorter_retention_is_reported_with_the_statement() -> None:
     assert findings(db_responder(), source=True, retention_days=7) == []
 
 
+def test_ct_on_but_invisible_to_the_login_is_a_warning_not_an_error() -> None:
+    base = db_responder(ct=None)
+
+    def respond(sql: str, params: tuple[Any, ...]) -> Any:
+        if sql.strip().endswith("SELECT CHANGE_TRACKING_CURRENT_VERSION();"):
+            return [(5,)]
+        return base(sql, params)
+
+    (f,) = findings(respond, source=True, retention_days=7)
+    assert f.level == "warning" and "cannot see its retention" in f.what
+    (off,) = findings(db_responder(ct=None), source=True, retention_days=7)
+    assert off.level == "error" and off.fix.startswith(
+        "ALTER DATABASE [clinic] SET CHANGE_TRACKING = ON (CHANGE_RETENTION = 7 DAYS")
+    log: list[Any] = []
+    peer = Peer("clinic", "sqlserver", RAW["peers"]["clinic"]["dsn"])
+    mp.install_capture(peer, Side("clinic", "dbo", "t"), driver=fake_driver(respond, log))
+    assert not any("SET CHANGE_TRACKING = ON" in s for s, _ in log), "on already: not altered"
+
+
 def test_item2_snapshot_is_required_of_sources_only() -> None:
     (f,) = findings(db_responder(snapshot="OFF"), source=True, retention_days=7)
     assert f.fix == "ALTER DATABASE [clinic] SET ALLOW_SNAPSHOT_ISOLATION ON;"

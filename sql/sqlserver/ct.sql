@@ -206,6 +206,10 @@ SELECT c.name
  WHERE i.object_id = OBJECT_ID(?) AND i.is_primary_key = 1
  ORDER BY ic.key_ordinal;
 
+-- name: db_ct_version
+-- §1.2: NULL when change tracking is off for the database; seen by any login (sys.change_tracking_databases is not).
+SELECT CHANGE_TRACKING_CURRENT_VERSION();
+
 -- name: db_compat
 -- OPENJSON needs compatibility level >= 130; an upgraded database can stay at 120 (Msg 208 "Invalid object name 'OPENJSON'").
 SELECT compatibility_level FROM sys.databases WHERE database_id = DB_ID();
