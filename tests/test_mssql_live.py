@@ -471,10 +471,16 @@ def test_issue18_items8_22_key_change_and_no_op_updates(peer: mp.MssqlPeer, app:
     run(peer.apply_batch(s, "b", uuid.uuid4(), [pg_row(UID1, 1)], [], CTX))
     other = run(peer.read_changes(s, "b", cursor, mp.echo_context("another-link")))
     assert other.upserts == [], "an equal row is not rewritten, so no CT row for other links"
-    # a key change: the old key's delete runs before the new key's insert
-    moved = run(peer.apply_batch(s, "b", uuid.uuid4(), [pg_row(UID2, 2)],
-                                 [{"id": UID1, "k2": 1}], CTX))
-    assert moved == (0, 1, 1)
+    # a key change on a table with another UNIQUE column: the old key's delete must run
+    # before the new key's insert, or the insert fails with Msg 2601 (item 8)
+    t = f"[dbo].[{TABLE.replace(']', ']]')}]"
+    app.execute(f"CREATE UNIQUE INDEX ux_small ON {t} (small);")
+    try:
+        moved = run(peer.apply_batch(s, "b", uuid.uuid4(), [pg_row(UID2, 2)],
+                                     [{"id": UID1, "k2": 1}], CTX))
+        assert moved == (0, 1, 1)
+    finally:
+        app.execute(f"DROP INDEX ux_small ON {t};")
 
 
 def test_issue18_readiness_of_the_test_database(peer: mp.MssqlPeer) -> None:
