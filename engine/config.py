@@ -27,6 +27,10 @@ DEFAULTS: dict[str, Any] = {
     "max_poll_interval": 1.0,  # seconds; adaptive poll ceiling when notify is off
     "fallback_poll": 5.0,  # seconds; safety poll when notify is on
     "ct_poll_interval": 0.25,  # seconds; SQL Server current-version check
+    "ct_retention_days": 7,  # SQL Server change retention install sets; lag warning at half
+    "mssql_login_timeout": 15,  # seconds; SQL Server login (pyodbc connect timeout=)
+    "mssql_query_timeout": 300,  # seconds; SQL Server statement (HYT00 when exceeded)
+    "mssql_lock_timeout": 30,  # seconds; SQL Server lock wait (SET LOCK_TIMEOUT, Msg 1222)
     "max_attempts": 8,  # deferrals of one key (e.g. FK not yet there) before dead letter
     "stats_interval": 1.0,  # seconds between queue-depth samples written to the hub
     "conflict": "a_wins",
