@@ -211,7 +211,16 @@ def _parser() -> argparse.ArgumentParser:
     from . import reconcile_cli  # backfill, check, repair, bench-check
 
     reconcile_cli.register(add)
+    add("doctor", cmd_doctor, "check every peer is ready (read-only); exit 0 when it is")
     return p
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from syncbridge.engine import doctor
+
+    code, lines = doctor.report(_config(args))
+    print("\n".join(lines))
+    return code
 
 
 def main(argv: list[str] | None = None) -> int:

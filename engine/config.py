@@ -85,6 +85,7 @@ Name = Annotated[str, AfterValidator(_name)]
 Duration = Annotated[float, BeforeValidator(_duration), Field(gt=0)]
 Positive = Annotated[float, Field(gt=0)]
 PositiveInt = Annotated[int, Field(gt=0)]
+Seconds = Annotated[int, Field(ge=0)]  # 0 = no limit
 Conflict = Annotated[str, AfterValidator(_conflict)]
 MergeFallback = Literal["a_wins", "b_wins", "newest_wins", "manual"]
 StrList = Annotated[list[str], BeforeValidator(lambda v: [v] if isinstance(v, str) else v)]
@@ -121,6 +122,10 @@ class BridgeSettings(_Strict):
     max_poll_interval: Positive = 1.0  # seconds; adaptive poll ceiling when notify is off
     fallback_poll: Positive = 5.0  # seconds; safety poll when notify is on
     ct_poll_interval: Positive = 0.25  # seconds; SQL Server current-version check
+    ct_retention_days: PositiveInt = 7  # SQL Server change retention install sets; warn at half
+    mssql_login_timeout: Seconds = 15  # seconds; SQL Server login (pyodbc connect timeout=)
+    mssql_query_timeout: Seconds = 300  # seconds; SQL Server statement (HYT00 when exceeded)
+    mssql_lock_timeout: Seconds = 30  # seconds, 0 = none; SQL Server lock wait (SET LOCK_TIMEOUT)
     max_attempts: PositiveInt = 8  # deferrals of one key (e.g. FK not there yet) before dead letter
     stats_interval: Positive = 1.0  # seconds between queue-depth samples written to the hub
     log_keys: bool = True  # false: log lines carry a hash of each key instead of its values

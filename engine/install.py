@@ -27,7 +27,10 @@ def install(config: Config, links: list[str] | None = None,
             if peer.dialect == "sqlserver":
                 from .mssql_peer import install_capture
 
-                install_capture(peer, s)
+                notes: list[str] = []
+                install_capture(peer, s, retention=int(config.setting("ct_retention_days")),
+                                notes=notes, timeouts=_mssql_timeouts(config))
+                yield from (f"{name}: warning: {n}" for n in notes)
             else:
                 with psycopg.connect(peer.dsn) as conn:
                     capture.install(conn, shape, side)
@@ -67,16 +70,52 @@ def _sink_note(config: Config, shape, src: str, dst: str) -> str | None:
             f"has not signalled; run `syncbridge backfill {shape.link.name}{side}` to send them")
 
 
-def uninstall(config: Config, links: list[str] | None = None) -> Iterator[str]:
-    for name in links or list(config.links):
+def _mssql_timeouts(config: Config):  # noqa: ANN202 - mssql_peer imported lazily
+    from .mssql_peer import Timeouts
+
+    return Timeouts(config.setting("mssql_login_timeout"), config.setting("mssql_query_timeout"),
+                    config.setting("mssql_lock_timeout"))
+
+
+def _ct_readers(config: Config, keep: set[str]) -> set[tuple[str, str, str]]:
+    """(peer, schema, table) of every SQL Server source side of the links in `keep`."""
+    out = set()
+    for name in keep:
         link = config.links[name]
+        for src, _ in link.directions():
+            s = link.side(src)
+            if config.peers[s.peer].dialect == "sqlserver":
+                out.add((s.peer, s.schema, s.table))
+    return out
+
+
+def uninstall(config: Config, links: list[str] | None = None) -> Iterator[str]:
+    chosen = links or list(config.links)
+    # Change tracking is per table: turning it off destroys its history for every reader.
+    # Only a source side is ever turned off, and only when no remaining link reads it.
+    still_read = _ct_readers(config, set(config.links) - set(chosen))
+    done: set[tuple[str, str, str]] = set()
+    for name in chosen:
+        link = config.links[name]
+        sources = {src for src, _ in link.directions()}
         for side in ("a", "b"):
             s = link.side(side)
             peer = config.peers[s.peer]
             if peer.dialect == "sqlserver":
                 from .mssql_peer import uninstall_capture
 
-                uninstall_capture(peer, s)
+                table = (s.peer, s.schema, s.table)
+                if side not in sources:
+                    yield (f"{name}: {s.peer} {s.qualified} is only a sink; change tracking "
+                           "left as is")
+                    continue
+                if table in still_read:
+                    yield (f"{name}: change tracking left on for {s.peer} {s.qualified}: another "
+                           "link reads it")
+                    continue
+                if table not in done:
+                    done.add(table)
+                    uninstall_capture(peer, s)
             else:
                 with psycopg.connect(peer.dsn) as conn:
                     capture.uninstall(conn, link, side)

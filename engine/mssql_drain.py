@@ -47,6 +47,7 @@ import datetime as dt
 import json
 import logging
 import math
+import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -59,7 +60,15 @@ from . import capture, errors, faults, mssql_types, pg_sql, sqlfiles
 from .catalog import LinkShape
 from .config import Config, ConfigError
 from .drain import Item, Outcome, Q, QueueDrain, _array, apply_set, isolate, problem
-from .mssql_peer import BadRow, CtCursor, MssqlPeer, echo_context
+from .mssql_peer import (
+    BadRow,
+    CtCursor,
+    MssqlPeer,
+    Timeouts,
+    Unsendable,
+    echo_context,
+    native_errors,
+)
 
 log = logging.getLogger("syncbridge.mssql_drain")
 
@@ -72,7 +81,11 @@ DEFER_BASE = 1.0  # seconds; first delay of a re-queued foreign-key miss (double
 # 517 date conversion/range, 245/8169 conversion (e.g. uniqueidentifier).
 MSSQL_ROW_ERRORS = frozenset({515, 547, 2601, 2627, 2628, 8152, 8114, 8115, 220, 232,
                               241, 242, 517, 245, 8169})
-MSSQL_FK = 547
+MSSQL_FK = 547  # "conflicted with the FOREIGN KEY constraint" (child first) and "... with the
+# REFERENCE constraint" (parent delete blocked by children); also CHECK, which is never deferred
+CURSOR_IDLE_STORE = 60.0  # seconds; an empty window moves the stored cursor at most this often
+APPLIED_KEEP_DAYS = 7  # [sync].[applied_batches] records kept (recovery needs minutes)
+PRUNE_EVERY = 3600.0  # seconds between prunes of [sync].[applied_batches]
 
 
 def M(name: str) -> str:  # noqa: N802 - reads like a table of named statements
@@ -93,6 +106,8 @@ def pg_value(value: Any, pg_type: str) -> str:
     """
     if value is None:
         return "null"
+    if isinstance(value, Unsendable):
+        raise ValueError(value.reason)
     if mssql_types.parse_pg(pg_type).kind == "json":
         text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
         json.loads(text)  # not JSON -> ValueError (JSONDecodeError is one)
@@ -159,13 +174,17 @@ def _mssql_row_error(exc: BaseException) -> bool:
         return False
     args = getattr(exc, "args", ())
     state = str(args[0]) if args else ""
-    text = " ".join(str(a) for a in args)
-    return state[:2] in ("22", "23") or any(f"({n})" in text for n in MSSQL_ROW_ERRORS)
+    return state[:2] in ("22", "23") or any(n in MSSQL_ROW_ERRORS for n in native_errors(exc))
 
 
 def _mssql_fk(exc: BaseException) -> bool:
-    text = " ".join(str(a) for a in getattr(exc, "args", ()))
-    return f"({MSSQL_FK})" in text and "FOREIGN KEY" in text.upper()
+    """A foreign-key miss worth deferring, like 23503 on Postgres: Msg 547 in either form
+    (FOREIGN KEY: the parent is not there yet; REFERENCE: children still point at a
+    deleted parent, whose delete usually arrives next), never a CHECK constraint."""
+    if MSSQL_FK not in native_errors(exc):
+        return False
+    text = " ".join(str(a) for a in getattr(exc, "args", ())).upper()
+    return "FOREIGN KEY" in text or "REFERENCE CONSTRAINT" in text
 
 
 def _other(side: str) -> str:
@@ -214,7 +233,8 @@ class CtToPgDrain:
 
     def __init__(self, shape: LinkShape, source_side: str, mssql: MssqlPeer,
                  sink: asyncpg.Pool, hub: asyncpg.Pool, max_attempts: int = 8,
-                 poll_interval: float = 0.25, page_rows: int = PAGE_ROWS) -> None:
+                 poll_interval: float = 0.25, page_rows: int = PAGE_ROWS,
+                 retention_days: float = 7.0) -> None:
         self.shape = shape
         self.link = shape.link
         self.src = source_side
@@ -236,15 +256,28 @@ class CtToPgDrain:
         self._meta = False
         self._gap = 0  # CT versions the database is ahead of the cursor (sync.status queued)
         self._behind_since: dt.datetime | None = None  # sync.status lag
+        self.retention_days = retention_days
+        # Version up to which this table is known to have nothing new, beyond the stored
+        # cursor: writes elsewhere in the database move the version without a sink write.
+        self._seen: int | None = None
+        self._stored_at = 0.0  # time.monotonic() of the last cursor store
+        self._cursor_at: dt.datetime | None = None  # sink's updated_at of the stored cursor
+        self._warned_at = -3600.0
+        self._altered: Any = None  # modify_date of the source table at the first poll
 
     @property
     def name(self) -> str:
         return f"{self.link.name}:{self.src}->{self.dst}"
 
     async def _load_meta(self) -> None:
-        """Collations of the source table, used by read_rows to match keys exactly."""
+        """Readiness of the source (SqlServerError with the fix otherwise) and its
+        collations, used by read_rows to match keys exactly."""
         if not self._meta:
-            await self.mssql.read_table(self.link.side(self.src))
+            for f in await self.mssql.ensure_ready(self.link.side(self.src), source=True,
+                                                   sink=self.link.direction == "both",
+                                                   retention_days=self.retention_days):
+                log.warning("event=sqlserver_warning link=%s detail=%s fix=%s", self.name,
+                            json.dumps(f.what), json.dumps(f.fix))
             self._meta = True
 
     async def recover(self) -> int:
@@ -267,24 +300,85 @@ class CtToPgDrain:
 
     async def _cursor(self) -> CtCursor | None:
         row = await self.sink.fetchrow(M("ct_cursor_read"), self.link.name, self.src)
+        self._cursor_at = row["updated_at"] if row else None
         return CtCursor(row["version"], row["db_identity"]) if row else None
 
     async def drain_once(self) -> int:
-        """One tick: retried keys, then a version check, then the changes since the cursor."""
+        """One tick: retried keys, then a version check, then the changes since the cursor,
+        page by page within one version window (the cursor is stored with the last page)."""
         await self._load_meta()
         n = await self._retry_dead()
         cursor = await self._cursor()
-        version = await self.mssql.poll_version()
-        self._observe(version, cursor)
-        if cursor is not None and version is not None and version == cursor.version:
-            return n
-        cs = await self.mssql.read_changes(self.shape, self.src, cursor, self.ctx)
-        if cs.resync_needed:
-            return n + await self.resync(cursor, cs.new_cursor)
-        await self._apply_chunked(cs.upserts, cs.deletes, cs.new_cursor)
+        version, min_valid, altered = await self.mssql.poll_version(self.link.side(self.src))
+        await self._check_schema(altered)
+        seen = max(cursor.version, self._seen or 0) if cursor is not None else None
+        self._observe(version, CtCursor(seen, None) if seen is not None else None)
+        if seen is not None and version is not None and version > seen:
+            self._warn_retention()
+        if (seen is not None and version is not None and version <= seen
+                and min_valid is not None and min_valid <= cursor.version):
+            return n  # idle; a TRUNCATE (min valid above the cursor) is never idle
+        # the poll's version is the window's bound: it was read before any snapshot opened
+        cs = await self.mssql.read_changes(self.shape, self.src, cursor, self.ctx, upto=version)
+        count = 0
+        while True:
+            if cs.resync_needed:
+                self._seen = None
+                return n + count + await self.resync(cursor, cs.new_cursor)
+            count += len(cs.upserts) + len(cs.deletes)
+            if cs.next_after is None:
+                break
+            await self._apply_chunked(cs.upserts, cs.deletes, None)
+            cs = await self.mssql.read_changes(self.shape, self.src, cursor, self.ctx,
+                                               after=cs.next_after,
+                                               upto=cs.new_cursor.version)
+        if (count == 0 and cursor is not None and not cs.upserts and not cs.deletes
+                and time.monotonic() - self._stored_at < CURSOR_IDLE_STORE):
+            # Nothing for this table (writes elsewhere in the database, or only this
+            # link's own): remember it, store the cursor later (issue 18 item 19).
+            self._seen = cs.new_cursor.version
+        else:
+            await self._apply_chunked(cs.upserts, cs.deletes, cs.new_cursor)
+            self._seen = None
         self._observe(version, cs.new_cursor)
-        # only the bridge's own writes (filtered by context): the cursor moved, nothing to count
-        return n + len(cs.upserts) + len(cs.deletes)
+        return n + count
+
+    async def _check_schema(self, altered: Any) -> None:
+        """Runtime schema changes (issue 18 item 22): when the source table's modify_date
+        moves (ALTER TABLE, also index or CT changes), read its catalog again; if a linked
+        column's type, nullability or the key changed, stop with a clear error instead of
+        reading rows the validated shape no longer describes. A restart validates anew."""
+        if altered is None or altered == self._altered:
+            return
+        if self._altered is None:
+            self._altered = altered
+            return
+        side = self.link.side(self.src)
+        now = await self.mssql.read_table(side)
+        before = self.shape.table(self.src)
+        cols = self._src_cols
+        if now is None or now.pk != before.pk or any(
+                c not in now.columns or now.columns[c] != before.columns[c] for c in cols):
+            raise ConfigError(
+                f"link {self.link.name!r}: {side.qualified} on peer {side.peer!r} was altered "
+                "while the bridge ran (a linked column or the key changed); restart the "
+                "bridge so the link is validated against the new definition")
+        log.info("event=schema_rechecked link=%s table=%s", self.name, side.qualified)
+        self._altered = altered
+
+    def _warn_retention(self) -> None:
+        """Unread changes behind a cursor stored more than half the retention ago are a
+        resync waiting to happen (e.g. after a long outage): say so while there is time
+        (issue 18 item 21). At most once an hour."""
+        if self._cursor_at is None or not self.retention_days:
+            return
+        lag = (dt.datetime.now(dt.UTC) - self._cursor_at).total_seconds() / 86400
+        now = time.monotonic()
+        if lag > 0.5 * self.retention_days and now - self._warned_at > 3600:
+            self._warned_at = now
+            log.warning("event=ct_lag_near_retention link=%s lag_days=%.2f retention_days=%g "
+                        "detail=\"past the retention the link must resync\"", self.name, lag,
+                        self.retention_days)
 
     async def _apply_chunked(self, upserts: Sequence[dict[str, Any]],
                              deletes: Sequence[dict[str, Any]], cursor: CtCursor) -> None:
@@ -336,6 +430,11 @@ class CtToPgDrain:
         out = Outcome()
         ups, dels = self._items(upserts, deletes, out)
         batch_id = uuid.uuid4()
+        if cursor is not None:
+            # the source's restore record first (issue 18 item 13): ahead of the sink's
+            # cursor after a crash here is harmless, behind it only after a restore
+            await self.mssql.record_client_version(self.link.name, self.src, cursor.version)
+            self._stored_at = time.monotonic()
         async with self.sink.acquire() as conn, conn.transaction():
             await conn.execute(Q("set_origin"), self.origin)
             # deletes first: a changed key frees unique values before the new row arrives
@@ -514,12 +613,22 @@ class PgToCtDrain(QueueDrain):
         self._dst_types = {c: dst_table.columns[c].type for c in self._dst_cols}
         self._meta = False
         self._inflight: uuid.UUID | None = None
+        self._pruned_at: float | None = None
 
     async def _load_meta(self) -> None:
-        """Collations and IDENTITY columns of the sink table, which apply_batch needs."""
+        """Readiness of the sink (SqlServerError with the fix otherwise), then collations
+        and IDENTITY columns of the sink table, which apply_batch needs."""
         if not self._meta:
-            await self.mssql.read_table(self.link.side(self.dst))
+            for f in await self.mssql.ensure_ready(self.link.side(self.dst),
+                                                   source=self.link.direction == "both",
+                                                   sink=True, retention_days=0):
+                log.warning("event=sqlserver_warning link=%s detail=%s fix=%s", self.name,
+                            json.dumps(f.what), json.dumps(f.fix))
             self._meta = True
+        now = time.monotonic()
+        if self._pruned_at is None or now - self._pruned_at > PRUNE_EVERY:
+            self._pruned_at = now
+            await self.mssql.prune_applied(APPLIED_KEEP_DAYS)
 
     async def recover(self) -> int:
         await self._load_meta()
@@ -654,7 +763,9 @@ class PgToCtDrain(QueueDrain):
         deleted = 0
         after: dict[str, Any] | None = None
         while True:
-            page = await self.mssql.read_keys_page(self.shape, self.dst, after, self.page_rows)
+            # on the writer: a sink-only database need not allow snapshot isolation
+            page = await self.mssql.read_keys_page(self.shape, self.dst, after, self.page_rows,
+                                                   sink=True)
             if not page:
                 break
             keys = _array([pg_object(self._src_keys, [k[d] for d in self._dst_keys],
@@ -691,7 +802,11 @@ def make_drain(shape: LinkShape, src: str, dst: str, config: Config,
     def peer(side: str) -> MssqlPeer:
         name = peers[side].name
         if name not in mssql:
-            mssql[name] = MssqlPeer(peers[side])
+            mssql[name] = MssqlPeer(peers[side], timeouts=Timeouts(
+                config.setting("mssql_login_timeout"), config.setting("mssql_query_timeout"),
+                config.setting("mssql_lock_timeout")))
+            # links of one peer share one poll per interval (issue 18 item 19)
+            mssql[name].poll_max_age = 0.5 * config.setting("ct_poll_interval")
         return mssql[name]
 
     if link.direction == "both" and (src, dst) == link.directions()[0]:
@@ -701,6 +816,7 @@ def make_drain(shape: LinkShape, src: str, dst: str, config: Config,
             "drains, the side drained last wins (docs/sqlserver.md)\"", link.name, link.conflict)
     if peers[src].dialect == "sqlserver":
         return CtToPgDrain(shape, src, peer(src), pools[peers[dst].name], hub, max_attempts,
-                           poll_interval=config.setting("ct_poll_interval"))
+                           poll_interval=config.setting("ct_poll_interval"),
+                           retention_days=config.setting("ct_retention_days"))
     return PgToCtDrain(shape, src, pools[peers[src].name], peer(dst), hub, max_attempts)
 

@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+from . import mssql_checks as checks
 from . import mssql_sql as q
 from . import mssql_types as types
 from .catalog import Column, LinkShape, Table
@@ -48,10 +49,20 @@ DEFAULT_PORT = 1433
 DEFAULT_RETENTION_DAYS = 7  # CT retention; must exceed the longest bridge outage
 ECHO_NAMESPACE = uuid.UUID("6f1d3c52-4f0e-4c59-9d59-3b8f5a1f3e11")  # uuid5 namespace
 SS_TIMESTAMPOFFSET = -155  # ODBC type of datetimeoffset (msodbcsql.h)
+APP_NAME = "syncbridge"  # APP= in every connection string: sys.dm_exec_sessions.program_name
+CHANGE_PAGE_ROWS = 5000  # CHANGETABLE rows per snapshot read (issue 18 item 18)
 # SQLSTATEs worth a retry: link failure, connection failure, timeout, deadlock /
 # serialization (SQL Server reports 1205 as 40001), snapshot update conflict (3960).
 TRANSIENT_SQLSTATES = frozenset({"08S01", "08001", "08004", "HYT00", "HYT01", "40001"})
-TRANSIENT_ERRORS = frozenset({1205, 3960, 3961, 40197, 40501, 40613, 49918, 49919, 49920})
+# Native errors: 1205 deadlock victim, 1222 lock request timeout (SET LOCK_TIMEOUT),
+# 3960/3961 snapshot conflicts, 40197/40501/40613/4991x Azure SQL transient faults.
+TRANSIENT_ERRORS = frozenset({1205, 1222, 3960, 3961, 40197, 40501, 40613, 49918, 49919,
+                              49920})
+# pyodbc (src/errors.cpp, GetErrorFromHandle) builds args[1] from the ODBC diagnostic
+# records as "[SQLSTATE] message (native) (SQLFunction)" for the first record and
+# "; [SQLSTATE] message (native)" for each further one (only the first on non-Windows).
+# The native number is the "(n)" that ends a record, never one inside the message text.
+_NATIVE = re.compile(r"\((-?\d+)\)(?: \(SQL\w+\))?(?=; \[[0-9A-Z]{5}\] |\s*$)")
 
 INSTALL_HELP = (
     "SQL Server peers need pyodbc and an ODBC driver. On Debian/Ubuntu:\n"
@@ -71,6 +82,31 @@ class SqlServerError(RuntimeError):
     """The peer is reachable but not set up as the bridge needs (message says how to fix)."""
 
 
+@dataclass(frozen=True)
+class Timeouts:
+    """Seconds; 0 = none. Login (pyodbc.connect timeout=), query (Connection.timeout,
+    HYT00 when exceeded) and lock waits (SET LOCK_TIMEOUT, Msg 1222): pyodbc's default
+    is to wait forever, which would stall a link behind one blocked lock."""
+
+    login: int = 15
+    query: int = 300
+    lock: int = 30
+
+
+class Unsendable:
+    """A value read from SQL Server that Postgres cannot hold (NUL in text, 100 ns ticks).
+    Stands in for the value so the conversion of the other rows goes on; encoding it for
+    Postgres raises ValueError with `reason`, which dead-letters just that row."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+    def __repr__(self) -> str:
+        return f"<unsendable: {self.reason}>"
+
+    __str__ = __repr__
+
+
 class BadRow(ValueError):
     """One row cannot be sent to the other side; the drain loop dead-letters just this row."""
 
@@ -88,12 +124,16 @@ class CtCursor:
 
 
 class ChangeSet(NamedTuple):
-    """read_changes result; unpacks as (upserts, deletes, new_cursor, resync_needed)."""
+    """read_changes result: one page of the changes in (cursor, new_cursor]."""
 
     upserts: list[dict[str, Any]]  # this side's column names -> values Postgres accepts
     deletes: list[dict[str, Any]]  # this side's key column names -> values
     new_cursor: CtCursor
     resync_needed: bool  # True: signal every key (read_keys_page), then store new_cursor
+    # The last key of a full page: read the next page with after=this and
+    # upto=new_cursor.version before storing new_cursor. None: this was the last page.
+    next_after: dict[str, Any] | None = None
+    min_valid: int | None = None
 
 
 class ApplyCounts(NamedTuple):
@@ -185,6 +225,13 @@ def odbc_connection_string(dsn: str) -> str:
     return ";".join(f"{k}={v}" for k, v in pairs) + ";"
 
 
+def with_app_name(conn_str: str) -> str:
+    """APP=syncbridge appended unless the string names an application already."""
+    if re.search(r"(?:^|;)\s*app\s*=", conn_str, re.IGNORECASE):
+        return conn_str
+    return conn_str + ("" if conn_str.rstrip().endswith(";") else ";") + f"APP={APP_NAME};"
+
+
 def echo_context(link: str) -> bytes:
     """The CHANGE_TRACKING_CONTEXT of this bridge's writes for one link (16 bytes, never NULL).
 
@@ -194,14 +241,20 @@ def echo_context(link: str) -> bytes:
     return uuid.uuid5(ECHO_NAMESPACE, link).bytes
 
 
+def native_errors(exc: BaseException) -> list[int]:
+    """SQL Server's native error numbers of a pyodbc error, one per diagnostic record."""
+    args = getattr(exc, "args", ())
+    text = str(args[1]) if len(args) > 1 else (str(args[0]) if args else "")
+    return [int(m.group(1)) for m in _NATIVE.finditer(text)]
+
+
 def is_transient(exc: BaseException) -> bool:
     """True for errors a retry with backoff can cure (connection lost, deadlock, timeout)."""
     args = getattr(exc, "args", ())
     state = str(args[0]) if args else ""
     if state in TRANSIENT_SQLSTATES:
         return True
-    text = " ".join(str(a) for a in args)
-    return any(f"({n})" in text for n in TRANSIENT_ERRORS)
+    return any(n in TRANSIENT_ERRORS for n in native_errors(exc))
 
 
 def mssql_type(type_name: str, max_length: int, precision: int, scale: int) -> str:
@@ -271,12 +324,21 @@ class MssqlPeer:
     """Async adapter for one SQL Server peer. Values cross it as Python objects:
     reads return what asyncpg accepts, writes take what asyncpg returned."""
 
-    def __init__(self, peer: Peer, *, driver: Any = None) -> None:
+    def __init__(self, peer: Peer, *, driver: Any = None,
+                 timeouts: Timeouts | None = None) -> None:
         self.name = peer.name
-        self.conn_str = odbc_connection_string(peer.dsn)
+        self.conn_str = with_app_name(odbc_connection_string(peer.dsn))
+        self.timeouts = timeouts or Timeouts()
         self._pyodbc = driver
         self._meta: dict[tuple[str, str], TableMeta] = {}
         self.reader = _Conn(self._open_reader, f"{peer.name}-r")
+        # One poll per peer (issue 18 item 19): every source table's drain asks
+        # poll_version; within poll_max_age one batched answer serves them all.
+        self.poll_max_age = 0.0
+        self._poll_sides: dict[Side, None] = {}
+        self._polled: dict[Side, tuple[int | None, int | None, Any]] = {}
+        self._polled_at = -1.0
+        self._polling: asyncio.Future[Any] | None = None
         self.writer = _Conn(self._open_writer, f"{peer.name}-w")
 
     # connections
@@ -288,9 +350,7 @@ class MssqlPeer:
         return self._pyodbc
 
     def _connect(self, autocommit: bool) -> Any:
-        cn = self._driver().connect(self.conn_str, autocommit=autocommit)
-        cn.add_output_converter(SS_TIMESTAMPOFFSET, types.datetimeoffset_from_odbc)
-        return cn
+        return connect(self._driver(), self.conn_str, autocommit, self.timeouts)
 
     def _open_reader(self) -> Any:
         cn = self._connect(autocommit=True)  # no transaction open yet (§1.4)
@@ -320,29 +380,92 @@ class MssqlPeer:
             self._meta[(side.schema, side.table)] = meta
         return table
 
-    def key_collation_warnings(self, table: Table) -> list[str]:
-        """Text key columns whose collation would merge keys Postgres keeps apart (§3)."""
+    def key_collation_warnings(self, table: Table) -> list[checks.Finding]:
+        """Text key columns whose values SQL Server would merge while Postgres keeps them
+        apart (§3). Trailing spaces: SQL Server pads strings for = under EVERY collation
+        (SQL-92; learn.microsoft.com .../string-comparison-assignment), so 'abc' and
+        'abc ' are one key whatever the collation, BIN2 included. Case and accents: only
+        _CI / _AI collations."""
         meta = self._meta.get((table.schema, table.name), TableMeta())
-        out = []
-        for k in table.pk:
-            coll = meta.collations.get(k, "")
-            if coll and ("_CI" in coll or "_AI" in coll):
-                out.append(f"{table.schema}.{table.name}.{k} uses {coll}: 'a' and 'A' (and "
-                           "trailing spaces) are one key; use COLLATE Latin1_General_100_BIN2")
-        return out
+        return key_warnings(table, meta)
+
+    async def ensure_ready(self, side: Side, *, source: bool, sink: bool,
+                           retention_days: float) -> list[checks.Finding]:
+        """Refuse to start a drain on a peer that cannot work (SqlServerError naming the
+        fix); returns the warnings. Read-only, on the writer (READ COMMITTED)."""
+        table = await self.read_table(side)
+        if table is None:
+            raise SqlServerError(f"table {side.qualified} does not exist on peer {self.name!r}")
+        meta = self._meta.get((side.schema, side.table), TableMeta())
+
+        def run(cn: Any) -> list[checks.Finding]:
+            cur = cn.cursor()
+            try:
+                found = checks.database(cur, source=source, retention_days=retention_days)
+                found += checks.tables(cur, [checks.Role(side, source, sink,
+                                                         bool(meta.identity))], None)
+            finally:
+                cn.commit()
+            return found
+
+        found = await self.writer.run(run)
+        found += key_warnings(table, meta) if sink else []
+        bad = checks.errors(found)
+        if bad:
+            raise SqlServerError(f"peer {self.name!r} is not ready:\n{checks.render(bad)}")
+        return [f for f in found if f not in bad]
+
+    async def prune_applied(self, days: int) -> None:
+        """Drop applied-batch records older than `days` (one bounded delete)."""
+
+        def run(cn: Any) -> None:
+            cn.cursor().execute(q.static("prune_applied").sql, days)
+            cn.commit()
+
+        await self.writer.run(run)
 
     # change tracking
 
-    async def poll_version(self) -> int | None:
-        """CHANGE_TRACKING_CURRENT_VERSION(); equal to the stored cursor means idle (§1.4)."""
+    async def poll_version(self, side: Side) -> tuple[int | None, int | None, Any]:
+        """(CHANGE_TRACKING_CURRENT_VERSION(), the table's min valid version, the table's
+        last ALTER time). Idle only when the first equals the stored cursor AND the
+        second is not above it: TRUNCATE raises the min valid version without
+        necessarily moving the current one (issue 18 item 14).
 
-        def run(cn: Any) -> int | None:
+        One round trip per peer, not per link: the first caller polls every table
+        registered so far in one statement; callers within poll_max_age seconds (and
+        those waiting on a poll in flight) share its answer. An answer at most that
+        old is safe: the version only bounds the next read from above."""
+        loop = asyncio.get_running_loop()
+        if side not in self._poll_sides:
+            self._poll_sides[side] = None
+        elif loop.time() - self._polled_at <= self.poll_max_age and side in self._polled:
+            return self._polled[side]
+        if self._polling is None:
+            self._polling = asyncio.ensure_future(self._poll_all(list(self._poll_sides)))
+        polling = self._polling
+        try:
+            got = await asyncio.shield(polling)
+        finally:
+            if self._polling is polling and polling.done():
+                self._polling = None
+        if side not in got:  # registered while another poll was in flight: ask again
+            return await self.poll_version(side)
+        return got[side]
+
+    async def _poll_all(self, sides: list[Side]) -> dict[Side, tuple[int | None, int | None,
+                                                                     Any]]:
+        def run(cn: Any) -> list[Any]:
+            r = q.poll_tables(len(sides))
             try:
-                return cn.cursor().execute(q.static("poll").sql).fetchone()[0]
+                return cn.cursor().execute(r.sql, *(q.side_name(s) for s in sides)).fetchall()
             finally:
                 cn.commit()
 
-        return await self.reader.run(run)
+        rows = await self.reader.run(run)
+        self._polled = {sides[r[0]]: (r[1], r[2], r[3]) for r in rows}
+        self._polled_at = asyncio.get_running_loop().time()
+        return self._polled
 
     async def db_identity(self) -> str | None:
         def run(cn: Any) -> str | None:
@@ -359,41 +482,83 @@ class MssqlPeer:
         return row[0].lower() if row else None
 
     async def read_changes(self, shape: LinkShape, side: str, cursor: CtCursor | None,
-                           ctx: bytes) -> ChangeSet:
-        """Changes of `side` since `cursor`, as current rows and gone keys (§1.4).
+                           ctx: bytes, *, after: dict[str, Any] | None = None,
+                           upto: int | None = None,
+                           limit: int = CHANGE_PAGE_ROWS) -> ChangeSet:
+        """One page of the changes of `side` since `cursor`, as current rows and gone keys.
 
-        One snapshot transaction: versions, validity, identity, CHANGETABLE.
+        The window's upper bound is CHANGE_TRACKING_CURRENT_VERSION() read FIRST,
+        before the snapshot opens (Dotmim.Sync, Estuary; reference §1.4
+        correction): a change committed in between is then read again next time,
+        never skipped. The first page reads it (upto=None); later pages pass
+        after=previous next_after and upto=new_cursor.version. Then one snapshot
+        transaction: identity, restore record, validity, CHANGETABLE page.
         resync_needed when there is no cursor yet, it predates the min valid
-        version (retention, TRUNCATE), it is ahead of the database, or the
-        database identity changed (restore); then the lists are empty and the
-        caller signals every key, storing new_cursor once that is done.
+        version (retention, TRUNCATE), it is ahead of the database, the database
+        identity changed, or the source's record of the last stored version is
+        behind the cursor (restored, issue 18 item 13); then the lists are empty
+        and the caller signals every key, storing new_cursor once that is done.
         """
-        return await self.reader.run(self._read_changes, shape, side, cursor, ctx)
+        return await self.reader.run(self._read_changes, shape, side, cursor, ctx, after,
+                                     upto, limit)
 
     def _read_changes(self, cn: Any, shape: LinkShape, side: str, cursor: CtCursor | None,
-                      ctx: bytes) -> ChangeSet:
+                      ctx: bytes, after: dict[str, Any] | None, upto: int | None,
+                      limit: int) -> ChangeSet:
         table = shape.table(side)
         src = shape.link.side(side)
         cur = cn.cursor()
+        if upto is None:
+            obj = q.side_name(src)
+            try:
+                upto = cur.execute(q.static("poll").sql, obj, obj).fetchone()[0]
+            finally:
+                cn.commit()  # no snapshot may be open while the bound is read
         try:
             # A table read first: under the driver's implicit transactions a SELECT
             # without a table (like the versions query) opens no transaction, so the
             # snapshot would not yet cover the validity check (§1.4, §7.4).
             ident = self._identity(cur)
-            cur_v, min_v = cur.execute(q.static("versions").sql, q.side_name(src)).fetchone()
-            if cur_v is None or min_v is None:
+            record = cur.execute(q.static("client_version_read").sql, shape.link.name,
+                                 side).fetchone()
+            now_v, min_v = cur.execute(q.static("versions").sql, q.side_name(src)).fetchone()
+            if upto is None or now_v is None or min_v is None:
                 raise SqlServerError(
                     f"change tracking is off for {src.qualified} on peer {self.name!r}, or the "
                     f"login lacks VIEW CHANGE TRACKING on it (run `syncbridge install`)"
                 )
-            new = CtCursor(cur_v, ident)
-            if (cursor is None or cursor.version < min_v or cursor.version > cur_v
-                    or (cursor.db_identity and ident and cursor.db_identity != ident)):
-                return ChangeSet([], [], new, True)
-            rows = _result(cur.execute(q.changes(shape, side).sql, cursor.version, ctx))
+            new = CtCursor(upto, ident)
+            if (cursor is None or cursor.version < min_v or cursor.version > now_v
+                    or (cursor.db_identity and ident and cursor.db_identity != ident)
+                    or record is None or record[0] < cursor.version):
+                return ChangeSet([], [], new, True, None, min_v)
+            keys = shape.key_cols(side)
+            r = q.changes(shape, side, first=after is None)
+            params: list[Any] = [cursor.version, ctx, upto, limit]
+            if after is not None:
+                params += [_param(after[k], table.columns[k].type) for k in keys]
+            rows = _result(cur.execute(r.sql, *params))
         finally:
             cn.commit()  # end the snapshot at once (§1.4: keep them short)
-        return self._split_changes(shape, side, table, rows, new)
+        cs = self._split_changes(shape, side, table, rows, new)
+        more = None
+        if len(rows) >= limit:  # a full page: there may be more in this window
+            more = {k: types.to_postgres(v, table.columns[k].type)
+                    for k, v in zip(keys, rows[-1][3: 3 + len(keys)], strict=True)}
+        return cs._replace(next_after=more, min_valid=min_v)
+
+    async def record_client_version(self, link: str, source_side: str, version: int) -> None:
+        """Microsoft's "Change Tracking and Data Restore" record: the version this link is
+        about to store at its sink, written on the source (writer, own transaction) just
+        BEFORE the sink commits it. After a restore to an earlier point the record comes
+        back older than the sink's cursor, and read_changes resyncs instead of diverging."""
+
+        def run(cn: Any) -> None:
+            cn.cursor().execute(q.static("client_version_write").sql, link, source_side,
+                                version)
+            cn.commit()
+
+        await self.writer.run(run)
 
     def _split_changes(self, shape: LinkShape, side: str, table: Table, rows: list[Any],
                        new: CtCursor) -> ChangeSet:
@@ -405,12 +570,12 @@ class MssqlPeer:
             values = r[3:]
             if r[2]:  # present: upsert its current values
                 upserts.append({
-                    c: types.to_postgres(v, table.columns[c].type, other.columns[targets[c]].type)
+                    c: _to_postgres(v, table.columns[c].type, other.columns[targets[c]].type)
                     for c, v in zip(cols, values, strict=True)
                 })
             else:  # gone, whatever SYS_CHANGE_OPERATION says (§1.4)
                 deletes.append({
-                    c: types.to_postgres(v, table.columns[c].type)
+                    c: _to_postgres(v, table.columns[c].type)
                     for c, v in zip(keys, values[: len(keys)], strict=True)
                 })
         return ChangeSet(upserts, deletes, new, False)
@@ -418,9 +583,15 @@ class MssqlPeer:
     # resync
 
     async def read_keys_page(self, shape: LinkShape, side: str, after: dict[str, Any] | None,
-                             limit: int = 1000, *, values: bool = False) -> list[dict[str, Any]]:
-        """Keys (or whole rows with values=True) after `after` in key order; [] at the end."""
-        return await self.reader.run(self._keys_page, shape, side, after, limit, values)
+                             limit: int = 1000, *, values: bool = False,
+                             sink: bool = False) -> list[dict[str, Any]]:
+        """Keys (or whole rows with values=True) after `after` in key order; [] at the end.
+
+        sink=True reads on the writer connection (READ COMMITTED): a sink-only
+        database need not allow snapshot isolation, and the reader's SNAPSHOT
+        session would fail there with Msg 3952 (issue 18 item 2)."""
+        conn = self.writer if sink else self.reader
+        return await conn.run(self._keys_page, shape, side, after, limit, values)
 
     def _keys_page(self, cn: Any, shape: LinkShape, side: str, after: dict[str, Any] | None,
                    limit: int, values: bool) -> list[dict[str, Any]]:
@@ -436,7 +607,7 @@ class MssqlPeer:
         finally:
             cn.commit()
         return [
-            {c: types.to_postgres(v, table.columns[c].type) for c, v in zip(cols, row, strict=True)}
+            {c: _to_postgres(v, table.columns[c].type) for c, v in zip(cols, row, strict=True)}
             for row in rows
         ]
 
@@ -458,7 +629,7 @@ class MssqlPeer:
         finally:
             cn.commit()
         return [
-            {c: types.to_postgres(v, table.columns[c].type) for c, v in zip(cols, row, strict=True)}
+            {c: _to_postgres(v, table.columns[c].type) for c, v in zip(cols, row, strict=True)}
             for row in rows
         ]
 
@@ -491,7 +662,7 @@ class MssqlPeer:
         cols = shape.cols(side)
         rendered = q.apply(
             shape, side, with_cursor=cursor is not None, collations=meta.collations,
-            identity_insert=any(c in meta.identity for c in cols),
+            identity_insert=any(c in meta.identity for c in cols), identity=meta.identity,
         )
         bound = {
             "ctx": ctx,
@@ -539,6 +710,49 @@ class MssqlPeer:
         return await asyncio.to_thread(run)
 
 
+def connect(pyodbc: Any, conn_str: str, autocommit: bool, timeouts: Timeouts) -> Any:
+    """A pyodbc connection with login, query and lock timeouts (issue 18 items 16, 17)."""
+    cn = pyodbc.connect(conn_str, autocommit=autocommit, timeout=timeouts.login)
+    cn.timeout = timeouts.query  # HYT00 (transient) when a statement runs longer
+    cn.add_output_converter(SS_TIMESTAMPOFFSET, types.datetimeoffset_from_odbc)
+    if timeouts.lock:
+        # An int spliced into a SET (it takes no parameter); opens no transaction.
+        cn.execute(f"SET LOCK_TIMEOUT {int(timeouts.lock) * 1000};")
+    return cn
+
+
+def _to_postgres(value: Any, mssql_type: str, pg_type: str | None = None) -> Any:
+    """types.to_postgres, or an Unsendable stand-in: one bad value costs its row only."""
+    try:
+        return types.to_postgres(value, mssql_type, pg_type)
+    except ValueError as e:
+        return Unsendable(str(e))
+
+
+def key_warnings(table: Table, meta: TableMeta) -> list[checks.Finding]:
+    """Warnings about text key columns (see MssqlPeer.key_collation_warnings)."""
+    out = []
+    for k in table.pk:
+        if types.parse_mssql(table.columns[k].type).kind != "text":
+            continue
+        name = f"{table.schema}.{table.name}.{k}"
+        out.append(checks.Finding(
+            checks.WARNING,
+            f"{name} is a text key: SQL Server ignores trailing spaces in = under every "
+            "collation (BIN2 included), so 'abc' and 'abc ' are one key here but two in "
+            "Postgres, and the second fails with 2627",
+            f'on the Postgres table of the link: ALTER TABLE <table> ADD CHECK ("{k}" = '
+            f'rtrim("{k}"));'))
+        coll = meta.collations.get(k, "")
+        if "_CI" in coll or "_AI" in coll:
+            out.append(checks.Finding(
+                checks.WARNING, f"{name} uses {coll}: 'a' and 'A' are one key here",
+                f"ALTER TABLE {q.qualified(table.schema, table.name)} ALTER COLUMN {q.qi(k)} "
+                f"{table.columns[k].type} COLLATE Latin1_General_100_BIN2 NOT NULL; (drop and "
+                "re-create the primary key around it)"))
+    return out
+
+
 def read_catalog(cur: Any, side: Side) -> tuple[Table | None, TableMeta]:
     """Columns (computed and rowversion left out), primary key, collations, IDENTITY."""
     obj = q.side_name(side)
@@ -551,18 +765,31 @@ def read_catalog(cur: Any, side: Side) -> tuple[Table | None, TableMeta]:
     return Table(side.schema, side.table, cols, pk), meta
 
 
-def _enable(cur: Any, sides: list[Side], retention: int, unit: str) -> list[str]:
+def _enable(cur: Any, sides: list[Side], retention: int, unit: str,
+            notes: list[str] | None = None) -> list[str]:
+    """Refuses (SqlServerError) a database the bridge cannot use before altering anything:
+    compatibility level below 130 (OPENJSON), or not the writable primary. A change
+    retention already on and shorter than the configured one is reported in `notes`
+    with the statement that lengthens it, not changed behind the DBA's back."""
     ran: list[str] = []
 
     def do(r: q.Rendered) -> None:
         cur.execute(r.sql)
         ran.append(r.sql)
 
+    found = checks.database(cur, source=False, retention_days=retention)
+    if checks.errors(found):
+        raise SqlServerError(checks.render(checks.errors(found)))
     db = cur.execute(q.static("db_name").sql).fetchone()[0]
+    if notes is not None and unit.upper() == "DAYS":
+        notes += [f"{f.what}; fix: {f.fix}" for f in
+                  checks.database(cur, source=True, retention_days=retention)
+                  if f.level == checks.WARNING]
     if cur.execute(q.static("db_snapshot_state").sql).fetchone()[0] != "ON":
         do(q.enable_db_snapshot(db))
-    if cur.execute(q.static("db_ct_state").sql).fetchone() is None:
-        do(q.enable_db_ct(db, retention, unit))
+    if cur.execute(q.static("db_ct_state").sql).fetchone() is None and \
+            (cur.execute(q.static("db_ct_version").sql).fetchone() or (None,))[0] is None:
+        do(q.enable_db_ct(db, retention, unit))  # off (not merely invisible to this login)
     for side in sides:
         obj = q.side_name(side)
         if cur.execute(q.static("table_pk").sql, obj).fetchone() is None:
@@ -585,12 +812,14 @@ def _disable(cur: Any, side: Side) -> list[str]:
 # --- blocking entry points for the CLI (validate / install / uninstall) -------------------------
 
 
-def _autocommit(peer: Peer, driver: Any = None) -> Any:
-    """A short-lived autocommit connection: ALTER DATABASE cannot run in a transaction."""
+def _autocommit(peer: Peer, driver: Any = None, timeouts: Timeouts | None = None) -> Any:
+    """A short-lived autocommit connection: ALTER DATABASE cannot run in a transaction.
+    With the query timeout: ALTER DATABASE ... ALLOW_SNAPSHOT_ISOLATION ON waits for every
+    open transaction, so install fails with HYT00 instead of hanging (issue 18 item 17)."""
     pyodbc = driver or import_pyodbc()
-    conn_str = odbc_connection_string(peer.dsn)
+    conn_str = with_app_name(odbc_connection_string(peer.dsn))
     check_driver(pyodbc, conn_str)
-    return pyodbc.connect(conn_str, autocommit=True)
+    return connect(pyodbc, conn_str, True, timeouts or Timeouts())
 
 
 def read_table_sync(peer: Peer, side: Side, *, driver: Any = None) -> Table | None:
@@ -603,12 +832,14 @@ def read_table_sync(peer: Peer, side: Side, *, driver: Any = None) -> Table | No
 
 
 def install_capture(peer: Peer, side: Side, *, retention: int = DEFAULT_RETENTION_DAYS,
-                    unit: str = "DAYS", driver: Any = None) -> list[str]:
+                    unit: str = "DAYS", driver: Any = None, notes: list[str] | None = None,
+                    timeouts: Timeouts | None = None) -> list[str]:
     """Snapshot isolation + change tracking for one source table; idempotent (§1.1).
-    Returns the ALTER statements it had to run (none when all was on already)."""
-    cn = _autocommit(peer, driver)
+    Returns the ALTER statements it had to run (none when all was on already); warnings
+    (a shorter existing retention) go to `notes`."""
+    cn = _autocommit(peer, driver, timeouts)
     try:
-        return _enable(cn.cursor(), [side], retention, unit)
+        return _enable(cn.cursor(), [side], retention, unit, notes)
     finally:
         cn.close()
 

@@ -29,6 +29,7 @@ from .sqlfiles import query
 SQL_FILE = "sqlserver/ct.sql"
 MAX_IDENTIFIER = 128  # sysname
 RETENTION_UNITS = ("DAYS", "HOURS", "MINUTES")
+MIN_COMPAT_LEVEL = 130  # OPENJSON (learn.microsoft.com/sql/t-sql/functions/openjson-transact-sql)
 APPLY_PARAMS = ("ctx", "rows", "dels", "batch", "link", "source_side", "signals", "version",
                 "db_identity")
 
@@ -86,16 +87,29 @@ def _q(name: str, **fields: str) -> str:
 # The `?` parameters of the statements without placeholders. "object" is the
 # bracket-quoted schema.table from side_name(), passed to OBJECT_ID(?).
 STATIC_PARAMS: dict[str, tuple[str, ...]] = {
-    "db_ct_state": (), "db_snapshot_state": (), "db_name": (), "poll": (), "db_identity": (),
-    "table_ct_state": ("object",), "table_pk": ("object",), "versions": ("object",),
-    "table_columns": ("object",), "table_pk_columns": ("object",),
+    "db_ct_state": (), "db_snapshot_state": (), "db_name": (), "db_identity": (),
+    "db_compat": (), "db_ct_version": (), "db_updateability": (), "db_collation": (),
+    "server_facts": (),
+    "poll": ("object", "object"), "table_ct_state": ("object",), "table_pk": ("object",),
+    "versions": ("object",), "table_columns": ("object",), "table_pk_columns": ("object",),
     "applied": ("batch",), "cursor_read": ("link", "source_side"),
+    "client_version_read": ("link", "source_side"),
+    "client_version_write": ("link", "source_side", "version"),
+    "prune_applied": ("days",), "has_perms": ("object", "permission"),
 }
 
 
 def static(name: str) -> Rendered:
     """A statement without placeholders (the names in STATIC_PARAMS)."""
     return Rendered(query(SQL_FILE, name), STATIC_PARAMS[name])
+
+
+def poll_tables(count: int) -> Rendered:
+    """The per-peer poll for `count` tables: parameters obj0, obj1, ... (side_name())."""
+    if count < 1:
+        raise ValueError("poll_tables needs at least one table")
+    values = ", ".join(f"({i}, CAST(? AS nvarchar(600)))" for i in range(count))
+    return Rendered(_q("poll_tables", values=values), tuple(f"obj{i}" for i in range(count)))
 
 
 def enable_db_snapshot(db: str) -> Rendered:
@@ -107,6 +121,14 @@ def enable_db_ct(db: str, retention: int = 7, unit: str = "DAYS") -> Rendered:
     if unit.upper() not in RETENTION_UNITS or not isinstance(retention, int) or retention < 1:
         raise ValueError(f"change retention {retention} {unit} is not valid")
     return Rendered(_q("enable_db_ct", db=qi(db), retention=str(retention), unit=unit.upper()))
+
+
+def set_db_retention(db: str, retention: int, unit: str = "DAYS") -> Rendered:
+    """A longer retention on a database that has change tracking on already."""
+    if unit.upper() not in RETENTION_UNITS or not isinstance(retention, int) or retention < 1:
+        raise ValueError(f"change retention {retention} {unit} is not valid")
+    return Rendered(_q("set_db_retention", db=qi(db), retention=str(retention),
+                       unit=unit.upper()))
 
 
 def disable_db_ct(db: str) -> Rendered:
@@ -137,19 +159,25 @@ def _key_join(left: str, right: str, cols: list[str]) -> str:
     return " AND ".join(f"{left}.{qi(c)} = {right}.{qi(c)}" for c in cols)
 
 
-def changes(shape: LinkShape, side: str) -> Rendered:
-    """CHANGETABLE(CHANGES ...) since @last joined to current values, own writes filtered.
+def changes(shape: LinkShape, side: str, *, first: bool = True) -> Rendered:
+    """One page of CHANGETABLE(CHANGES ...) since @last, up to version @upto, joined to
+    current values, own writes filtered, in key order (after the previous page's last
+    key unless `first`).
 
     Result columns: SYS_CHANGE_VERSION, SYS_CHANGE_OPERATION, sb_present (0 =
     row gone, delete it whatever the operation says), then every linked column
     in `shape.cols(side)` order: keys from `ct` (they survive a delete), the
-    rest from `t` (NULL for a deleted row).
+    rest from `t` (NULL for a deleted row). Rows changed after @upto are left
+    for the next window, so paging never skips or loses a change.
     """
     table = shape.table(side)
     keys, cols = shape.key_cols(side), shape.cols(side)
     select = [
         _read_expr("ct" if c in keys else "t", c, table.columns[c].type) for c in cols
     ]
+    key_vars = "" if first else ", " + ", ".join(
+        f"@k{i} {sql_type(table.columns[k].type)} = ?" for i, k in enumerate(keys))
+    after = "" if first else "\n   AND (" + _after(keys, "ct") + ")"
     return Rendered(
         _q(
             "changes",
@@ -157,8 +185,11 @@ def changes(shape: LinkShape, side: str) -> Rendered:
             select_list=",\n       ".join(select),
             table=qualified(table.schema, table.name),
             join=_key_join("t", "ct", keys),
+            key_vars=key_vars,
+            after=after,
+            order=", ".join(f"ct.{qi(k)}" for k in keys),
         ),
-        ("last", "ctx"),
+        ("last", "ctx", "upto", "n", *(() if first else (f"k{i}" for i in range(len(keys))))),
     )
 
 
@@ -187,12 +218,12 @@ def keys_page(shape: LinkShape, side: str, *, first: bool, values: bool = False)
     )
 
 
-def _after(keys: list[str]) -> str:
+def _after(keys: list[str], alias: str = "t") -> str:
     """(k0 > @k0) OR (k0 = @k0 AND k1 > @k1) OR ... for a composite key."""
     terms = []
     for i, k in enumerate(keys):
-        eq = [f"t.{qi(keys[j])} = @k{j}" for j in range(i)]
-        terms.append("(" + " AND ".join([*eq, f"t.{qi(k)} > @k{i}"]) + ")")
+        eq = [f"{alias}.{qi(keys[j])} = @k{j}" for j in range(i)]
+        terms.append("(" + " AND ".join([*eq, f"{alias}.{qi(k)} > @k{i}"]) + ")")
     return "\n    OR ".join(terms)
 
 
@@ -205,7 +236,7 @@ def rows_for_keys(shape: LinkShape, side: str,
     return Rendered(
         _q("rows_for_keys", select_list=select, table=qualified(table.schema, table.name),
            json_keys=_json_with(table, keys, strict=True),
-           key_join=_positional_join("t", "k", keys, collations)),
+           key_join=_positional_join(table, "t", "k", keys, collations)),
         ("keys",),
     )
 
@@ -232,13 +263,30 @@ def _json_with(table: Table, cols: list[str], *, strict: bool) -> str:
     )
 
 
-def _positional_join(left: str, right: str, cols: list[str],
+def _positional_join(table: Table, left: str, right: str, cols: list[str],
                      collations: Mapping[str, str] | None) -> str:
-    """t.[name] = k.cN [COLLATE x]: the explicit collation wins over the staging column's."""
-    return " AND ".join(
-        f"{left}.{qi(c)} = {right}.c{i}{_collate((collations or {}).get(c))}"
-        for i, c in enumerate(cols)
-    )
+    """t.[name] = k.cN [COLLATE x]: the explicit collation wins over the staging column's.
+    A binary key arrives as hex text (OPENJSON has no binary input) and is converted
+    back to the column's own type, style 2 (hex without 0x, §2.1): compared as text
+    it would never match (issue 18 item 6)."""
+    terms = []
+    for i, c in enumerate(cols):
+        spelled = table.columns[c].type
+        if types.parse_mssql(spelled).kind == "bytes":
+            terms.append(f"{left}.{qi(c)} = CONVERT({sql_type(spelled)}, {right}.c{i}, 2)")
+        else:
+            terms.append(f"{left}.{qi(c)} = {right}.c{i}{_collate((collations or {}).get(c))}")
+    return " AND ".join(terms)
+
+
+def _exact(table: Table, alias: str, name: str, col: str) -> str:
+    """A column as the no-op filter compares it: text and datetimeoffset by their bytes,
+    since = ignores case under _CI collations and trailing spaces always, and compares
+    datetimeoffset in UTC; an update that only changes those must still be written."""
+    kind = types.parse_mssql(table.columns[name].type).kind
+    if kind in ("text", "timestamptz", "json"):
+        return f"CAST({alias}.{col} AS varbinary(max))"
+    return f"{alias}.{col}"
 
 
 def _stage_column(table: Table, name: str, i: int, is_key: bool,
@@ -263,7 +311,8 @@ def _stage_expr(table: Table, name: str, i: int) -> str:
 
 def apply(shape: LinkShape, side: str, *, identity_insert: bool = False,
           with_cursor: bool = False,
-          collations: Mapping[str, str] | None = None) -> Rendered:
+          collations: Mapping[str, str] | None = None,
+          identity: frozenset[str] = frozenset()) -> Rendered:
     """The whole apply batch for one chunk, to run in one pyodbc transaction (§2.1).
 
     Parameters (APPLY_PARAMS): ctx (echo context), rows (JSON array of
@@ -271,12 +320,18 @@ def apply(shape: LinkShape, side: str, *, identity_insert: bool = False,
     source_side, signals, version and db_identity (the CT cursor of a SQL
     Server source, only stored when with_cursor; pass None otherwise).
     Returns one result set: updated, inserted, deleted.
+
+    Order: DELETE, UPDATE, INSERT, as the Postgres sink does: a key change is a
+    delete of the old key plus an insert of the new one, and the old row must be
+    gone first or a UNIQUE column still holding its value fails the insert (2601).
+    IDENTITY columns (`identity`) never go into the SET list: SQL Server cannot
+    update them (Msg 8102); they are only written by the INSERT under IDENTITY_INSERT.
     """
     table = shape.table(side)
     keys, cols = shape.key_cols(side), shape.cols(side)
     name = qualified(table.schema, table.name)
-    values = cols[len(keys):]
     nk = len(keys)
+    values = [(nk + j, c) for j, c in enumerate(cols[nk:]) if c not in identity]
     parts = [query(SQL_FILE, "apply_prologue")]
     parts.append(_q(
         "apply_stage",
@@ -287,12 +342,19 @@ def apply(shape: LinkShape, side: str, *, identity_insert: bool = False,
         stage_select=", ".join(_stage_expr(table, c, i) for i, c in enumerate(cols)),
         json_columns=_json_with(table, cols, strict=True),
     ))
+    parts.append(_q(
+        "apply_delete", table=name,
+        json_keys=_json_with(table, keys, strict=True),
+        key_join=_positional_join(table, "t", "k", keys, collations),
+    ))
     join = " AND ".join(f"t.{qi(k)} = s.c{i}" for i, k in enumerate(keys))
     if values:
         parts.append(_q(
             "apply_update",
-            set_list=", ".join(f"t.{qi(c)} = s.c{nk + j}" for j, c in enumerate(values)),
+            set_list=", ".join(f"t.{qi(c)} = s.c{i}" for i, c in values),
             table=name, join=join,
+            src_values=", ".join(_exact(table, "s", c, f"c{i}") for i, c in values),
+            dst_values=", ".join(_exact(table, "t", c, qi(c)) for i, c in values),
         ))
     if identity_insert:
         parts.append(_q("identity_on", table=name))
@@ -303,11 +365,6 @@ def apply(shape: LinkShape, side: str, *, identity_insert: bool = False,
     ))
     if identity_insert:
         parts.append(_q("identity_off", table=name))
-    parts.append(_q(
-        "apply_delete", table=name,
-        json_keys=_json_with(table, keys, strict=True),
-        key_join=_positional_join("t", "k", keys, collations),
-    ))
     if with_cursor:
         parts.append(query(SQL_FILE, "apply_cursor"))
     parts.append(query(SQL_FILE, "apply_record"))
@@ -323,9 +380,12 @@ def all_statements(shape: LinkShape, side: str, db: str = "clinic") -> dict[str,
         enable_db_snapshot=enable_db_snapshot(db),
         enable_db_ct=enable_db_ct(db),
         disable_db_ct=disable_db_ct(db),
+        set_db_retention=set_db_retention(db, 7),
         enable_table_ct=enable_table_ct(s),
         disable_table_ct=disable_table_ct(s),
+        poll_tables=poll_tables(2),
         changes=changes(shape, side),
+        changes_next_page=changes(shape, side, first=False),
         keys_first_page=keys_page(shape, side, first=True),
         keys_next_page=keys_page(shape, side, first=False),
         rows_first_page=keys_page(shape, side, first=True, values=True),

@@ -100,6 +100,13 @@ class FakeMssql:
         self.reject: dict[tuple, Exception] = {}  # key -> error an upsert of it raises
         self.fail_after_commit = 0  # > 0: raise a link failure after committing
         self.meta_reads = 0
+        self.prunes: list[int] = []
+        self.records: list[int] = []  # versions recorded on the source before a cursor store
+        self.polls = self.reads = 0
+        self.altered = 1  # sys.objects.modify_date stand-in; bump to simulate ALTER TABLE
+        self.table_now: catalog.Table | None = None  # what read_table returns after it
+        self.page_size = 0  # > 0: read_changes pages like the adapter (CHANGE_PAGE_ROWS)
+        self.page_reads: list[bool] = []  # sink= of each read_keys_page (item 2: writer)
 
     def key(self, row: dict[str, Any]) -> tuple:
         return tuple(row[k] for k in self.shape.key_cols(self.side))
@@ -127,28 +134,52 @@ class FakeMssql:
 
     async def read_table(self, side: Any) -> catalog.Table:
         self.meta_reads += 1
-        return self.shape.table(self.side)
+        return self.table_now or self.shape.table(self.side)
 
-    async def poll_version(self) -> int:
-        return self.version
+    async def ensure_ready(self, side: Any, **_: Any) -> list[Any]:
+        self.meta_reads += 1
+        return []
+
+    async def prune_applied(self, days: int) -> None:
+        self.prunes.append(days)
+
+    async def record_client_version(self, link: str, source_side: str, version: int) -> None:
+        self.records.append(version)
+
+    async def poll_version(self, side: Any) -> tuple[int, int, int]:
+        self.polls += 1
+        return self.version, self.min_valid, self.altered
 
     async def read_changes(self, shape: LinkShape, side: str, cursor: mp.CtCursor | None,
-                           ctx: bytes) -> mp.ChangeSet:
-        new = mp.CtCursor(self.version, self.identity)
+                           ctx: bytes, *, after: dict[str, Any] | None = None,
+                           upto: int | None = None, limit: int = 0) -> mp.ChangeSet:
+        self.reads += 1
+        upto = self.version if upto is None else upto
+        new = mp.CtCursor(upto, self.identity)
         if (cursor is None or cursor.version < self.min_valid or cursor.version > self.version
                 or cursor.db_identity != self.identity):
             return mp.ChangeSet([], [], new, True)
         ups, dels = [], []
-        for key, (v, c) in sorted(self.changed.items(), key=lambda kv: kv[1][0]):
-            if v > cursor.version and c != ctx:
-                if key in self.rows:
-                    ups.append(dict(self.rows[key]))
-                else:
-                    dels.append(dict(zip(shape.key_cols(side), key, strict=True)))
-        return mp.ChangeSet(ups, dels, new, False)
+        # like the adapter: key order, changes in (cursor, upto], after the previous page
+        kcols = shape.key_cols(side)
+        start = None if after is None else tuple(after[k] for k in kcols)
+        window = sorted(k for k, (v, c) in self.changed.items()
+                        if cursor.version < v <= upto and c != ctx
+                        and (start is None or k > start))
+        page = window[: self.page_size] if self.page_size else window
+        for key in page:
+            if key in self.rows:
+                ups.append(dict(self.rows[key]))
+            else:
+                dels.append(dict(zip(kcols, key, strict=True)))
+        more = (dict(zip(kcols, page[-1], strict=True))
+                if self.page_size and len(page) == self.page_size else None)
+        return mp.ChangeSet(ups, dels, new, False, more, self.min_valid)
 
     async def read_keys_page(self, shape: LinkShape, side: str, after: dict[str, Any] | None,
-                             limit: int = 1000, *, values: bool = False) -> list[dict[str, Any]]:
+                             limit: int = 1000, *, values: bool = False,
+                             sink: bool = False) -> list[dict[str, Any]]:
+        self.page_reads.append(sink)
         keys = shape.key_cols(side)
         start = None if after is None else tuple(after[k] for k in keys)
         out = []
@@ -541,7 +572,8 @@ def test_pg_to_ct_claims_applies_exactly_and_finishes(portal) -> None:
             await pg_insert(pool, i)
         d = pg_drain(pool, shape, fake)
         assert await d.recover() == 0
-        assert await d.depth() == (3, (await d.depth())[1])
+        depth, since = await d.depth()
+        assert depth == 3 and isinstance(since, dt.datetime)
         assert await d.drain_once() == 3
         assert await queued(pool) == 0
         assert set(fake.rows) == {(U[i], i) for i in range(1, 4)}
@@ -716,7 +748,7 @@ def test_the_daemon_drains_both_directions_through_make_drain(portal, monkeypatc
     cfg = config.parse(raw)
     fake = FakeMssql(shape)
     fake.write(ms_row(1))
-    monkeypatch.setattr(mssql_drain, "MssqlPeer", lambda peer: fake)
+    monkeypatch.setattr(mssql_drain, "MssqlPeer", lambda peer, **_: fake)
     monkeypatch.setattr(daemon, "shapes", lambda c: {LINK: shape})
 
     async def main() -> None:
@@ -769,3 +801,121 @@ async def _status_rows(pool: asyncpg.Pool) -> bool:
     rows = await pool.fetch("select direction, applied_total from sync.status where link = $1",
                             LINK)
     return {r["direction"] for r in rows if r["applied_total"]} == {"a_to_b", "b_to_a"}
+
+
+# --- issue 18: SQL Server on first contact --------------------------------------------------
+
+
+def test_ct_an_unsendable_value_dead_letters_its_row_only(portal) -> None:
+    """Item 1: the adapter hands over mp.Unsendable for a value Postgres cannot hold (a NUL
+    read from SQL Server); that row is parked with the reason and the rest flows."""
+    async def body(pool: asyncpg.Pool, shape: LinkShape, fake: FakeMssql) -> None:
+        d = ct_drain(pool, shape, fake)
+        await d.drain_once()
+        fake.write(ms_row(1))
+        fake.write(ms_row(2, name=mp.Unsendable("Postgres text cannot hold the NUL character")))
+        fake.write(ms_row(3))
+        await d.drain_once()
+        assert {k[1] for k in await pg_rows(pool)} == {1, 3}
+        dead = await pool.fetch("select key::text as key, error from sync.dead_letter")
+        assert [json.loads(r["key"])["k2"] for r in dead] == [2]
+        assert "NUL character" in dead[0]["error"]
+        assert await cursor_of(pool) == (fake.version, fake.identity)
+
+    run(portal, body)
+
+
+def test_ct_truncate_without_a_version_move_is_not_idle(portal) -> None:
+    """Item 14: the idle check also compares the table's min valid version."""
+    async def body(pool: asyncpg.Pool, shape: LinkShape, fake: FakeMssql) -> None:
+        fake.write(ms_row(1))
+        d = ct_drain(pool, shape, fake)
+        await d.drain_once()
+        assert (U[1], 1) in await pg_rows(pool)
+        fake.rows.clear()
+        fake.changed.clear()
+        fake.min_valid = fake.version + 1  # TRUNCATE: min valid raised, current version not
+        await d.drain_once()
+        assert await pg_rows(pool) == {}, "the resync swept the truncated rows"
+
+    run(portal, body)
+
+
+def test_ct_pages_one_window_and_stores_the_cursor_once(portal) -> None:
+    """Item 18: a large change set is read page by page within one version window; the
+    source's restore record (item 13) and the sink cursor are written after the last page."""
+    async def body(pool: asyncpg.Pool, shape: LinkShape, fake: FakeMssql) -> None:
+        d = ct_drain(pool, shape, fake)
+        await d.drain_once()
+        fake.records.clear()
+        for i in range(1, 6):
+            fake.write(ms_row(i))
+        fake.page_size = 2
+        reads = fake.reads
+        assert await d.drain_once() == 5
+        assert fake.reads - reads == 3, "pages of 2, 2 and 1"
+        assert {k[1] for k in await pg_rows(pool)} == {1, 2, 3, 4, 5}
+        assert fake.records == [fake.version], "recorded at the source once, before the store"
+        assert await cursor_of(pool) == (fake.version, fake.identity)
+
+    run(portal, body)
+
+
+def test_ct_writes_elsewhere_do_not_rewrite_the_cursor(portal) -> None:
+    """Item 19: a version moved by other tables reads this table once (nothing) and is
+    remembered; the sink's cursor is not rewritten on every write anywhere."""
+    async def body(pool: asyncpg.Pool, shape: LinkShape, fake: FakeMssql) -> None:
+        d = ct_drain(pool, shape, fake)
+        await d.drain_once()
+        stored = await cursor_of(pool)
+        fake.version += 5  # transactions on other tracked tables
+        reads = fake.reads
+        assert await d.drain_once() == 0
+        assert fake.reads == reads + 1
+        assert await d.drain_once() == 0
+        assert fake.reads == reads + 1, "known empty up to that version: idle"
+        assert await cursor_of(pool) == stored
+        fake.write(ms_row(1))
+        assert await d.drain_once() == 1
+        assert await cursor_of(pool) == (fake.version, fake.identity)
+
+    run(portal, body)
+
+
+def test_pg_to_ct_truncate_sweep_reads_the_sink_on_the_writer(portal) -> None:
+    """Item 2: a sink-only SQL Server database need not allow snapshot isolation, so the
+    TRUNCATE sweep reads its keys with sink=True (the READ COMMITTED writer)."""
+    async def body(pool: asyncpg.Pool, shape: LinkShape, fake: FakeMssql) -> None:
+        for i in range(1, 4):
+            await pg_insert(pool, i)
+        d = pg_drain(pool, shape, fake)
+        await d.recover()
+        assert fake.prunes == [7], "item 20: old [sync].[applied_batches] records pruned"
+        await d.drain_once()
+        await pool.execute("truncate items")
+        await d.drain_once()
+        assert fake.rows == {}
+        assert fake.page_reads and all(fake.page_reads)
+
+    run(portal, body)
+
+
+def test_ct_an_altered_source_table_is_rechecked_and_a_changed_column_stops(portal) -> None:
+    """Item 22: modify_date moved -> the catalog is read again; an unrelated ALTER (index,
+    CT) goes on, a changed linked column stops the drain with a clear error."""
+    async def body(pool: asyncpg.Pool, shape: LinkShape, fake: FakeMssql) -> None:
+        d = ct_drain(pool, shape, fake)
+        await d.drain_once()
+        reads = fake.meta_reads
+        fake.altered = 2  # e.g. CREATE INDEX: same columns
+        await d.drain_once()
+        assert fake.meta_reads == reads + 1
+        t = shape.table("b")
+        cols = dict(t.columns)
+        cols["amount"] = catalog.Column("amount", "decimal(10,2)", True)
+        fake.table_now = catalog.Table(t.schema, t.name, cols, t.pk)
+        fake.altered = 3
+        with pytest.raises(config.ConfigError, match="was altered while the bridge ran"):
+            await d.drain_once()
+
+    run(portal, body)

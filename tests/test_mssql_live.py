@@ -28,22 +28,33 @@ from syncbridge.engine import mssql_peer as mp
 from syncbridge.engine.config import Peer, Side
 
 ROOT = Path(__file__).resolve().parent.parent
-NO_SERVER = "no SQL Server: set SYNC_TEST_MSSQL_URL or run with Docker"
+NO_URL = "SYNC_TEST_MSSQL_URL is not set"
 IMAGE = "mcr.microsoft.com/mssql/server:2022-latest"
 PASSWORD = "Sync!Bridge2024"  # meets the container's password policy (reference §5)
 SIDE = Side("clinic", "dbo", TABLE)
 
 
-def _docker_available() -> bool:
+def _docker_missing() -> str | None:
+    """Why no container can be started here (None: Docker answers)."""
     if not (shutil.which("docker") or os.path.exists("/var/run/docker.sock")):
-        return False
+        return "no docker binary on PATH and no /var/run/docker.sock"
     try:
         import docker
-
+    except ImportError:
+        return "the docker Python package is missing (pip install 'testcontainers[mssql]')"
+    try:
         docker.from_env().ping()
-        return True
-    except Exception:
-        return False
+    except docker.errors.DockerException as e:
+        return f"the Docker engine does not answer ({e})"
+    return None
+
+
+def _container_class() -> Any:
+    try:  # testcontainers >= 4.15; the old path still works with a DeprecationWarning
+        from testcontainers.community.mssql import SqlServerContainer
+    except ImportError:
+        from testcontainers.mssql import SqlServerContainer
+    return SqlServerContainer
 
 
 @pytest.fixture(scope="session")
@@ -52,13 +63,15 @@ def server_url() -> Iterator[str]:
     if url:
         yield url
         return
-    if not _docker_available():
-        pytest.skip(NO_SERVER)
+    missing = _docker_missing()
+    if missing:
+        pytest.skip(f"no SQL Server: {NO_URL} and {missing}")
     try:
-        from testcontainers.mssql import SqlServerContainer
+        container = _container_class()
     except ImportError:
-        pytest.skip(NO_SERVER + " (pip install 'testcontainers[mssql]')")
-    with SqlServerContainer(IMAGE, password=PASSWORD) as c:
+        pytest.skip(f"no SQL Server: {NO_URL} and testcontainers is not installed "
+                    "(pip install 'testcontainers[mssql]')")
+    with container(IMAGE, password=PASSWORD) as c:
         host, port = c.get_container_host_ip(), c.get_exposed_port(1433)
         yield (f"mssql://sa:{PASSWORD.replace('!', '%21')}@{host}:{port}/master"
                "?driver=ODBC+Driver+18+for+SQL+Server&TrustServerCertificate=yes")
@@ -149,6 +162,12 @@ def run(coro: Any) -> Any:
     return asyncio.run(coro)
 
 
+def stored(peer: mp.MssqlPeer, cs: mp.ChangeSet) -> mp.CtCursor:
+    """What the drain does before its sink stores a cursor: the source's restore record."""
+    run(peer.record_client_version("patients", "b", cs.new_cursor.version))
+    return cs.new_cursor
+
+
 UID1 = uuid.UUID("00000000-0000-0000-0000-000000000001")
 UID2 = uuid.UUID("00000000-0000-0000-0000-000000000002")
 CTX = mp.echo_context("patients")
@@ -213,7 +232,7 @@ def test_replayed_batch_id_rolls_everything_back(peer: mp.MssqlPeer, pyodbc_modu
 
 def test_own_writes_are_filtered_by_context(peer: mp.MssqlPeer) -> None:
     s = shape(run(peer.read_table(SIDE)))
-    start = run(peer.read_changes(s, "b", None, CTX)).new_cursor
+    start = stored(peer, run(peer.read_changes(s, "b", None, CTX)))
     run(peer.apply_batch(s, "b", uuid.uuid4(), [pg_row(UID1, 1)], [], CTX))
     mine = run(peer.read_changes(s, "b", start, CTX))
     assert not mine.resync_needed and mine.upserts == [] and mine.deletes == []
@@ -225,18 +244,18 @@ def test_own_writes_are_filtered_by_context(peer: mp.MssqlPeer) -> None:
 def test_application_writes_become_upserts_and_deletes(peer: mp.MssqlPeer, app: Any) -> None:
     s = shape(run(peer.read_table(SIDE)))
     run(peer.apply_batch(s, "b", uuid.uuid4(), [pg_row(UID1, 1), pg_row(UID2, 2)], [], CTX))
-    cursor = run(peer.read_changes(s, "b", None, CTX)).new_cursor
-    assert run(peer.poll_version()) == cursor.version, "idle: poll equals the cursor"
+    cursor = stored(peer, run(peer.read_changes(s, "b", None, CTX)))
+    assert run(peer.poll_version(SIDE))[0] == cursor.version, "idle: poll equals the cursor"
     t = f"[dbo].[{TABLE.replace(']', ']]')}]"
     app.execute(f"UPDATE {t} SET name = N'ändern' WHERE id = ? AND k2 = 1;", str(UID1))
     app.execute(f"DELETE FROM {t} WHERE id = ? AND k2 = 2;", str(UID2))
     app.execute(f"INSERT {t} (id, k2, name) VALUES (?, 3, N'neu');", str(UID2))
-    assert run(peer.poll_version()) > cursor.version
+    assert run(peer.poll_version(SIDE))[0] > cursor.version
     got = run(peer.read_changes(s, "b", cursor, CTX))
     assert not got.resync_needed
     assert sorted((r["k2"], r["name"]) for r in got.upserts) == [(1, "ändern"), (3, "neu")]
     assert got.deletes == [{"id": UID2, "k2": 2}]
-    again = run(peer.read_changes(s, "b", got.new_cursor, CTX))
+    again = run(peer.read_changes(s, "b", stored(peer, got), CTX))
     assert again.upserts == [] and again.deletes == []
 
 
@@ -245,7 +264,7 @@ def test_resync_without_cursor_after_truncate_and_on_new_identity(
     s = shape(run(peer.read_table(SIDE)))
     first = run(peer.read_changes(s, "b", None, CTX))
     assert first.resync_needed and first.new_cursor.db_identity
-    ok = run(peer.read_changes(s, "b", first.new_cursor, CTX))
+    ok = run(peer.read_changes(s, "b", stored(peer, first), CTX))
     assert not ok.resync_needed
     other_db = mp.CtCursor(first.new_cursor.version, str(uuid.uuid4()))
     assert run(peer.read_changes(s, "b", other_db, CTX)).resync_needed
@@ -400,3 +419,70 @@ def test_bridge_process_syncs_postgres_and_sql_server_both_ways(
             proc.kill()
             proc.wait(10)
         app.close()
+
+
+# --- issue 18: each finding against a real server -----------------------------------------------
+
+
+def test_issue18_item1_a_nul_costs_its_row_only(peer: mp.MssqlPeer, app: Any) -> None:
+    s = shape(run(peer.read_table(SIDE)))
+    cursor = stored(peer, run(peer.read_changes(s, "b", None, CTX)))
+    t = f"[dbo].[{TABLE.replace(']', ']]')}]"
+    app.execute(f"INSERT {t} (id, k2, name) VALUES (?, 1, N'a' + NCHAR(0) + N'b');", str(UID1))
+    app.execute(f"INSERT {t} (id, k2, name) VALUES (?, 2, N'fine');", str(UID2))
+    got = run(peer.read_changes(s, "b", cursor, CTX))
+    names = {r["k2"]: r["name"] for r in got.upserts}
+    assert isinstance(names[1], mp.Unsendable) and names[2] == "fine"
+
+
+def test_issue18_item9_native_numbers_of_a_real_error(peer: mp.MssqlPeer,
+                                                      pyodbc_module: Any) -> None:
+    s = shape(run(peer.read_table(SIDE)))
+    batch = uuid.uuid4()
+    run(peer.apply_batch(s, "b", batch, [pg_row(UID1, 1205)], [], CTX))
+    with pytest.raises(pyodbc_module.IntegrityError) as e:
+        run(peer.apply_batch(s, "b", batch, [pg_row(UID1, 1205)], [], CTX))
+    assert 2627 in mp.native_errors(e.value) and not mp.is_transient(e.value)
+
+
+def test_issue18_item14_truncate_raises_the_min_valid_version(peer: mp.MssqlPeer,
+                                                              app: Any) -> None:
+    s = shape(run(peer.read_table(SIDE)))
+    run(peer.apply_batch(s, "b", uuid.uuid4(), [pg_row(UID1, 1)], [], CTX))
+    cursor = stored(peer, run(peer.read_changes(s, "b", None, CTX)))
+    app.execute(f"TRUNCATE TABLE [dbo].[{TABLE.replace(']', ']]')}];")
+    _, min_v, _ = run(peer.poll_version(SIDE))
+    assert min_v > cursor.version, "what the idle check compares"
+
+
+def test_issue18_item13_an_older_restore_record_forces_a_resync(peer: mp.MssqlPeer) -> None:
+    s = shape(run(peer.read_table(SIDE)))
+    cursor = stored(peer, run(peer.read_changes(s, "b", None, CTX)))
+    run(peer.apply_batch(s, "b", uuid.uuid4(), [pg_row(UID1, 1)], [], CTX))
+    ahead = mp.CtCursor(cursor.version + 1, cursor.db_identity)  # the sink saw more ...
+    assert run(peer.read_changes(s, "b", ahead, CTX)).resync_needed, "... than the source recalls"
+
+
+def test_issue18_items8_22_key_change_and_no_op_updates(peer: mp.MssqlPeer, app: Any) -> None:
+    s = shape(run(peer.read_table(SIDE)))
+    run(peer.apply_batch(s, "b", uuid.uuid4(), [pg_row(UID1, 1)], [], CTX))
+    assert run(peer.apply_batch(s, "b", uuid.uuid4(), [pg_row(UID1, 1)], [], CTX)) == (0, 0, 0)
+    cursor = stored(peer, run(peer.read_changes(s, "b", None, CTX)))
+    run(peer.apply_batch(s, "b", uuid.uuid4(), [pg_row(UID1, 1)], [], CTX))
+    other = run(peer.read_changes(s, "b", cursor, mp.echo_context("another-link")))
+    assert other.upserts == [], "an equal row is not rewritten, so no CT row for other links"
+    # a key change on a table with another UNIQUE column: the old key's delete must run
+    # before the new key's insert, or the insert fails with Msg 2601 (item 8)
+    t = f"[dbo].[{TABLE.replace(']', ']]')}]"
+    app.execute(f"CREATE UNIQUE INDEX ux_small ON {t} (small);")
+    try:
+        moved = run(peer.apply_batch(s, "b", uuid.uuid4(), [pg_row(UID2, 2)],
+                                     [{"id": UID1, "k2": 1}], CTX))
+        assert moved == (0, 1, 1)
+    finally:
+        app.execute(f"DROP INDEX ux_small ON {t};")
+
+
+def test_issue18_readiness_of_the_test_database(peer: mp.MssqlPeer) -> None:
+    warnings = run(peer.ensure_ready(SIDE, source=True, sink=True, retention_days=1))
+    assert all(w.level == "warning" for w in warnings)

@@ -104,9 +104,11 @@ class Cursor:
 
 
 class Conn:
-    def __init__(self, respond: Responder, log: list[Any], autocommit: bool) -> None:
+    def __init__(self, respond: Responder, log: list[Any], autocommit: bool,
+                 timeout: int = 0) -> None:
         self.respond, self.log, self.autocommit = respond, log, autocommit
         self.commits = 0
+        self.login_timeout, self.timeout = timeout, 0
 
     def cursor(self) -> Cursor:
         return Cursor(self)
@@ -130,7 +132,7 @@ class Conn:
 def make_peer(respond: Responder) -> tuple[mp.MssqlPeer, list[Any]]:
     log: list[Any] = []
     driver = types.SimpleNamespace(
-        connect=lambda s, autocommit=False: Conn(respond, log, autocommit),
+        connect=lambda s, autocommit=False, timeout=0: Conn(respond, log, autocommit, timeout),
         drivers=lambda: ["ODBC Driver 18 for SQL Server"],
     )
     peer = Peer("clinic", "sqlserver", RAW["peers"]["clinic"]["dsn"])
@@ -141,12 +143,14 @@ IDENT = "0b0c6f57-4d3e-4a43-9e9b-4f1f4a3d2c11"
 UID = "6F1D3C52-4F0E-4C59-9D59-3B8F5A1F3E11"
 
 
-def ct_responder(cur_v: int = 10, min_v: int = 3) -> Responder:
+def ct_responder(cur_v: int = 10, min_v: int = 3, record: int | None = 5) -> Responder:
     def respond(sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]] | None:
         if "CHANGE_TRACKING_MIN_VALID_VERSION" in sql:
             return [(cur_v, min_v)]
         if "[sync].[db_identity]" in sql:
             return [(IDENT.upper(),)]
+        if "FROM [sync].[ct_client]" in sql:
+            return [] if record is None else [(record,)]
         if "CHANGETABLE" in sql:
             present = (7, "U", 1, UID, 1, "Zoë", True, 1, 2, Decimal("1.5000"), 0.5, 0.25,
                        dt.datetime(2024, 5, 1, 10, 0, 0, 123456),
@@ -168,19 +172,23 @@ def test_read_changes_splits_rows_and_gone_keys() -> None:
     s = shape()
     ctx = mp.echo_context("patients")
     got = run(peer.read_changes(s, "b", mp.CtCursor(5, IDENT), ctx))
-    upserts, deletes, new, resync = got
-    assert not resync and new == mp.CtCursor(10, IDENT)
+    upserts, deletes, new, resync, more, _ = got
+    assert not resync and new == mp.CtCursor(10, IDENT) and more is None
     assert deletes == [{"id": uuid.UUID(UID), "k2": 2}]
     row = upserts[0]
     assert row["id"] == uuid.UUID(UID) and row["name"] == "Zoë"
     assert row["paid_at"] == dt.datetime(2024, 5, 1, 8, 0, 0, 123456, dt.UTC)
     assert row["amount"] == Decimal("1.5000")
     sqls = [sql for sql, _ in log]
-    assert sqls[0] == "SET TRANSACTION ISOLATION LEVEL SNAPSHOT;", "snapshot set before reading"
+    assert sqls[:2] == ["SET LOCK_TIMEOUT 30000;", "SET TRANSACTION ISOLATION LEVEL SNAPSHOT;"]
     changes = [(sql, p) for sql, p in log if "CHANGETABLE" in sql][0]
-    assert changes[1] == (5, ctx)
+    assert changes[1] == (5, ctx, 10, mp.CHANGE_PAGE_ROWS), "window (5, 10], one page"
+    poll_at = next(i for i, x in enumerate(sqls) if "MIN_VALID" in x)
     identity_at = next(i for i, x in enumerate(sqls) if "[sync].[db_identity]" in x)
-    versions_at = next(i for i, x in enumerate(sqls) if "MIN_VALID" in x)
+    assert poll_at < sqls.index("COMMIT", poll_at) < identity_at, (
+        "the window's bound is read before the snapshot opens (item 7)")
+    versions_at = next(i for i, x in enumerate(sqls[identity_at:]) if "MIN_VALID" in x) \
+        + identity_at
     assert identity_at < versions_at, "a table read opens the snapshot before the versions"
     changes_at = next(i for i, x in enumerate(sqls) if "CHANGETABLE" in x)
     assert versions_at < changes_at < sqls.index("COMMIT", changes_at), "one snapshot, then commit"
@@ -192,6 +200,7 @@ def test_read_changes_splits_rows_and_gone_keys() -> None:
     (mp.CtCursor(2, IDENT), "older than the min valid version"),
     (mp.CtCursor(11, IDENT), "ahead of the database (restored?)"),
     (mp.CtCursor(5, "another-database"), "a different database identity"),
+    (mp.CtCursor(6, IDENT), "the source's record (5) is behind the cursor: restored"),
 ])
 def test_read_changes_asks_for_resync(cursor: mp.CtCursor | None, why: str) -> None:
     peer, log = make_peer(ct_responder())
@@ -199,6 +208,13 @@ def test_read_changes_asks_for_resync(cursor: mp.CtCursor | None, why: str) -> N
     assert got.resync_needed, why
     assert got.new_cursor == mp.CtCursor(10, IDENT) and got.upserts == [] == got.deletes
     assert not any("CHANGETABLE" in sql for sql, _ in log)
+    run(peer.close())
+
+
+def test_read_changes_resyncs_without_a_restore_record() -> None:
+    peer, log = make_peer(ct_responder(record=None))
+    got = run(peer.read_changes(shape(), "b", mp.CtCursor(5, IDENT), b"x" * 16))
+    assert got.resync_needed, "no record of the last sync on the source: restored before it"
     run(peer.close())
 
 
@@ -302,7 +318,7 @@ def test_enable_change_tracking_runs_only_what_is_missing() -> None:
 
 def fake_driver(respond: Responder, log: list[Any]) -> types.SimpleNamespace:
     return types.SimpleNamespace(
-        connect=lambda s, autocommit=False: Conn(respond, log, autocommit),
+        connect=lambda s, autocommit=False, timeout=0: Conn(respond, log, autocommit, timeout),
         drivers=lambda: ["ODBC Driver 18 for SQL Server"],
     )
 
@@ -358,6 +374,7 @@ def test_install_and_uninstall_capture_are_idempotent_and_autocommit() -> None:
     peer = Peer("clinic", "sqlserver", RAW["peers"]["clinic"]["dsn"])
     side = Side("clinic", "dbo", "patients")
     first = mp.install_capture(peer, side, driver=driver)
+    assert log[0] == ("SET LOCK_TIMEOUT 30000;", ())
     assert [r.splitlines()[-1] for r in first] == [
         "ALTER DATABASE [clinic] SET CHANGE_TRACKING = ON "
         "(CHANGE_RETENTION = 7 DAYS, AUTO_CLEANUP = ON);",

@@ -27,6 +27,7 @@ from syncbridge.engine.config import Side
 ROOT = Path(__file__).resolve().parent.parent
 CTX = "WITH CHANGE_TRACKING_CONTEXT (@ctx)"
 COMMAND_OK = {"enable_db_snapshot", "enable_db_ct", "disable_db_ct", "enable_table_ct",
+              "set_db_retention",
               "disable_table_ct", "apply_identity_cursor"}
 STATEMENTS = q.all_statements(shape(), "b")
 
@@ -122,8 +123,13 @@ def test_idempotence_checks_query_the_catalog_views_of_reference() -> None:
 
 
 def test_poll_and_versions() -> None:
-    assert strip_comments(q.static("poll").sql).strip() == (
-        "SELECT CHANGE_TRACKING_CURRENT_VERSION();")
+    # the idle poll carries the table's min valid version too (issue 18 item 14)
+    assert " ".join(strip_comments(q.static("poll").sql).split()) == (
+        "SELECT CHANGE_TRACKING_CURRENT_VERSION() AS cur_v, "
+        "CHANGE_TRACKING_MIN_VALID_VERSION(OBJECT_ID(?)) AS min_v, "
+        "(SELECT o.modify_date FROM sys.objects AS o WHERE o.object_id = OBJECT_ID(?)) "
+        "AS altered;")
+    assert q.static("poll").params == ("object", "object")
     v = parse(q.static("versions").sql)[0]
     names = [e.alias for e in v.expressions]
     assert names == ["cur_v", "min_v"]
@@ -135,10 +141,12 @@ def test_poll_and_versions() -> None:
 
 def test_changes_read_joins_current_values_and_filters_own_context() -> None:
     r = STATEMENTS["changes"]
-    assert r.params == ("last", "ctx")
-    assert "DECLARE @last bigint = ?, @ctx varbinary(128) = ?;" in r.sql
+    assert r.params == ("last", "ctx", "upto", "n")
+    assert "DECLARE @last bigint = ?, @ctx varbinary(128) = ?, @upto bigint = ?, @n int = ?;" \
+        in r.sql
     assert f"CHANGETABLE(CHANGES [dbo].[{TABLE.replace(']', ']]')}], @last) AS ct" in r.sql
-    assert "WHERE ct.SYS_CHANGE_CONTEXT IS NULL OR ct.SYS_CHANGE_CONTEXT <> @ctx;" in r.sql
+    assert "WHERE (ct.SYS_CHANGE_CONTEXT IS NULL OR ct.SYS_CHANGE_CONTEXT <> @ctx)\n" \
+        "   AND ct.SYS_CHANGE_VERSION <= @upto\n ORDER BY ct.[id], ct.[k2];" in r.sql
     select = [e for e in parse(r.sql) if isinstance(e, exp.Select)][0]
     join = select.args["joins"][0]
     assert join.side == "LEFT", "an INNER JOIN would lose deletes (reference §7.6)"
@@ -166,8 +174,10 @@ def test_apply_batch_structure() -> None:
     assert body.lstrip().startswith("SET NOCOUNT ON; SET XACT_ABORT ON;")
     tree = parse(r.sql)
     kinds = [type(e).__name__ for e in tree]
-    assert kinds == ["Set", "Set", "Declare", "Declare", "Declare", "Insert", "Update", "Set",
-                     "Insert", "Set", "Delete", "Set", "Insert", "Select"]
+    # DELETE first, as the Postgres sink does: a key change must free the old row's
+    # UNIQUE values before the new key's INSERT (issue 18 item 8, Msg 2601)
+    assert kinds == ["Set", "Set", "Declare", "Declare", "Declare", "Insert", "Delete", "Set",
+                     "Update", "Set", "Insert", "Set", "Insert", "Select"]
     assert isinstance(tree[-1], exp.Select)
     assert [e.alias for e in tree[-1].expressions] == ["updated", "inserted", "deleted"]
     # every DML on the user table carries the echo context, and only those do
@@ -175,16 +185,16 @@ def test_apply_batch_structure() -> None:
     statements = [s.strip() for s in body.split(";") if s.strip()]
     dml = [s for s in statements if s.startswith(CTX)]
     assert len(dml) == 3
-    assert [s[len(CTX):].split()[0] for s in dml] == ["UPDATE", "INSERT", "DELETE"]
+    assert [s[len(CTX):].split()[0] for s in dml] == ["DELETE", "UPDATE", "INSERT"]
     assert all(target in s for s in dml)
     for s in statements:
         if target in s and not s.startswith("DECLARE"):
             assert s.startswith(CTX), s[:60]
     # UPDLOCK, SERIALIZABLE on the update and on the insert's existence check
-    update = tree[6]
+    update = tree[8]
     hints = [h for t in update.find_all(exp.Table) for h in (t.args.get("hints") or [])]
     assert {v.name for h in hints for v in h.expressions} == {"UPDLOCK", "SERIALIZABLE"}
-    insert = tree[8]
+    insert = tree[10]
     sub_hints = [v.name for t in insert.find_all(exp.Table)
                  for h in (t.args.get("hints") or []) for v in h.expressions]
     assert sub_hints == ["UPDLOCK", "SERIALIZABLE"]
@@ -273,7 +283,9 @@ def sql_statements(path: Path) -> list[str]:
     return [s for s in sqlparse.split(path.read_text()) if strip_comments(s).strip()]
 
 
-@pytest.mark.parametrize("name", ["0001_bridge_objects.sql", "0001_bridge_objects.rollback.sql"])
+@pytest.mark.parametrize("name", ["0001_bridge_objects.sql", "0001_bridge_objects.rollback.sql",
+                                  "0002_restore_record.sql",
+                                  "0002_restore_record.rollback.sql"])
 def test_sqlserver_migrations_parse_and_have_no_go(name: str) -> None:
     path = ROOT / "migrations" / "sqlserver" / name
     text = path.read_text()

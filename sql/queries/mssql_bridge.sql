@@ -4,7 +4,7 @@
 
 -- name: ct_cursor_read
 -- Postgres sink: where the SQL Server source of this link side was read up to.
-select version, db_identity from sync.ct_cursor where link = $1 and source_side = $2
+select version, db_identity, updated_at from sync.ct_cursor where link = $1 and source_side = $2
 
 -- name: ct_cursor_write
 -- Postgres sink: the new cursor, in the same transaction as the rows read up to it.

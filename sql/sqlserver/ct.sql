@@ -36,6 +36,10 @@ ALTER DATABASE {db} SET ALLOW_SNAPSHOT_ISOLATION ON;
 -- §1.1: autocommit only; retention must exceed the longest gap between syncs, downtime included.
 ALTER DATABASE {db} SET CHANGE_TRACKING = ON (CHANGE_RETENTION = {retention} {unit}, AUTO_CLEANUP = ON);
 
+-- name: set_db_retention
+-- §1.1: a longer retention where change tracking is on already (the option-list form, no "= ON"); autocommit only.
+ALTER DATABASE {db} SET CHANGE_TRACKING (CHANGE_RETENTION = {retention} {unit});
+
 -- name: enable_table_ct
 -- §1.1: needs ALTER on the table. Column tracking stays OFF: state-based sync never reads the mask.
 ALTER TABLE {table} ENABLE CHANGE_TRACKING WITH (TRACK_COLUMNS_UPDATED = OFF);
@@ -48,25 +52,36 @@ ALTER TABLE {table} DISABLE CHANGE_TRACKING;
 -- §1.1: autocommit only; fails while any table still has change tracking on.
 ALTER DATABASE {db} SET CHANGE_TRACKING = OFF;
 
+-- name: poll_tables
+-- Issue 18 item 19: ONE poll per peer for all its source tables (one row per table, objects as VALUES parameters {values}); same columns as poll after the table's position.
+SELECT v.n, CHANGE_TRACKING_CURRENT_VERSION() AS cur_v,
+       CHANGE_TRACKING_MIN_VALID_VERSION(OBJECT_ID(v.obj)) AS min_v,
+       (SELECT o.modify_date FROM sys.objects AS o WHERE o.object_id = OBJECT_ID(v.obj)) AS altered
+  FROM (VALUES {values}) AS v(n, obj);
+
 -- name: versions
--- §1.4: inside the snapshot, after db_identity (a table read opens it); NULL min_v = not tracked or no permission.
+-- §1.4: inside the snapshot, after db_identity (a table read opens it); NULL min_v = not tracked or no permission. cur_v here is only a check (cursor ahead = restored): the window's upper bound is the poll's.
 SELECT CHANGE_TRACKING_CURRENT_VERSION() AS cur_v,
        CHANGE_TRACKING_MIN_VALID_VERSION(OBJECT_ID(?)) AS min_v;
 
 -- name: poll
--- §1.4: the idle poll; equal to the stored cursor means nothing new.
-SELECT CHANGE_TRACKING_CURRENT_VERSION();
+-- §1.4: the idle poll, read BEFORE the snapshot opens (Dotmim.Sync, Estuary): a race can only re-read. Also the table's min valid version (TRUNCATE raises it without necessarily moving the current version) and the table's sys.objects.modify_date (ALTER TABLE moves it: the bridge then re-reads the catalog).
+SELECT CHANGE_TRACKING_CURRENT_VERSION() AS cur_v,
+       CHANGE_TRACKING_MIN_VALID_VERSION(OBJECT_ID(?)) AS min_v,
+       (SELECT o.modify_date FROM sys.objects AS o WHERE o.object_id = OBJECT_ID(?)) AS altered;
 
 -- name: changes
--- §1.4/§1.5: net changes since @last joined to current values; LEFT JOIN keeps deletes; own writes filtered by context.
+-- §1.4/§1.5: one page of net changes in (@last, @upto] joined to current values, in key order after the last key of the previous page; LEFT JOIN keeps deletes; own writes filtered by context. Pages bound memory and the snapshot's length (issue 18 item 18).
 SET NOCOUNT ON;
-DECLARE @last bigint = ?, @ctx varbinary(128) = ?;
-SELECT ct.SYS_CHANGE_VERSION, ct.SYS_CHANGE_OPERATION,
+DECLARE @last bigint = ?, @ctx varbinary(128) = ?, @upto bigint = ?, @n int = ?{key_vars};
+SELECT TOP (@n) ct.SYS_CHANGE_VERSION, ct.SYS_CHANGE_OPERATION,
        CASE WHEN t.{present} IS NULL THEN 0 ELSE 1 END AS sb_present,
        {select_list}
   FROM CHANGETABLE(CHANGES {table}, @last) AS ct
   LEFT OUTER JOIN {table} AS t ON {join}
- WHERE ct.SYS_CHANGE_CONTEXT IS NULL OR ct.SYS_CHANGE_CONTEXT <> @ctx;
+ WHERE (ct.SYS_CHANGE_CONTEXT IS NULL OR ct.SYS_CHANGE_CONTEXT <> @ctx)
+   AND ct.SYS_CHANGE_VERSION <= @upto{after}
+ ORDER BY {order};
 
 -- name: keys_first_page
 -- Resync: the first page of keys (or rows) in key order; keyset pagination, never OFFSET.
@@ -109,10 +124,11 @@ SELECT {stage_select}
   FROM OPENJSON(@rows) WITH ({json_columns});
 
 -- name: apply_update
--- §2.1: existing rows take the new values; UPDLOCK, SERIALIZABLE hold the keys until commit.
+-- §2.1: existing rows take the new values; UPDLOCK, SERIALIZABLE hold the keys until commit. Rows already equal are left alone (NULL-safe EXISTS ... EXCEPT), so no CT row is written for them that other links would then read.
 WITH CHANGE_TRACKING_CONTEXT (@ctx)
 UPDATE t SET {set_list}
-  FROM {table} AS t WITH (UPDLOCK, SERIALIZABLE) JOIN @src AS s ON {join};
+  FROM {table} AS t WITH (UPDLOCK, SERIALIZABLE) JOIN @src AS s ON {join}
+ WHERE EXISTS (SELECT {src_values} EXCEPT SELECT {dst_values});
 SET @u = @@ROWCOUNT;
 
 -- name: apply_insert
@@ -149,7 +165,7 @@ SELECT @link, @source_side, @version, @db_identity, SYSUTCDATETIME()
                     WHERE link = @link AND source_side = @source_side);
 
 -- name: apply_record
--- The applied-batch record (a replayed batch id fails on the primary key and rolls everything back).
+-- The applied-batch record (a replayed batch id fails on the primary key and rolls everything back); pruned by prune_applied.
 INSERT [sync].[applied_batches] (batch_id, link, source_side, signals, upserts, deletes)
 VALUES (@batch, @link, @source_side, @signals, @u + @i, @d);
 
@@ -170,12 +186,15 @@ SELECT version, db_identity FROM [sync].[ct_cursor] WHERE link = ? AND source_si
 SELECT TOP (1) CONVERT(nvarchar(36), id) FROM [sync].[db_identity] ORDER BY created_at DESC;
 
 -- name: table_columns
--- Catalog of one table (computed and rowversion columns excluded: they cannot be written).
-SELECT c.name, ty.name AS type_name, c.max_length, c.precision, c.scale, c.is_nullable,
-       c.collation_name, c.is_identity
+-- Catalog of one table (computed and rowversion columns excluded: they cannot be written). Types by the column's own user_type_id: an alias type is named by its base system type, while a CLR type (hierarchyid, geometry, geography: is_assembly_type = 1) keeps its own name, which the type check then refuses by name; an inner join on system_type_id silently dropped those columns.
+SELECT c.name,
+       CASE WHEN ty.is_user_defined = 1 AND ty.is_assembly_type = 0
+            THEN TYPE_NAME(c.system_type_id) ELSE ty.name END AS type_name,
+       c.max_length, c.precision, c.scale, c.is_nullable, c.collation_name, c.is_identity
   FROM sys.columns AS c
-  JOIN sys.types AS ty ON ty.user_type_id = c.system_type_id
- WHERE c.object_id = OBJECT_ID(?) AND c.is_computed = 0 AND ty.name <> N'timestamp'
+  JOIN sys.types AS ty ON ty.user_type_id = c.user_type_id
+ WHERE c.object_id = OBJECT_ID(?) AND c.is_computed = 0
+   AND TYPE_NAME(c.system_type_id) <> N'timestamp'
  ORDER BY c.column_id;
 
 -- name: table_pk_columns
@@ -186,3 +205,50 @@ SELECT c.name
   JOIN sys.columns AS c ON c.object_id = ic.object_id AND c.column_id = ic.column_id
  WHERE i.object_id = OBJECT_ID(?) AND i.is_primary_key = 1
  ORDER BY ic.key_ordinal;
+
+-- name: db_ct_version
+-- §1.2: NULL when change tracking is off for the database; seen by any login (sys.change_tracking_databases is not).
+SELECT CHANGE_TRACKING_CURRENT_VERSION();
+
+-- name: db_compat
+-- OPENJSON needs compatibility level >= 130; an upgraded database can stay at 120 (Msg 208 "Invalid object name 'OPENJSON'").
+SELECT compatibility_level FROM sys.databases WHERE database_id = DB_ID();
+
+-- name: db_updateability
+-- A change-tracking source must be the writable primary: READ_ONLY on a readable secondary or a read-only database.
+SELECT CONVERT(nvarchar(20), DATABASEPROPERTYEX(DB_NAME(), 'Updateability'));
+
+-- name: client_version_read
+-- Microsoft "Change Tracking and Data Restore", option 2: the last version this link stored at its sink, recorded on the source server; a restore to an earlier point brings back an older record.
+SELECT version FROM [sync].[ct_client] WHERE link = ? AND source_side = ?;
+
+-- name: client_version_write
+-- The version about to be stored at the sink, recorded on the source first (writer connection, own transaction): a record ahead of the sink's cursor (crash in between) is harmless, one behind it means the source went back in time.
+SET NOCOUNT ON;
+DECLARE @link nvarchar(128) = ?, @source_side nchar(1) = ?, @version bigint = ?;
+UPDATE [sync].[ct_client] WITH (UPDLOCK, SERIALIZABLE)
+   SET version = @version, updated_at = SYSUTCDATETIME()
+ WHERE link = @link AND source_side = @source_side;
+INSERT [sync].[ct_client] (link, source_side, version, updated_at)
+SELECT @link, @source_side, @version, SYSUTCDATETIME()
+ WHERE NOT EXISTS (SELECT 1 FROM [sync].[ct_client] WITH (UPDLOCK, SERIALIZABLE)
+                    WHERE link = @link AND source_side = @source_side);
+
+-- name: prune_applied
+-- Applied-batch records older than @days: only an in-flight batch (minutes) is ever looked up; bounded per call so the delete stays short.
+SET NOCOUNT ON;
+DECLARE @days int = ?;
+DELETE TOP (5000) FROM [sync].[applied_batches]
+ WHERE applied_at < DATEADD(day, -@days, SYSUTCDATETIME());
+
+-- name: has_perms
+-- The login's effective permission on one object (1/0; NULL = no such object): HAS_PERMS_BY_NAME(securable, class, permission).
+SELECT HAS_PERMS_BY_NAME(?, N'OBJECT', ?);
+
+-- name: db_collation
+-- The database default collation (doctor: text keys).
+SELECT CONVERT(nvarchar(128), DATABASEPROPERTYEX(DB_NAME(), 'Collation'));
+
+-- name: server_facts
+-- Doctor: product version, the server's UTC clock (skew against the bridge host), the database user the grants go to.
+SELECT CONVERT(nvarchar(128), SERVERPROPERTY('ProductVersion')), SYSUTCDATETIME(), USER_NAME();
