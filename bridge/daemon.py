@@ -29,7 +29,7 @@ from typing import Any
 import asyncpg
 from tenacity import AsyncRetrying, retry_if_exception, wait_random_exponential
 
-from syncbridge.engine import capture, errors, pg_session, sdnotify
+from syncbridge.engine import capture, conflicts, errors, pg_session, sdnotify
 from syncbridge.engine.config import Config, ConfigError
 from syncbridge.engine.drain import PgDrain, Q, SchemaChanged
 from syncbridge.engine.validate import shapes
@@ -428,11 +428,20 @@ class Bridge:
             ka = json.loads(r["key"])
             key = {w: ka[a] for a, w in zip(shape.key_cols("a"), shape.key_cols(winner),
                                             strict=True)}
+            if shape.link.conflict == "merge":  # keep the loser's edits of other columns
+                await self._write_settled_merge(shape, r, winner, key)
             source = self.pools[shape.link.side(winner).peer]
             await source.execute(Q("resignal"), r["link"], winner, json.dumps([key]))
             await hub.execute(Q("conflict_resolved"), r["id"])
             self.events[f"{r['link']}:{winner}"].set()
             log.info("event=conflict_resolved id=%s link=%s winner=%s", r["id"], r["link"], winner)
+
+    async def _write_settled_merge(self, shape: Any, r: Any, winner: str, key: dict) -> None:
+        merged = conflicts.settled_merge(shape.link, conflicts.load(r["a"]),
+                                         conflicts.load(r["b"]), conflicts.load(r["last"]),
+                                         winner)
+        [drain] = [d for d in self.drains if d.link.name == shape.link.name and d.dst == winner]
+        await drain.write_settled(merged, json.dumps(key))
 
     async def _extra_loops(self) -> None:
         """Webhook events, and scheduled checks / resync requests (engine.reconcile)."""

@@ -85,17 +85,20 @@ class _Text(logging.Formatter):
         return self.formatMessage(record)
 
 
+_FIELD = re.compile(r"(?:^| )([A-Za-z_][A-Za-z0-9_]*)=(.*?)(?= [A-Za-z_][A-Za-z0-9_]*=|$)")
+
+
 class _Json(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         out = {"ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)),
                "level": record.levelname.lower(), "logger": record.name}
-        for part in _one_line(record.getMessage()).split(" "):
-            k, sep, v = part.partition("=")
-            if sep:
-                out[k] = v
-            else:
-                out.setdefault("msg", "")
-                out["msg"] = (out["msg"] + " " + part).strip()
+        msg = _one_line(record.getMessage())
+        first = _FIELD.search(msg)
+        if first is None or first.start() > 0:
+            out["msg"] = msg[: first.start() if first else len(msg)].strip()
+        # a value runs to the next ` name=`, so a key like {"id": 3} stays whole
+        for m in _FIELD.finditer(msg):
+            out[m.group(1)] = m.group(2)
         error = _error(record)
         if error:
             out["error"] = error

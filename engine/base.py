@@ -16,8 +16,7 @@ and to run beside a running bridge.
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 import psycopg
@@ -106,12 +105,11 @@ def seed(config: Config, shape: LinkShape) -> Seeded:
         ca, cb = conns[link.a.peer], conns[link.b.peer]
         for rows in _pages(ca, sides["a"]):
             found = {r[0]: r[1] for r in cb.execute(
-                sides["b"].lookup, (json.dumps([json.loads(r[1]) for r in rows]),)).fetchall()}
+                sides["b"].lookup, (_array(r[1] for r in rows),)).fetchall()}
             entries = []
             for ka, _okey, image, _own in rows:
                 same = found.get(ka) == image
-                entries.append({"key": json.loads(ka), "image": json.loads(image) if same
-                                else None, "known": same})
+                entries.append(_entry(ka, image if same else "null", same))
                 if same:
                     out.equal += 1
                 else:
@@ -119,9 +117,8 @@ def seed(config: Config, shape: LinkShape) -> Seeded:
             _write(conns, link.name, entries, start)
         for rows in _pages(cb, sides["b"]):
             there = {r[0] for r in ca.execute(
-                sides["a"].lookup, (json.dumps([json.loads(r[1]) for r in rows]),)).fetchall()}
-            entries = [{"key": json.loads(ka), "image": None, "known": False}
-                       for ka, *_ in rows if ka not in there]
+                sides["a"].lookup, (_array(r[1] for r in rows),)).fetchall()}
+            entries = [_entry(ka, "null", False) for ka, *_ in rows if ka not in there]
             out.differing.extend(ka for ka, *_ in rows if ka not in there)
             _write(conns, link.name, entries, start)
         return out
@@ -130,10 +127,20 @@ def seed(config: Config, shape: LinkShape) -> Seeded:
             c.close()
 
 
-def _write(conns: dict[str, psycopg.Connection], link: str, entries: list[dict],
+def _array(texts: Iterable[str]) -> str:
+    """A JSON array of JSON texts. Keys and images stay texts: parsing them in Python
+    would turn a numeric key 0.12345678901234567890123 into a float."""
+    return "[" + ",".join(texts) + "]"
+
+
+def _entry(key: str, image: str, known: bool) -> str:
+    return f'{{"key":{key},"image":{image},"known":{"true" if known else "false"}}}'
+
+
+def _write(conns: dict[str, psycopg.Connection], link: str, entries: list[str],
            start: dict) -> None:
     if not entries:
         return
-    payload = json.dumps(entries, ensure_ascii=False)
+    payload = _array(entries)
     for peer, conn in conns.items():
         conn.execute(sqlfiles.for_psycopg(Q("seed_state")), (link, payload, start[peer]))

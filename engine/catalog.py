@@ -18,6 +18,7 @@ class Column:
     type: str  # as the database spells it: format_type() on Postgres, user types qualified
     nullable: bool
     domain_of: str | None = None  # a domain's base type (Postgres), None for other types
+    definition: str | None = None  # a domain's, composite's or enum's definition (Postgres)
 
     @property
     def base(self) -> str:
@@ -62,9 +63,25 @@ class LinkShape:
 # search_path may differ.
 PG_TABLE_SQL = """
 select a.attname, format_type(a.atttypid, a.atttypmod), not a.attnotnull,
-       case when ty.typtype = 'd' then format_type(ty.typbasetype, ty.typtypmod) end
+       case when ty.typtype = 'd' then format_type(ty.typbasetype, ty.typtypmod) end,
+       case et.typtype  -- a user type's definition (of an array's element type)
+       when 'd' then format_type(et.typbasetype, et.typtypmod)
+            || case when et.typnotnull then ' not null' else '' end
+            || coalesce((select ' ' || string_agg(pg_get_constraintdef(c.oid), ' '
+                                                  order by c.conname)
+                           from pg_constraint c where c.contypid = et.oid), '')
+       when 'c' then (select string_agg(f.attname || ' ' || format_type(f.atttypid, f.atttypmod),
+                                        ', ' order by f.attnum)
+                        from pg_attribute f
+                       where f.attrelid = et.typrelid and f.attnum > 0 and not f.attisdropped)
+       when 'e' then (select string_agg(quote_literal(e.enumlabel), ', '
+                                        order by e.enumsortorder)
+                        from pg_enum e where e.enumtypid = et.oid)
+       end
   from pg_attribute a
   join pg_type ty on ty.oid = a.atttypid
+  join pg_type et on et.oid = case when ty.typcategory = 'A' and ty.typelem <> 0
+                                   then ty.typelem else ty.oid end
  where a.attrelid = to_regclass(%(qualified)s) and a.attnum > 0 and not a.attisdropped
    and a.attgenerated = ''
  order by a.attnum
@@ -95,7 +112,7 @@ def read_pg_table(conn, side: Side) -> Table | None:
         pk = tuple(r[0] for r in conn.execute(PG_PK_SQL, {"qualified": qualified}).fetchall())
     if not rows:
         return None
-    cols = {r[0]: Column(r[0], r[1], r[2], r[3]) for r in rows}
+    cols = {r[0]: Column(r[0], r[1], r[2], r[3], r[4]) for r in rows}
     return Table(side.schema, side.table, cols, pk)
 
 
@@ -187,6 +204,12 @@ def shape(link: Link, a: Table | None, b: Table | None, check_types=compatible) 
     pairs = _pairs(link, a, b)
     for ca, cb in pairs:
         ta, tb = a.columns[ca].type, b.columns[cb].type
+        da, db = a.columns[ca].definition, b.columns[cb].definition
+        if ta == tb and da != db:
+            raise ConfigError(
+                f"link {link.name!r}: column {ca} on peer {link.a.peer!r} and column {cb} on "
+                f"peer {link.b.peer!r} have type {ta}, defined differently: {da} on "
+                f"{link.a.peer!r}, {db} on {link.b.peer!r}; values would not read back alike")
         if link.direction != "b_to_a" and not check_types(ta, tb):
             raise ConfigError(
                 f"link {link.name!r}: column {ca} ({ta}) on peer {link.a.peer!r} "

@@ -7,7 +7,8 @@ stored representations exactly, column by column. None is an absent row.
 The base is the image last synced (`sync.row_state`); for one incoming row:
 - source image == sink image: nothing to do (but remember it as synced);
 - the base is unknown (the row predates install and its two sides differed,
-  or its state was lost): the incoming change is applied, never a conflict;
+  or its state was lost): the incoming change is applied, never parked; when it
+  replaces a sink row, sync.conflicts records it as resolved, policy no_base;
 - the sink changed no column since the base (a column both sides changed to the
   same value does not count): only the source changed, apply;
 - otherwise both changed since the last sync: a conflict, settled by policy.
@@ -24,6 +25,7 @@ function:schema.fn (a resolver on the hub, see drain.PgDrain._resolve).
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 from dataclasses import dataclass, field
@@ -34,6 +36,7 @@ from .config import Link
 
 APPLY, SKIP, KEEP_SINK, PARK, MERGE, RESOLVE = (
     "apply", "skip", "keep_sink", "park", "merge", "resolve")
+NO_BASE = "no_base"  # the policy recorded when a row without a base overwrote the sink
 
 Image = dict[str, str | None] | None
 
@@ -47,6 +50,7 @@ class Verdict:
     winner: str | None = None  # 'a' / 'b' / 'merge' when a conflict was settled by policy
     row: Image = None  # MERGE: the merged image
     columns: tuple[str, ...] = field(default=())  # columns both sides changed
+    policy: str | None = None  # recorded instead of the link's policy (NO_BASE)
 
 
 def load(text: str | None) -> Image:
@@ -66,7 +70,11 @@ def decide(link: Link, source_side: str, source: Image, sink: Image, base: Image
     if source == sink:
         return Verdict(SKIP, False)
     if not known:
-        return Verdict(APPLY, False)
+        # nothing tells which side changed: the incoming change wins; when it replaces
+        # a sink row, that row is recorded (resolved) so no overwrite goes unseen
+        if sink is None:
+            return Verdict(APPLY, False)
+        return Verdict(APPLY, True, source_side, policy=NO_BASE)
     # a column both sides now hold alike changed the same way on both (the same edit,
     # or DDL that converted both): not the sink's own change
     sink_cols = {c for c in changed(sink, base)
@@ -79,6 +87,14 @@ def decide(link: Link, source_side: str, source: Image, sink: Image, base: Image
     if policy == "merge":
         return _merge(link, source_side, source, sink, base, sink_cols)
     return _settle(policy, link, source_side, source, sink, ())
+
+
+def settled_merge(link: Link, a: Image, b: Image, base: Image, winner: str) -> Image:
+    """The row a parked merge conflict ends with once an operator picks a winner:
+    both sides' edits of different columns, the winner's for the columns both changed."""
+    chosen = dataclasses.replace(link, merge_fallback=f"{winner}_wins")
+    v = _merge(chosen, "a", a, b, base, changed(b, base))
+    return v.row if v.action == MERGE else (a if v.action == APPLY else b)
 
 
 def changed(image: Image, base: Image) -> set[str]:

@@ -285,16 +285,17 @@ class PgDrain(QueueDrain):
         if not attempts:
             return [], []
         rows = await self.source.fetch(self.sql.read_rows, _array(list(attempts)))
-        upserts, deletes = [], []
+        upserts: dict[str, Item] = {}  # by the row's own key: one item per sink row
+        deletes = []
         for r in rows:
             skey = r["skey"]
-            ka = skey if self.src == "a" else r["key"]
             tries = attempts.get(skey, max(attempts.values()))
             if r["row"] is None:
-                deletes.append(Item(skey, r["key"], ka, r["key"], None, tries))
+                deletes.append(Item(skey, r["key"], r["ka"], r["key"], None, tries))
             else:
-                upserts.append(Item(skey, r["key"], ka, r["row"], r["img"], tries))
-        return upserts, deletes
+                upserts.setdefault(r["key"], Item(skey, r["key"], r["ka"], r["row"], r["img"],
+                                                  tries))
+        return list(upserts.values()), deletes
 
     async def _settle(self, conn: asyncpg.Connection, upserts: list[Item], deletes: list[Item],
                       forced: set[str], out: Outcome) -> tuple[list[Item], list[Item]]:
@@ -328,12 +329,25 @@ class PgDrain(QueueDrain):
                 out.resignal.append(item.sink_key)  # the source gets the merged row too
         return [i for i in keep if i.image is not None], [i for i in keep if i.image is None]
 
+    async def write_settled(self, row: conflicts.Image, sink_key: str) -> None:
+        """Write a settled merge (an operator's choice) on this drain's sink side, as the
+        bridge's own write; the caller then re-sends that side's row the other way."""
+        async with self.sink.acquire() as conn, conn.transaction():
+            await conn.execute(Q("set_origin"), self.origin)
+            if row is None:
+                await conn.execute(self.sql.delete, _array([sink_key]))
+            else:
+                await conn.execute(self.sql.upsert, _array([self._payload(row)]))
+
+    def _payload(self, row: dict[str, str | None]) -> str:
+        return json.dumps({self.to_sink[c]: v for c, v in row.items()}, ensure_ascii=False)
+
     def _merged(self, item: Item, row: conflicts.Image) -> Item:
         """The item carrying a merged (or resolver's) row instead of the source's."""
         if row is None:
             return Item(item.source_key, item.sink_key, item.ka, item.sink_key, None,
                         item.attempts)
-        payload = json.dumps({self.to_sink[c]: v for c, v in row.items()}, ensure_ascii=False)
+        payload = self._payload(row)
         return Item(item.source_key, item.sink_key, item.ka, payload, conflicts.dump(row),
                     item.attempts)
 
@@ -365,10 +379,11 @@ class PgDrain(QueueDrain):
     def _conflict(self, item: Item, st: Any, v: conflicts.Verdict) -> str:
         images = {self.src: item.image or "null", self.dst: st["cur"] or "null"}
         log.warning("event=conflict link=%s key=%s policy=%s winner=%s columns=%s",
-                    self.link.name, item.ka, self.link.conflict, v.winner or "manual",
+                    self.link.name, item.ka, v.policy or self.link.conflict, v.winner or "manual",
                     ",".join(v.columns) or "-")
         return _entry(key=item.ka, a=images["a"], b=images["b"], last=st["last"] or "null",
-                      winner=json.dumps(v.winner), columns=json.dumps(list(v.columns)))
+                      winner=json.dumps(v.winner), columns=json.dumps(list(v.columns)),
+                      policy=json.dumps(v.policy or self.link.conflict))
 
     async def _remember(self, conn: asyncpg.Connection, out: Outcome) -> None:
         out.synced.extend(_entry(key=i.ka, image=i.image or "null") for i in out.applied)

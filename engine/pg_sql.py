@@ -83,10 +83,16 @@ def render(shape: LinkShape, source: str, sink: str) -> PgLinkSql:
     two_way = shape.link.direction == "both"
     img = (f"case when t.{_q(src_keys[0])} is null then null "
            f"else {text_obj(shape.cols('a'), 't', src_cols)} end" if two_way else "null::jsonb")
+    found = f"t.{_q(src_keys[0])} is null"
+    # a found row's key as the row holds it (a citext key's case, numeric scale), not as
+    # the signal spelled it: two signals of one row then name one sink row
     read_rows = (
-        f"select case when t.{_q(src_keys[0])} is null then null "
+        f"select case when {found} then null "
         f"else {text_obj(dst_cols, 't', src_cols)} end as row, "
-        f"{_obj(dst_keys, 'k', src_keys)} as key, "
+        f"case when {found} then {_obj(dst_keys, 'k', src_keys)} "
+        f"else {_obj(dst_keys, 't', src_keys)} end as key, "
+        f"case when {found} then {_obj(shape.key_cols('a'), 'k', src_keys)} "
+        f"else {_obj(shape.key_cols('a'), 't', src_keys)} end as ka, "
         f"{_obj(src_keys, 'k', src_keys)} as skey, {img} as img "
         f"from jsonb_to_recordset($1::jsonb) as k({_coldefs(shape, source)}) "
         f"left join {_table(shape, source)} t on {join}"
@@ -97,27 +103,28 @@ def render(shape: LinkShape, source: str, sink: str) -> PgLinkSql:
 
 
 def _upsert(shape: LinkShape, sink: str) -> str:
+    """One INSERT ... ON CONFLICT over the batch's rows.
+
+    jsonb_to_record with the linked columns' own types reads each text through its
+    input function (typmods and domain checks included) and touches no other sink
+    column; json-family columns are read as text and cast, so their text is the
+    value. Key columns are set too: 1.5 -> 1.50 or a citext case change is the same
+    key to `=`, but not the same value."""
     keys, cols = shape.key_cols(sink), shape.cols(sink)
     table = shape.table(sink)
-    json_cols = [c for c in cols if table.columns[c].base in JSON_TYPES]
-    select = ", ".join(
-        f"(x.elem ->> {_lit(c)})::{table.columns[c].type}" if c in json_cols else f"r.{_q(c)}"
-        for c in cols)
-    # json columns are left out of populate: it would read their text as a JSON string
-    drop = f" - array[{', '.join(_lit(c) for c in json_cols)}]" if json_cols else ""
-    sink_table = _table(shape, sink)
-    nonkey = [c for c in cols if c not in keys]
-    if nonkey:
-        sets = ", ".join(f"{_q(c)} = excluded.{_q(c)}" for c in nonkey)
-        action = (f"do update set {sets} "
-                  f"where {text_row('t', nonkey)} is distinct from {text_row('excluded', nonkey)}")
-    else:
-        action = "do nothing"
+    json_cols = {c for c in cols if table.columns[c].base in JSON_TYPES}
+    defs = ", ".join(f"{_q(c)} {'text' if c in json_cols else table.columns[c].type}"
+                     for c in cols)
+    select = ", ".join(f"r.{_q(c)}::{table.columns[c].type}" if c in json_cols
+                       else f"r.{_q(c)}" for c in cols)
+    sets = ", ".join(f"{_q(c)} = excluded.{_q(c)}" for c in cols)
+    action = (f"do update set {sets} "
+              f"where {text_row('t', cols)} is distinct from {text_row('excluded', cols)}")
     return (
-        f"insert into {sink_table} as t ({', '.join(_q(c) for c in cols)}) "
+        f"insert into {_table(shape, sink)} as t ({', '.join(_q(c) for c in cols)}) "
         f"overriding system value "
         f"select {select} from jsonb_array_elements($1::jsonb) as x(elem), "
-        f"jsonb_populate_record(null::{sink_table}, x.elem{drop}) r "
+        f"jsonb_to_record(x.elem) as r({defs}) "
         f"on conflict ({', '.join(_q(c) for c in keys)}) {action}"
     )
 
@@ -140,5 +147,7 @@ def _state_read(shape: LinkShape, sink: str) -> str:
         f"rs.image::text as last, coalesce(rs.known, true) as known "
         f"from jsonb_to_recordset($1::jsonb) as k({_coldefs(shape, sink)}) "
         f"left join {_table(shape, sink)} t on {join} "
-        f"left join sync.row_state rs on rs.link = $2 and rs.key = {ka}"
+        # the base is kept under the key as the sink row spells it
+        f"left join sync.row_state rs on rs.link = $2 and rs.key = "
+        f"case when t.{_q(keys[0])} is null then {ka} else {_obj(a_keys, 't', keys)} end"
     )

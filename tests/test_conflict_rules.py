@@ -34,9 +34,10 @@ def test_equal_rows_are_skipped_and_deletes_on_both_sides_agree():
     assert decide(None, None) == c.Verdict(c.SKIP, False)
 
 
-def test_an_unknown_base_takes_the_incoming_change():
+def test_an_unknown_base_takes_the_incoming_change_and_records_an_overwrite():
     assert decide(row(name="x"), row(name="y"), base=None, known=False) == c.Verdict(
-        c.APPLY, False)
+        c.APPLY, True, "a", policy=c.NO_BASE)
+    assert decide(row(name="x"), None, base=None, known=False) == c.Verdict(c.APPLY, False)
 
 
 def test_an_insert_on_both_sides_is_a_conflict():

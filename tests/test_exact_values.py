@@ -246,3 +246,66 @@ def test_a_json_column_flows(new_db, tmp_path):
                    == [('{"a": 1, "b": 1}',)], 30, "a json rewrite that jsonb would call equal")
     finally:
         rig.close()
+
+
+@pytest.mark.parametrize("direction", ["a_to_b", "both"])
+def test_a_key_that_equals_but_reads_differently_is_carried(new_db, tmp_path, direction):
+    """1.5 -> 1.50 and a citext case change are the same key to `=`, not the same value."""
+    schema = ("create extension if not exists citext; "
+              "create table kn (id numeric primary key, v text); "
+              "create table kc (email citext primary key, v text);")
+    rig = make_rig(new_db, tmp_path, schema, [link("kn", "kn", ["id"], direction),
+                                              link("kc", "kc", ["email"], direction)])
+    rig.start_bridge()
+    try:
+        rig.execute("a", "insert into kn values (1.5, 'x'), (0.12345678901234567890123, 'y')")
+        rig.execute("a", "insert into kc values ('ann@x.org', 'x')")
+        rig.wait_equal({"kn": ["id"], "kc": ["email"]})
+        rig.execute("a", "update kn set id = 1.50 where id = 1.5")
+        rig.execute("a", "update kc set email = 'Ann@X.org' where email = 'ann@x.org'")
+        wait_until(lambda: rig.query("b", "select id::text from kn order by id")
+                   == [("0.12345678901234567890123",), ("1.50",)], 30, "the key's new text")
+        wait_until(lambda: rig.query("b", "select email::text from kc") == [("Ann@X.org",)],
+                   30, "the citext key's case")
+        if direction == "both":
+            rig.execute("b", "update kn set v = 'b-edit' where id = 1.5")
+            rig.execute("b", "update kc set v = 'b-edit'")
+            wait_until(lambda: rig.query("a", "select v from kn where id = 1.5") == [("b-edit",)]
+                       and rig.query("a", "select v from kc") == [("b-edit",)], 30,
+                       "b's edits after the key change")
+            assert rig.query("a", "select count(*) from sync.conflicts") == [(0,)]
+    finally:
+        rig.close()
+
+
+def test_not_null_domains_and_sink_only_columns_with_defaults(new_db, tmp_path):
+    doms = ("create domain doc_nn as jsonb not null check (jsonb_typeof(value) = 'object'); "
+            "create domain nn_text as text not null;")
+    rig = make_rig(new_db, tmp_path, doms + "create table d (id int primary key, j doc_nn);",
+                   [link("d", "d", ["id"], "a_to_b")],
+                   schema_b=doms + "create table d (id int primary key, j doc_nn, "
+                                   "x nn_text default 'z');")
+    rig.start_bridge()
+    try:
+        rig.execute("a", "insert into d values (1, '{\"a\": null}')")
+        wait_until(lambda: rig.query("b", "select j::text, x from d")
+                   == [('{"a": null}', "z")], 30, "the row with a NOT NULL domain")
+        assert rig.query("a", "select count(*) from sync.dead_letter") == [(0,)]
+    finally:
+        rig.close()
+
+
+def test_a_user_type_defined_differently_on_each_side_is_refused(new_db, tmp_path):
+    rig = make_rig(new_db, tmp_path, "create domain amt as numeric(10,2); "
+                   "create table p (id int primary key, c amt)", [],
+                   schema_b="create domain amt as numeric(10,3); "
+                            "create table p (id int primary key, c amt)")
+    rig.config_path.write_text(rig.config_path.read_text() + (
+        '\n[[links]]\nname = "p"\na = { peer = "a", table = "p" }\n'
+        'b = { peer = "b", table = "p" }\nkey = ["id"]\ndirection = "a_to_b"\n'))
+    with pytest.raises(ConfigError) as e:
+        shapes(rig.config)
+    assert str(e.value) == (
+        "link 'p': column c on peer 'a' and column c on peer 'b' have type public.amt, defined "
+        "differently: numeric(10,2) on 'a', numeric(10,3) on 'b'; values would not read back "
+        "alike")

@@ -86,7 +86,46 @@ def test_rows_that_differ_at_install_are_reported_and_never_undone(new_db, tmp_p
         wait_until(lambda: _names(rig, "b").get(4) == ("p4", "a-phone"), 30,
                    "a's edit of a row b lacked to reach b")
         rig.wait_equal({"people": ["id"]})
+        # b's edit replaced a's differing row: recorded, settled, nothing parked
+        assert _conflicts(rig) == [("3", "b", [], "resolved")]
+        assert rig.query("a", "select policy from sync.conflicts") == [("no_base",)]
+    finally:
+        rig.close()
+
+
+def test_a_numeric_key_of_many_digits_gets_its_base(new_db, tmp_path):
+    rig = Rig(tmp_path, new_db("a"), new_db("b"), [link("tk", "tk", ["id"])])
+    for side in ("a", "b"):
+        rig.execute(side, "create table tk (id numeric primary key, v text)")
+        rig.execute(side, "insert into tk values (0.12345678901234567890123, 'x'), (2, 'y')")
+    from syncbridge.engine.migrate import migrate
+
+    migrate(rig.config)
+    try:
+        assert "tk: base recorded for 2 equal row(s)" in list(install(rig.config))
+        rig.start_bridge()
+        rig.execute("b", "update tk set v = 'b-edit' where id < 1")
+        wait_until(lambda: rig.query("a", "select v from tk where id < 1") == [("b-edit",)], 30,
+                   "b's edit")
+        rig.wait_drained()
+        assert rig.query("b", "select v from tk where id < 1") == [("b-edit",)]
         assert _conflicts(rig) == []
+    finally:
+        rig.close()
+
+
+def test_settling_a_parked_merge_keeps_the_other_sides_other_columns(new_db, tmp_path):
+    rig = _merge_rig(new_db, tmp_path, conflict="merge", merge_fallback="manual")
+    try:
+        rig.execute("a", "update people set name = 'A-name', phone = 'A-phone' where id = 1")
+        rig.execute("b", "update people set name = 'B-name' where id = 1")
+        rig.start_bridge()
+        wait_until(lambda: _conflicts(rig) == [("1", None, ["name"], "open")], 30, "the park")
+        [(cid,)] = rig.query("a", "select id from sync.conflicts")
+        rig.execute("a", "select sync.resolve_conflict(%s, 'b')", (cid,))
+        wait_until(lambda: _names(rig, "a")[1] == ("B-name", "A-phone")
+                   and _names(rig, "b")[1] == ("B-name", "A-phone"), 30,
+                   "b's name and a's phone on both sides")
     finally:
         rig.close()
 
