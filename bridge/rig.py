@@ -131,9 +131,7 @@ class Rig:
         the exact comparison, unlike Python values (1.5 == 1.50, JSON null == None)."""
         schema, _, name = table.rpartition(".")
         ident = sql.SQL("{}.{}").format(sql.Identifier(schema or "public"), sql.Identifier(name))
-        with psycopg.connect(self.dsn[side], autocommit=True) as c:
-            for k, v in pg_session.EXACT.items():
-                c.execute("select set_config(%s, %s, false)", (k, v))
+        with pg_session.connect(self.dsn[side]) as c:
             cols = [r[0] for r in c.execute(
                 "select attname from pg_attribute where attrelid = %s::regclass and attnum > 0 "
                 "and not attisdropped order by attnum", (ident.as_string(c),)).fetchall()]

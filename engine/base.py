@@ -76,10 +76,7 @@ class _Side:
 
 
 def _connect(config: Config, peer: str) -> psycopg.Connection:
-    conn = psycopg.connect(config.peers[peer].dsn, autocommit=True)
-    for k, v in pg_session.EXACT.items():
-        conn.execute("select set_config(%s, %s, false)", (k, v))
-    return conn
+    return pg_session.connect(config.peers[peer].dsn)
 
 
 def _pages(conn: psycopg.Connection, side: _Side) -> Iterator[list]:

@@ -7,6 +7,7 @@ runtime failure halfway through a batch.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from .config import ConfigError, Link, Side
@@ -139,6 +140,8 @@ def compatible(src: str, dst: str) -> bool:
     return why_not(src, dst) is None
 
 
+_PRECISION_TYPES = {"timestamp without time zone", "timestamp with time zone",
+                    "time without time zone", "time with time zone", "interval"}
 _INT_DIGITS = {"smallint": 5, "integer": 10, "bigint": 19}
 
 
@@ -166,6 +169,14 @@ def why_not(src: str, dst: str) -> str | None:
         if scale:
             return f"an integer would gain {scale} decimal places in {dst}"
         return None if _INT_DIGITS[bs] <= p else f"{src} does not fit {dst}"
+    unsized = re.sub(r"\(\d+\)", "", src)
+    if unsized == re.sub(r"\(\d+\)", "", dst) and unsized in _PRECISION_TYPES:
+        # timestamp(3) -> timestamp(6) or timestamp: the same text, more room for digits
+        if "(" not in dst:
+            return None
+        if "(" not in src or _len(src) > _len(dst):
+            return f"{src} keeps more fractional digits than {dst}"
+        return None
     if bs == bd == "character varying":
         if dst == "character varying":
             return None

@@ -66,8 +66,10 @@ def _sink_note(config: Config, shape, src: str, dst: str) -> str | None:
     if not has_rows:
         return None
     side = f" --side {src}" if src != shape.link.directions()[0][0] else ""  # default: a
-    return (f"{shape.link.name}: {s.qualified} on {s.peer} already holds rows that capture "
-            f"has not signalled; run `syncbridge backfill {shape.link.name}{side}` to send them")
+    return (f"{shape.link.name}: {s.qualified} on {s.peer} holds rows; rows that were there "
+            f"before capture was installed reach the other side only after "
+            f"`syncbridge backfill {shape.link.name}{side}` (`syncbridge check "
+            f"{shape.link.name}` tells whether the sides differ)")
 
 
 def _mssql_timeouts(config: Config):  # noqa: ANN202 - mssql_peer imported lazily

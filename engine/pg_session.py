@@ -12,6 +12,8 @@ connection's RESET ALL returns to them.
 
 from __future__ import annotations
 
+import psycopg
+
 EXACT = {
     "TimeZone": "UTC",
     "DateStyle": "ISO, YMD",
@@ -26,3 +28,13 @@ EXACT = {
 def settings(application_name: str) -> dict[str, str]:
     """asyncpg `server_settings` for a connection of this kind."""
     return {"application_name": application_name, **EXACT}
+
+
+def connect(dsn: str, autocommit: bool = True) -> psycopg.Connection:
+    """A psycopg connection in the same pinned settings (CLI reads, seeding, tests)."""
+    conn = psycopg.connect(dsn, autocommit=autocommit)
+    for k, v in EXACT.items():
+        conn.execute("select set_config(%s, %s, false)", (k, v))  # for the whole session
+    if not autocommit:
+        conn.commit()
+    return conn

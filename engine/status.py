@@ -13,12 +13,11 @@ import time
 from decimal import Decimal
 from io import StringIO
 
-import psycopg
 from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from . import sqlfiles
+from . import pg_session, sqlfiles
 
 WIDTH = 100  # characters: the default table fits an 100-column terminal
 NARROW = ("link", "direction", "state", "queued", "lag", "applied_last_minute",
@@ -33,7 +32,7 @@ MAX_CELL = 60  # characters of one cell in --wide
 
 
 def rows(dsn: str) -> tuple[list[str], list[tuple]]:
-    with psycopg.connect(dsn) as conn:
+    with pg_session.connect(dsn) as conn:  # the hub's own DateStyle may be one psycopg can't read
         cur = conn.execute(sqlfiles.query("queries/status.sql", "status_all"))
         return [d.name for d in cur.description], cur.fetchall()
 

@@ -15,7 +15,7 @@ import pytest
 
 from rigs import link, make_rig
 from syncbridge.bridge.rig import wait_until
-from syncbridge.engine import check
+from syncbridge.engine import catalog, check
 from syncbridge.engine.config import ConfigError
 from syncbridge.engine.validate import shapes
 
@@ -309,3 +309,13 @@ def test_a_user_type_defined_differently_on_each_side_is_refused(new_db, tmp_pat
         "link 'p': column c on peer 'a' and column c on peer 'b' have type public.amt, defined "
         "differently: numeric(10,2) on 'a', numeric(10,3) on 'b'; values would not read back "
         "alike")
+
+
+@pytest.mark.parametrize(("src", "dst"), [
+    ("timestamp(3) without time zone", "timestamp without time zone"),
+    ("time(3) without time zone", "time(6) without time zone"),
+    ("numeric(10,2)", "numeric(12,2)"), ("integer", "numeric(12,0)"), ("real", "double precision"),
+    ("character varying(5)", "text"), ("smallint[]", "bigint[]"),
+])
+def test_pairs_that_keep_the_text_are_accepted(src, dst):
+    assert catalog.why_not(src, dst) is None

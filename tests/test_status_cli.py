@@ -37,3 +37,16 @@ def test_status_fits_100_columns_and_wide_has_every_view_column(new_db, tmp_path
         assert header == columns
     finally:
         rig.close()
+
+
+def test_status_reads_a_hub_whose_date_and_interval_styles_are_unusual(new_db, tmp_path):
+    rig = make_rig(new_db, tmp_path, "create table t (id int primary key, v text);",
+                   [link("t", "t", ["id"])])
+    try:
+        db = rig.dsn["a"].rsplit("/", 1)[1]
+        rig.execute("a", f"alter database \"{db}\" set datestyle = 'German'")
+        rig.execute("a", f"alter database \"{db}\" set intervalstyle = 'sql_standard'")
+        rig.execute("a", "insert into t values (1, 'queued, no bridge')")
+        assert "t" in _status(rig, "--wide")
+    finally:
+        rig.close()
