@@ -28,6 +28,17 @@ DEFAULTS: dict[str, Any] = {
     "max_attempts": 8,  # deferrals of one key (e.g. FK not yet there) before dead letter
     "stats_interval": 1.0,  # seconds between queue-depth samples written to the hub
     "conflict": "a_wins",
+    # issue 13: status truth, healing, metrics, retention
+    "heartbeat_interval": 2.0,  # seconds; a bridge is shown gone after two missed beats
+    "stall_after": 30.0,  # seconds of queued work (or a canary) not arriving -> `stalled`
+    "stale_after": 10.0,  # seconds; an older depth sample of a non-hub queue is `stale`
+    "canary_interval": 5.0,  # seconds between end-to-end canaries per direction; 0 = off
+    "loop_stuck_after": 30.0,  # seconds without a loop tick before /healthz says 503
+    "metrics": "",  # "host:port" serves /metrics and /healthz; "" = off
+    "applied_batches_days": 7.0,  # days of sync.applied_batches kept on Postgres sinks
+    "check_runs_days": 30.0,  # days of sync.check_runs (the last run per name is kept)
+    "resolved_conflicts_days": 30.0,  # days resolved sync.conflicts are kept
+    "prune_interval": 3600.0,  # seconds between pruning rounds
 }
 
 
