@@ -131,7 +131,7 @@ on conflict (link, source_side) do update set retries = s.retries + excluded.ret
 -- Source: queue an end-to-end canary; it travels like any signal (op C).
 insert into sync.queue (link, side, op, key)
 values ($1, $2, 'C', jsonb_build_object('sent_at', clock_timestamp()))
-returning enqueued_at
+returning (key ->> 'sent_at')::timestamptz as sent_at
 
 -- name: canary_sent
 -- Hub: a canary of one link side is on its way.
