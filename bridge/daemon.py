@@ -213,6 +213,7 @@ class Bridge:
     async def _active(self, lock_conn: asyncpg.Connection) -> None:
         self.role = "active"
         self.lock_conn = lock_conn
+        self.lost: str | None = None  # why the leadership was lost, once it is
         await self._heartbeat(lock_conn)  # before connecting: a standby sees us alive
         self.leader_ok_at = time.monotonic()
         log.info("event=active instance=%s links=%d", self.instance, len(self.shapes))
@@ -232,13 +233,16 @@ class Bridge:
         try:
             done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
             for t in done:
-                if t is stopper:
-                    continue
+                if t is stopper or t.exception() is None and self.halt.is_set():
+                    continue  # the term ends (stop or lost leadership): loops return
                 graceful = False
                 exc = t.exception() or RuntimeError(f"task {t.get_name()} ended")
                 if not isinstance(exc, LostLeadership):
                     log.error("event=task_failed task=%s error=%r", t.get_name(), exc)
                 raise exc
+            if self.lost is not None:
+                graceful = False
+                raise LostLeadership(self.lost)
         finally:
             self.halt.set()
             await self._shutdown(tasks, stopper, graceful and self.stop.is_set())
@@ -281,8 +285,9 @@ class Bridge:
         except Exception as e:
             if not _retryable(e):
                 raise
+            self.lost = errors.describe(e)
             self.halt.set()
-            raise LostLeadership(errors.describe(e)) from e
+            raise LostLeadership(self.lost) from e
         self.leader_ok_at = time.monotonic()
 
     async def _fence(self) -> None:
