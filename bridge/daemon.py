@@ -81,14 +81,15 @@ class Bridge:
         self.events: dict[str, asyncio.Event] = {}
         self.control = asyncio.Event()  # sync.link_control changed
         self.paused: dict[str, str] = {}  # link -> reason
-        self.ticks: dict[str, float] = {}
+        self.ticks: dict[str, float] = {}  # loop -> last tick (monotonic)
+        self.tick_every: dict[str, float] = {}  # loop -> its longest planned wait
         self.role = "starting"
         self.failing: dict[str, float] = {}  # drain name -> monotonic time of first failure
         self.to_clear: set[str] = set()  # drain names whose hub error is still to clear
         self.lock_conn: asyncpg.Connection | None = None
         self.leader_ok_at = 0.0
         self.hb = float(config.setting("heartbeat_interval"))
-        self.metrics = metrics.Metrics()
+        self.metrics = metrics.Metrics(lambda: self.role)
         self.shapes = shapes(config)  # validate before anything starts
 
     # -- lifecycle --------------------------------------------------------
@@ -155,7 +156,7 @@ class Bridge:
         now = time.monotonic()
         limit = self.config.setting("loop_stuck_after")
         ages = {name: round(now - t, 1) for name, t in self.ticks.items()}
-        stuck = sorted(n for n, age in ages.items() if age > limit)
+        stuck = sorted(n for n, age in ages.items() if age > limit + self.tick_every.get(n, 0))
         ok = self.role in ("active", "standby") and bool(ages) and not stuck
         return ok, {"role": self.role, "stuck": stuck, "loops": ages}
 
@@ -357,6 +358,7 @@ class Bridge:
                     log.info("event=listen_restored peer=%s", peer)
                 failures = 0
                 self._wake_all()  # catch up on anything sent while we were not listening
+                self.tick_every[f"listen:{peer}"] = LISTEN_PING
                 while not self.halt.is_set():
                     self.ticks[f"listen:{peer}"] = time.monotonic()
                     await _wait_any([lost], self.halt, LISTEN_PING)
@@ -506,6 +508,7 @@ class Bridge:
             timeout_idle = min([*polled, timeout_idle or polled[0]])
         idle = floor
         recovered = False
+        self.tick_every[f"drain:{link.name}"] = max(timeout_idle or ceiling, 1.0)
         while not self.halt.is_set():
             self.ticks[f"drain:{link.name}"] = time.monotonic()
             if link.name in self.paused:  # sync.pause: nothing claimed until resumed
@@ -547,8 +550,7 @@ class Bridge:
                     last_prune = time.monotonic()
                     await self._prune(hub)
                 if self.config.setting("metrics"):
-                    self.metrics.update(await hub.fetch("select * from sync.status"),
-                                        self.role)
+                    self.metrics.update(await hub.fetch("select * from sync.status"))
             except Exception as e:
                 if not _retryable(e):
                     raise

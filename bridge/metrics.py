@@ -40,15 +40,15 @@ def _seconds(v: Any) -> float:
 class Metrics(Collector):
     """Collects from the last sync.status snapshot (one row per link and direction)."""
 
-    def __init__(self) -> None:
+    def __init__(self, role: Callable[[], str]) -> None:
         self.rows: list[Any] = []
-        self.role = "starting"
+        self.role = role  # the bridge's role now (standby bridges read no status)
         self.read_at: float | None = None
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)
 
-    def update(self, rows: list[Any], role: str) -> None:
-        self.rows, self.role, self.read_at = list(rows), role, time.time()
+    def update(self, rows: list[Any]) -> None:
+        self.rows, self.read_at = list(rows), time.time()
 
     def collect(self) -> Iterator[Any]:
         gauges = {
@@ -90,8 +90,9 @@ class Metrics(Collector):
         yield st
         role = GaugeMetricFamily("syncbridge_bridge_role", "1 for this bridge's role",
                                  labels=["role"])
+        now = self.role()
         for r in ROLES:
-            role.add_metric([r], 1.0 if self.role == r else 0.0)
+            role.add_metric([r], 1.0 if now == r else 0.0)
         yield role
         age = GaugeMetricFamily("syncbridge_status_age_seconds",
                                 "Seconds since sync.status was last read (-1: never)")
