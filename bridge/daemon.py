@@ -313,6 +313,8 @@ class Bridge:
             for src, dst in shape.link.directions():
                 d = self._make_drain(shape, src, dst, hub, max_attempts)
                 self.drains.append(d)
+                # an error a previous run left in sync.status is cleared on our first success
+                self.to_clear.add(d.name)
                 self.events.setdefault(f"{shape.link.name}:{src}", asyncio.Event())
         self.events.setdefault("webhook", asyncio.Event())
 

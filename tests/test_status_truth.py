@@ -191,3 +191,34 @@ def test_standby_takes_over_from_a_stopped_bridge(clusters, tmp_path):
         assert first.poll() is None and second.poll() is None
     finally:
         rig.close()
+
+
+def test_an_error_left_by_a_dead_bridge_is_cleared_by_the_next_one(clusters, tmp_path):
+    """A bridge killed while failing leaves last_error; the next one clears it once it
+    works, instead of showing `failing` forever on an idle link."""
+    rig = make(clusters, tmp_path)
+    try:
+        proc = rig.start_bridge()
+        until(lambda: state(rig) == "idle", 15, "idle")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        rig.execute("a", "update sync.link_state set last_error = 'old failure', "
+                         "failing_since = clock_timestamp()")
+        rig.start_bridge()
+        until(lambda: state(rig) == "idle", 15, "idle, the old error cleared")
+        assert status(rig)["last_error"] is None
+    finally:
+        rig.close()
+
+
+def test_migration_0007_rolls_back_and_applies_again(new_db, tmp_path):
+    from syncbridge.engine.migrate import migrate
+
+    rig = make_rig(new_db, tmp_path, "create table items (id int primary key, v text);",
+                   [link("items", "items", ["id"], "a_to_b")])
+    rig.execute("a", "select sync.pause('items', 'x')")
+    migrate(rig.config, rollback=True)
+    assert rig.query("a", "select count(*) from pg_namespace n join pg_class c "
+                          "on c.relnamespace = n.oid where n.nspname = 'sync'") == [(0,)]
+    migrate(rig.config)
+    assert rig.query("a", "select state from sync.status") == []
