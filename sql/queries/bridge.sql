@@ -38,9 +38,9 @@ update sync.queue
                 where (e ->> 'defer')::boolean)
 
 -- name: queue_depth
--- Queued signals of one link side and the age of the oldest (lag).
+-- Queued signals of one link side and the age of the oldest (lag); canaries not counted.
 select count(*) as queued, min(enqueued_at) as oldest
-  from sync.queue where link = $1 and side = $2 and op <> 'W'
+  from sync.queue where link = $1 and side = $2 and op not in ('W', 'C')
 
 -- name: set_origin
 -- Tag this transaction's writes so capture does not send them back.
