@@ -229,7 +229,7 @@ class Bridge:
         tasks.append(asyncio.create_task(self._control_loop(), name="control"))
         tasks.append(asyncio.create_task(self._extra_loops(), name="extra"))
         sdnotify.notify("READY=1\nSTATUS=active")
-        stopper = asyncio.create_task(self.halt.wait(), name="halt")
+        stopper = asyncio.create_task(self._term_ends(), name="halt")
         graceful = True
         try:
             done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
@@ -250,6 +250,11 @@ class Bridge:
             self.lock_conn = None
             await self._close_pools()
             self.drains.clear()
+
+    async def _term_ends(self) -> None:
+        """Until the term ends: halted, or stopped (a signal, or `stop` set by a caller)."""
+        await _wait_any([self.halt], self.stop, None)
+        self.halt.set()
 
     async def _shutdown(self, tasks: list[asyncio.Task], stopper: asyncio.Task,
                         graceful: bool) -> None:
@@ -677,7 +682,8 @@ class Bridge:
                 sdnotify.notify("WATCHDOG=1")
 
 
-async def _wait_any(events: list[asyncio.Event], stop: asyncio.Event, timeout: float) -> None:
+async def _wait_any(events: list[asyncio.Event], stop: asyncio.Event,
+                    timeout: float | None) -> None:
     waits = [asyncio.ensure_future(e.wait()) for e in [*events, stop]]
     try:
         await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
