@@ -49,6 +49,7 @@ LISTEN_PING = 5.0  # seconds between pings of a LISTEN connection (its loss is s
 RETRY_MAX = 1.0  # seconds; full-jitter backoff ceiling: flowing <= ~1 s after a fault heals
 RELEAD_PAUSE = 0.5  # seconds between attempts to reach the hub and lead again
 PROBE_TIMEOUT = 2.0  # seconds for the "which database is unreachable" probe
+CONNECT_TIMEOUT = 15.0  # seconds for a term's pools to open, then the term starts over
 CONTROL_CHANNEL = "syncbridge_control"  # sync.pause / sync.resume notify it
 
 
@@ -219,7 +220,11 @@ class Bridge:
         self.leader_ok_at = time.monotonic()
         log.info("event=active instance=%s links=%d", self.instance, len(self.shapes))
         self.ticks = {}
-        await self._connect()
+        try:  # a pool's first connection to a server still recovering was seen to hang
+            await asyncio.wait_for(self._connect(), CONNECT_TIMEOUT)
+        except BaseException:
+            await self._close_pools()
+            raise
         tasks = [asyncio.create_task(self._guard_leadership(lock_conn), name="leader")]
         for peer in self._source_peers():
             tasks.append(asyncio.create_task(self._listen(peer), name=f"listen:{peer}"))
@@ -702,11 +707,20 @@ class _signals:
         loop = asyncio.get_running_loop()
         for s in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(s, self.handler, s)
+        loop.add_signal_handler(signal.SIGUSR1, _dump_tasks)
 
     def __exit__(self, *exc: object) -> None:
         loop = asyncio.get_running_loop()
-        for s in (signal.SIGTERM, signal.SIGINT):
+        for s in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
             loop.remove_signal_handler(s)
+
+
+def _dump_tasks() -> None:
+    """SIGUSR1: log where every task is waiting (for a bridge that seems stuck)."""
+    for t in asyncio.all_tasks():
+        frames = t.get_stack()
+        where = " < ".join(f"{f.f_code.co_name}:{f.f_lineno}" for f in reversed(frames))
+        log.info("event=task_dump task=%s at=%s", t.get_name(), where or "-")
 
 
 def run(config: Config) -> int:

@@ -132,9 +132,9 @@ class Writer:
         while not self.stop.is_set():
             try:
                 conn = conn or psycopg.connect(self.dsn, autocommit=True)
+                lo, self.next = self.next, self.next + 10  # a commit whose ack was lost
                 conn.execute("insert into items select g, 'w' from generate_series(%s, %s) g",
-                             (self.next, self.next + 9))
-                self.next += 10
+                             (lo, lo + 9))            # must not be retried as a duplicate
             except psycopg.Error:  # the server restarts under us: reconnect
                 conn = None
                 self.stop.wait(0.05)
