@@ -112,7 +112,8 @@ def register(add: Add) -> None:
     b.add_argument("--max-pending", type=int, default=3000,
                    help="wait while this many backfill signals are still queued")
     b.add_argument("--quiet", action="store_true", help="no progress bar")
-    c = add("check", cmd_check, "compare both sides of links and run rules (exit 1 if different)")
+    c = add("check", cmd_check, "compare both sides of links and run rules "
+                "(exit 0 equal, 1 different, 2 error, 3 in flight)")
     c.add_argument("name", nargs="*", help="links or rules (default: all)")
     c.add_argument("--json", action="store_true", help="print the results as JSON")
     c.add_argument("--settle", type=float, default=30.0,

@@ -67,7 +67,10 @@ class Rig:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.dsn = {"a": dsn_a, "b": dsn_b}
         self.config_path = self.workdir / "syncbridge.toml"
-        settings = "".join(f"{k} = {toml_value(v)}\n" for k, v in (bridge_settings or {}).items())
+        # canaries (op C signals every few seconds) are off unless a test asks: tests
+        # count signals, batches and queue rows exactly
+        bridge_settings = {"canary_interval": 0, **(bridge_settings or {})}
+        settings = "".join(f"{k} = {toml_value(v)}\n" for k, v in bridge_settings.items())
         self.config_path.write_text(
             'hub = "a"\n\n[bridge]\n' + settings + "\n"
             f'[peers.a]\ndialect = "postgres"\ndsn = {toml_value(dsn_a)}\n\n'

@@ -12,7 +12,10 @@ Strategy (the rows never leave their databases until a range is small):
 3. every candidate key is re-read from both sides by key, and reported only
    when two reads in a row agree and no signal for it is queued or claimed on
    either side: a change in flight (captured but not yet applied) is waited
-   for, up to a deadline, instead of being reported.
+   for, up to a deadline, instead of being reported. Keys still in flight at
+   the deadline give the verdict `in flight` (exit 3), never `equal`; with no
+   bridge running nothing will land, so nothing is waited for and the result
+   says so.
 The verdict and the keys go to sync.check_runs / sync.check_diffs on the hub.
 Rules (`[[rules]]` in the config) are SQL that returns violating rows; they
 are run and recorded alongside.
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import math
 import time
 from dataclasses import dataclass, field
@@ -34,11 +38,14 @@ from . import canonical, pg_session, sqlfiles
 from .catalog import LinkShape
 from .config import Config, ConfigError
 
+log = logging.getLogger("syncbridge.check")
+
 CHUNK_ROWS = 10_000  # rows per top-level range: one checksum query each side
 LEAF_ROWS = 2_000  # a differing range this small is compared row by row
 FANOUT = 16  # parts a differing range is split into
 WORKERS = 4  # concurrent range queries per side
 SETTLE_SECONDS = 30.0  # how long to wait for in-flight keys before reporting them
+NO_BRIDGE_GRACE = 5.0  # s; with no bridge beating, in-flight keys are waited for this long
 RULE_ROWS_KEPT = 1_000  # violating rows of one rule stored in sync.check_diffs
 
 Bound = tuple[str, ...] | None  # key column values as text, None = open end
@@ -144,6 +151,7 @@ class Result:
     diffs: list[Diff] = field(default_factory=list)
     in_flight: int = 0
     error: str | None = None
+    note: str | None = None  # e.g. "no bridge running"
     seconds: float = 0.0
     run_id: int | None = None
 
@@ -156,7 +164,7 @@ class Result:
             "rows_a": self.rows_a, "rows_b": self.rows_b, "seconds": round(self.seconds, 3),
             "missing_on_a": self.count("missing_on_a"), "missing_on_b": self.count("missing_on_b"),
             "different": self.count("different"), "violations": self.count("violation"),
-            "in_flight": self.in_flight, "error": self.error,
+            "in_flight": self.in_flight, "error": self.error, "note": self.note,
             "diffs": [d.__dict__ for d in self.diffs],
         }
 
@@ -183,8 +191,11 @@ class LinkCheck:
     """Compare both sides of one link; pools maps side -> asyncpg pool."""
 
     def __init__(self, shape: LinkShape, pools: dict[str, asyncpg.Pool],
-                 settle: float = SETTLE_SECONDS, chunk_rows: int = CHUNK_ROWS) -> None:
+                 settle: float = SETTLE_SECONDS, chunk_rows: int = CHUNK_ROWS,
+                 hub: asyncpg.Pool | None = None) -> None:
         self.shape = shape
+        self.hub = hub  # to see whether a bridge is running (None: assume one is)
+        self.note: str | None = None
         self.link = shape.link
         self.pools = pools
         self.sql = {s: SideSql(shape, s) for s in ("a", "b")}
@@ -202,10 +213,18 @@ class LinkCheck:
         bounds = await self._plan()
         ranges = list(zip([None, *bounds], [*bounds, None], strict=True))
         await asyncio.gather(*(self._range(lo, hi, top=True) for lo, hi in ranges))
-        diffs, in_flight = await self._settle(dict(self.candidates))
+        settled, moving = await self._settle(dict(self.candidates))
         res.rows_a, res.rows_b = self.rows["a"], self.rows["b"]
-        res.diffs, res.in_flight = diffs, in_flight
-        res.verdict = "different" if diffs else "equal"
+        res.diffs, res.in_flight, res.note = settled + moving, len(moving), self.note
+        if not settled and not moving and res.rows_a != res.rows_b:
+            # every candidate settled equal, so the counts were read mid-flight: count again
+            res.rows_a, res.rows_b = await self._count("a"), await self._count("b")
+        if settled:
+            res.verdict = "different"
+        elif moving or res.rows_a != res.rows_b:  # counts that differ are never "equal"
+            res.verdict = "in flight"
+        else:
+            res.verdict = "equal"
         res.seconds = time.monotonic() - started
         return res
 
@@ -317,17 +336,33 @@ class LinkCheck:
                     hit.add(ck)
         return hit
 
-    async def _settle(self, cands: dict[str, _Candidate]) -> tuple[list[Diff], int]:
-        """Report a key only when two reads agree with nothing queued for it."""
+    async def _count(self, side: str) -> int:
+        t = self.link.side(side)
+        stmt = sql.SQL("select count(*) from {}").format(sql.Identifier(t.schema, t.table))
+        return await self.pools[side].fetchval(stmt.as_string(None))
+
+    async def _bridge(self) -> bool:
+        """Is an active bridge beating (so queued keys will land)?"""
+        return self.hub is None or bool(await self.hub.fetchval(Q("bridge_alive")))
+
+    async def _settle(self, cands: dict[str, _Candidate]) -> tuple[list[Diff], list[Diff]]:
+        """Report a key only when two reads agree with nothing queued for it.
+
+        Returns (settled differences, keys still in flight at the deadline)."""
         if not cands:
-            return [], 0
-        deadline = time.monotonic() + self.settle
+            return [], []
+        started = time.monotonic()
+        deadline = started + self.settle
         prev = await self._observe(cands)
         pending = {ck: cands[ck] for ck in prev}
         final: dict[str, Diff] = {}
         while pending:
             before = await self._queued(pending)
             if before and time.monotonic() < deadline:
+                if time.monotonic() - started > NO_BRIDGE_GRACE and not await self._bridge():
+                    self.note = "no bridge running"  # nothing will land: stop waiting
+                    deadline = time.monotonic()
+                    continue
                 await asyncio.sleep(0.1)
                 continue
             now = await self._observe(pending)
@@ -340,10 +375,9 @@ class LinkCheck:
                     final[ck] = d
                     del pending[ck]
             if pending and time.monotonic() >= deadline:
-                final.update({ck: now[ck] for ck in pending})
-                return list(final.values()), len(pending)
+                return list(final.values()), [now[ck] for ck in pending]
             prev = now
-        return list(final.values()), 0
+        return list(final.values()), []
 
 
 # -- rules -------------------------------------------------------------------------------
@@ -426,10 +460,14 @@ async def check_all(config: Config, shapes: dict[str, LinkShape], rule_names: li
         peers |= sides
     pools = await open_pools(config, peers)
     try:
+        hub = pools[config.hub]
+        if runnable and not await hub.fetchval(Q("bridge_alive")):
+            log.warning("event=no_bridge_running: queued changes are not being applied; "
+                        "keys in flight are waited for %.0f s only", NO_BRIDGE_GRACE)
         for name, shape in runnable.items():
             side_pools = {s: pools[shape.link.side(s).peer] for s in ("a", "b")}
             results.append(await _guarded("link", name, LinkCheck(
-                shape, side_pools, settle, chunk_rows).run()))
+                shape, side_pools, settle, chunk_rows, hub=hub).run()))
         for name in rule_names:
             rule = all_rules[name]
             results.append(await _guarded("rule", name, run_rule(rule, pools[rule["peer"]])))
@@ -449,10 +487,13 @@ async def _guarded(kind: str, name: str, work: Any) -> Result:
 
 
 def exit_code(results: list[Result]) -> int:
-    """0 all equal / ok, 1 something differs or a rule is violated, 2 an error."""
+    """0 all equal / ok, 1 something differs or a rule is violated, 2 an error,
+    3 keys still in flight (nothing settled differs)."""
     if any(r.verdict == "error" for r in results):
         return 2
-    return 1 if any(r.verdict in ("different", "violated") for r in results) else 0
+    if any(r.verdict in ("different", "violated") for r in results):
+        return 1
+    return 3 if any(r.verdict == "in flight" for r in results) else 0
 
 
 def summary(res: Result) -> str:
@@ -466,6 +507,8 @@ def summary(res: Result) -> str:
     if res.diffs:
         line += (f"; missing on a {res.count('missing_on_a')}, missing on b "
                  f"{res.count('missing_on_b')}, different {res.count('different')}")
-        if res.in_flight:
-            line += f" ({res.in_flight} still changing at the deadline)"
+    if res.in_flight:
+        line += f"; {res.in_flight} key(s) still in flight"
+    if res.note:
+        line += f" [{res.note}]"
     return line

@@ -86,6 +86,7 @@ Duration = Annotated[float, BeforeValidator(_duration), Field(gt=0)]
 Positive = Annotated[float, Field(gt=0)]
 PositiveInt = Annotated[int, Field(gt=0)]
 Seconds = Annotated[int, Field(ge=0)]  # 0 = no limit
+NonNegative = Annotated[float, Field(ge=0)]
 Conflict = Annotated[str, AfterValidator(_conflict)]
 MergeFallback = Literal["a_wins", "b_wins", "newest_wins", "manual"]
 StrList = Annotated[list[str], BeforeValidator(lambda v: [v] if isinstance(v, str) else v)]
@@ -129,6 +130,16 @@ class BridgeSettings(_Strict):
     max_attempts: PositiveInt = 8  # deferrals of one key (e.g. FK not there yet) before dead letter
     stats_interval: Positive = 1.0  # seconds between queue-depth samples written to the hub
     log_keys: bool = True  # false: log lines carry a hash of each key instead of its values
+    heartbeat_interval: Positive = 2.0  # seconds; a bridge is shown gone after two missed beats
+    stall_after: Positive = 30.0  # seconds of queued work (or a canary) not arriving: `stalled`
+    stale_after: Positive = 10.0  # seconds; an older depth sample of a non-hub queue is `stale`
+    canary_interval: NonNegative = 5.0  # seconds between end-to-end canaries; 0 = off
+    loop_stuck_after: Positive = 30.0  # seconds without a loop tick before /healthz says 503
+    metrics: str = ""  # "host:port" serves /metrics and /healthz; "" = off
+    applied_batches_days: Positive = 7.0  # days of sync.applied_batches kept on Postgres sinks
+    check_runs_days: Positive = 30.0  # days of sync.check_runs (the last run per name is kept)
+    resolved_conflicts_days: Positive = 30.0  # days resolved sync.conflicts are kept
+    prune_interval: Positive = 3600.0  # seconds between pruning rounds
 
 
 # [bridge] settings a link may set for itself; unset on the link = the [bridge] value.

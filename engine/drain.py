@@ -253,9 +253,14 @@ class PgDrain(QueueDrain):
         upserts, deletes = await self._read(signals)
         truncate = any(s["op"] == "T" for s in signals)
         forced = {s["key"] for s in signals if s["op"] == "R"}
+        canaries = [s["key"] for s in signals if s["op"] == "C"]
+        canary = None
         out = Outcome()
         async with self.sink.acquire() as conn, conn.transaction():
             await conn.execute(Q("set_origin"), self.origin)
+            if canaries:  # end-to-end heartbeat: recorded with the batch, no user table
+                canary = await conn.fetchrow(Q("canary_applied"), self.link.name, self.src,
+                                             _array(canaries))
             if truncate:
                 await conn.execute(self.sql.truncate)
                 if self.two_way:
@@ -275,6 +280,9 @@ class PgDrain(QueueDrain):
             )
         faults.hit("after_sink_commit")
         await self._finish(batch_id, record, out, truncate)
+        if canary is not None:
+            await self.hub.execute(Q("report_canary"), self.link.name, self.src,
+                                   canary["sent_at"], canary["applied_at"])
 
     async def _read(self, signals: list) -> tuple[list[Item], list[Item]]:
         """Current source rows for the batch's distinct keys: upserts and deletes."""
@@ -422,6 +430,9 @@ class PgDrain(QueueDrain):
         if count:
             await self.hub.execute(Q("report_batch"), self.link.name, self.src,
                                    out.upserts + out.deletes)
+            deferred = sum('"defer":true' in p for p in out.problems)
+            if deferred:  # each deferral is a retry of that row: sync.status.retries
+                await self.hub.execute(Q("report_retries"), self.link.name, self.src, deferred)
         if self.open_dead_letters and out.applied:
             await self.hub.execute(Q("close_dead_letters"), self.link.name, self.src,
                                    [i.source_key for i in out.applied])

@@ -111,7 +111,9 @@ def test_backfill_rows_then_live_changes_converge(new_db, tmp_path):
         rig.start_bridge()
         out = _cli(rig, "items", "--side", "b", "--quiet")
         assert out.returncode == 0, out.stderr
-        rig.wait_equal({"items": ["id"]})  # the backfilled rows are on a: edit them there
+        # the CLI returns once every key is signalled, not applied: let the rows land first
+        wait_until(lambda: rig.query("a", "select count(*) from items") == [(50,)], 30,
+                   "the backfilled rows on a")
         rig.execute("a", "update items set v = 'changed on a' where id <= 10")
         rig.wait_equal({"items": ["id"]})
         assert rig.query("b", "select count(*) from items where v = 'changed on a'") == [(10,)]

@@ -1,4 +1,3 @@
-drop table if exists sync.link_control;
 drop function sync.table_shape(regclass);
 alter table sync.conflicts drop constraint conflicts_winner_check;
 delete from sync.conflicts where winner = 'merge';

@@ -37,11 +37,3 @@ as $$
        and a.attgenerated = ''
 $$;
 
--- Hub: links held back by an operator or by the bridge (a schema change). A
--- paused link is not drained; capture keeps queueing its signals.
-create table if not exists sync.link_control (
-    link          text primary key,
-    paused_reason text,
-    paused_at     timestamptz,
-    paused_by     text
-);

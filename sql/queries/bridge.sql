@@ -46,9 +46,9 @@ update sync.queue
                 where (e ->> 'defer')::boolean)
 
 -- name: queue_depth
--- Queued signals of one link side and the age of the oldest (lag).
+-- Queued signals of one link side and the age of the oldest (lag); canaries not counted.
 select count(*) as queued, min(enqueued_at) as oldest
-  from sync.queue where link = $1 and side = $2 and op <> 'W'
+  from sync.queue where link = $1 and side = $2 and op not in ('W', 'C')
 
 -- name: set_origin
 -- Tag this transaction's writes so capture does not send them back.
@@ -66,35 +66,137 @@ insert into sync.applied_batches
 values ($1, $2, $3, $4, $5, $6, $7::jsonb, $8::jsonb, $9::jsonb, $10)
 
 -- name: prune_applied
--- Keep a week of applied-batch records on the sink.
-delete from sync.applied_batches where applied_at < clock_timestamp() - interval '7 days'
+-- Sink: drop applied-batch records older than $1 days ([bridge] applied_batches_days).
+-- A batch still claimed at a source is at most minutes old, so its record is kept.
+delete from sync.applied_batches
+ where applied_at < clock_timestamp() - make_interval(secs => $1 * 86400)
+
+-- name: prune_check_runs
+-- Hub: check runs (and their diffs, by cascade) older than $1 days, except the last per name.
+delete from sync.check_runs r
+ where r.started_at < clock_timestamp() - make_interval(secs => $1 * 86400)
+   and r.id <> (select max(x.id) from sync.check_runs x
+                 where x.kind = r.kind and x.name = r.name)
+
+-- name: prune_conflicts
+-- Hub: resolved conflicts older than $1 days.
+delete from sync.conflicts
+ where status = 'resolved'
+   and resolved_at < clock_timestamp() - make_interval(secs => $1 * 86400)
 
 -- name: report_batch
 -- Hub: count an applied batch for sync.status.
 with log as (
     insert into sync.apply_log (link, source_side, rows) values ($1, $2, $3)
 )
-insert into sync.link_state as s (link, source_side, last_applied_at, applied_total)
-values ($1, $2, clock_timestamp(), $3)
+insert into sync.link_state as s (link, source_side, last_applied_at, applied_total,
+                                batches_total)
+values ($1, $2, clock_timestamp(), $3, 1)
 on conflict (link, source_side) do update
    set last_applied_at = excluded.last_applied_at,
-       applied_total = s.applied_total + excluded.applied_total
+       applied_total = s.applied_total + excluded.applied_total,
+       batches_total = s.batches_total + 1
 
 -- name: report_depth
--- Hub: the latest queue depth sample of one link side.
-insert into sync.link_state as s (link, source_side, queued, oldest_queued_at, sampled_at)
-values ($1, $2, $3, $4, clock_timestamp())
+-- Hub: the latest queue depth sample of one link side ($5: its queue is in the hub,
+-- so sync.status counts it itself), and the thresholds sync.status judges it by.
+insert into sync.link_state as s (link, source_side, queued, oldest_queued_at, sampled_at,
+                                source_local, stall_after, stale_after)
+values ($1, $2, $3, $4, clock_timestamp(), $5, make_interval(secs => $6),
+        make_interval(secs => $7))
 on conflict (link, source_side) do update
    set queued = excluded.queued, oldest_queued_at = excluded.oldest_queued_at,
-       sampled_at = excluded.sampled_at
+       sampled_at = excluded.sampled_at, source_local = excluded.source_local,
+       stall_after = excluded.stall_after, stale_after = excluded.stale_after
 
 -- name: report_error
--- Hub: a failed attempt (it will be retried) of one link side.
-insert into sync.link_state as s (link, source_side, retries, last_error, last_error_at)
-values ($1, $2, 1, $3, clock_timestamp())
+-- Hub: a failed attempt (it will be retried) of one link side; $4: 'sink' or
+-- 'source' when that database is unreachable, else null (sync.status: failing).
+insert into sync.link_state as s (link, source_side, retries, last_error, last_error_at,
+                                error_kind, failing_since)
+values ($1, $2, 1, $3, clock_timestamp(), $4, clock_timestamp())
 on conflict (link, source_side) do update
    set retries = s.retries + 1, last_error = excluded.last_error,
-       last_error_at = excluded.last_error_at
+       last_error_at = excluded.last_error_at, error_kind = excluded.error_kind,
+       failing_since = coalesce(s.failing_since, excluded.failing_since)
+
+-- name: report_recovered
+-- Hub: one link side works again; returns the failure streak it ends (none: no row).
+update sync.link_state s
+   set last_error = null, error_kind = null, failing_since = null
+  from sync.link_state old
+ where s.link = $1 and s.source_side = $2 and old.link = s.link
+   and old.source_side = s.source_side and s.last_error is not null
+returning old.failing_since, old.last_error
+
+-- name: report_retries
+-- Hub: $3 rows of a batch were deferred (retried later), counted in sync.status.retries.
+insert into sync.link_state as s (link, source_side, retries)
+values ($1, $2, $3)
+on conflict (link, source_side) do update set retries = s.retries + excluded.retries
+
+-- name: canary_send
+-- Source: queue an end-to-end canary; it travels like any signal (op C).
+insert into sync.queue (link, side, op, key)
+values ($1, $2, 'C', jsonb_build_object('sent_at', clock_timestamp()))
+returning (key ->> 'sent_at')::timestamptz as sent_at
+
+-- name: canary_sent
+-- Hub: a canary of one link side is on its way.
+insert into sync.link_state as s (link, source_side, canary_sent_at)
+values ($1, $2, $3)
+on conflict (link, source_side) do update set canary_sent_at = excluded.canary_sent_at
+
+-- name: canary_applied
+-- Sink, in the batch's transaction: the newest canary of the batch ($3: their keys) arrived.
+insert into sync.canary as c (link, source_side, sent_at, applied_at)
+select $1, $2, max((k ->> 'sent_at')::timestamptz), clock_timestamp()
+  from jsonb_array_elements($3::jsonb) k
+on conflict (link, source_side) do update
+   set sent_at = excluded.sent_at, applied_at = excluded.applied_at
+returning sent_at, applied_at
+
+-- name: report_canary
+-- Hub: a canary arrived end to end (sync.status.canary_lag).
+insert into sync.link_state as s (link, source_side, canary_seen_sent_at, canary_applied_at)
+values ($1, $2, $3, $4)
+on conflict (link, source_side) do update
+   set canary_seen_sent_at = excluded.canary_seen_sent_at,
+       canary_applied_at = excluded.canary_applied_at
+
+-- name: heartbeat
+-- Hub: this bridge is alive, with the interval it beats at (gone after two missed).
+insert into sync.bridges (instance, host, pid, role, heartbeat_interval)
+values ($1, $2, $3, $4, make_interval(secs => $5))
+on conflict (instance) do update
+   set role = excluded.role, heartbeat = clock_timestamp(),
+       heartbeat_interval = excluded.heartbeat_interval
+
+-- name: forget_bridge
+-- Hub: this bridge stops; it is gone at once, not after missed heartbeats.
+delete from sync.bridges where instance = $1
+
+-- name: prune_bridges
+-- Hub: rows of bridges gone for a minute.
+delete from sync.bridges
+ where heartbeat < clock_timestamp() - greatest(interval '1 minute', 2 * heartbeat_interval)
+
+-- name: stale_leader
+-- Hub: the backend holding the bridge's advisory lock ($1) when no active bridge has
+-- beaten for two intervals (a stopped or hung process keeps its session and lock);
+-- a backend younger than that may be a bridge that has not beaten yet.
+select l.pid from pg_locks l join pg_stat_activity a on a.pid = l.pid
+ where l.locktype = 'advisory' and l.granted and l.objsubid = 1
+   and l.database = (select oid from pg_database where datname = current_database())
+   and ((l.classid::bigint << 32) | l.objid::bigint) = hashtext($1)::bigint
+   and a.backend_start < clock_timestamp() - make_interval(secs => 2 * $2)
+   and not exists (select 1 from sync.bridges b
+                    where b.role = 'active'
+                      and b.heartbeat > clock_timestamp() - 2 * b.heartbeat_interval)
+
+-- name: paused_links
+-- Hub: links an operator (sync.pause) or schema-change detection paused.
+select link, paused_reason from sync.link_control where paused_reason is not null
 
 -- name: dead_letter
 -- Hub: park the rows the sink rejected ($3: the batch's problems), or refresh their entries.
@@ -171,26 +273,12 @@ update sync.conflicts set status = 'resolved', resolved_at = clock_timestamp()
 delete from sync.row_state where link = $1
 
 -- name: pause_link
--- Hub: hold a link back with a reason (its signals keep queueing), and say so.
-with v as (select $1::text as link, $2::text as reason, $3::text as by),
-p as (
-    insert into sync.link_control as c (link, paused_reason, paused_at, paused_by)
-    select v.link, v.reason, clock_timestamp(), v.by from v
-    on conflict (link) do update
-       set paused_reason = excluded.paused_reason, paused_at = excluded.paused_at,
-           paused_by = excluded.paused_by
-)
-select pg_notify('syncbridge_control', v.link) from v
+-- Hub: hold a link back with a reason (its signals keep queueing); sync.pause notifies.
+select sync.pause($1, $2)
 
 -- name: resume_link
--- Hub: let a paused link flow again, and wake the bridge.
-with v as (select $1::text as link),
-r as (
-    update sync.link_control c
-       set paused_reason = null, paused_at = null, paused_by = null
-      from v where c.link = v.link
-)
-select pg_notify('syncbridge_control', v.link) from v
+-- Hub: let a paused link flow again (sync.resume wakes the bridge).
+select sync.resume($1)
 
 -- name: link_paused
 -- Hub: why a link is paused (null: it is not).

@@ -153,3 +153,8 @@ select min(t.{key})::text as lo, max(t.{key})::text as hi,
        (select greatest(c.reltuples, 0)::bigint from pg_class c
          where c.oid = {table_literal}::regclass) as estimate
   from {table} t
+
+-- name: bridge_alive
+-- Hub: an active bridge has beaten within two of its heartbeat intervals.
+select exists (select 1 from sync.bridges
+                where role = 'active' and heartbeat > clock_timestamp() - 2 * heartbeat_interval)

@@ -2,7 +2,7 @@
 
 -- name: status
 -- Everything `syncbridge status` prints, one row per link and direction.
-select link, direction, queued, lag, applied_last_minute, last_applied_at, open_conflicts,
+select link, direction, state, queued, lag, applied_last_minute, last_applied_at, open_conflicts,
        applied_total, retries, dead_letters, last_error, bridge_heartbeat, bridges, backfill, last_check
   from sync.status
 

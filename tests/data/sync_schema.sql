@@ -50,10 +50,20 @@ create table sync.bridges (
     pid integer not null,
     role text not null,
     started_at timestamp with time zone not null default clock_timestamp(),
-    heartbeat timestamp with time zone not null default clock_timestamp()
+    heartbeat timestamp with time zone not null default clock_timestamp(),
+    heartbeat_interval interval not null default '00:00:02'::interval
 );
 alter table sync.bridges add constraint bridges_pkey PRIMARY KEY (instance);
 -- grants on sync.bridges: default
+
+create table sync.canary (
+    link text not null,
+    source_side character(1) not null,
+    sent_at timestamp with time zone not null,
+    applied_at timestamp with time zone not null default clock_timestamp()
+);
+alter table sync.canary add constraint canary_pkey PRIMARY KEY (link, source_side);
+-- grants on sync.canary: default
 
 create table sync.check_diffs (
     run_id bigint not null,
@@ -88,7 +98,7 @@ create table sync.check_runs (
 );
 alter table sync.check_runs add constraint check_runs_kind_check CHECK ((kind = ANY (ARRAY['link'::text, 'rule'::text])));
 alter table sync.check_runs add constraint check_runs_pkey PRIMARY KEY (id);
-alter table sync.check_runs add constraint check_runs_verdict_check CHECK ((verdict = ANY (ARRAY['equal'::text, 'different'::text, 'ok'::text, 'violated'::text, 'error'::text])));
+alter table sync.check_runs add constraint check_runs_verdict_check CHECK ((verdict = ANY (ARRAY['equal'::text, 'different'::text, 'in flight'::text, 'ok'::text, 'violated'::text, 'error'::text])));
 CREATE INDEX check_runs_name ON sync.check_runs USING btree (kind, name, id DESC);
 -- grants on sync.check_runs: default
 
@@ -180,7 +190,16 @@ create table sync.link_state (
     retries bigint not null default 0,
     last_error text,
     last_error_at timestamp with time zone,
-    sampled_at timestamp with time zone not null default clock_timestamp()
+    sampled_at timestamp with time zone not null default clock_timestamp(),
+    source_local boolean not null default false,
+    batches_total bigint not null default 0,
+    error_kind text,
+    failing_since timestamp with time zone,
+    canary_sent_at timestamp with time zone,
+    canary_seen_sent_at timestamp with time zone,
+    canary_applied_at timestamp with time zone,
+    stall_after interval not null default '00:00:30'::interval,
+    stale_after interval not null default '00:00:10'::interval
 );
 alter table sync.link_state add constraint link_state_pkey PRIMARY KEY (link, source_side);
 -- grants on sync.link_state: default
@@ -201,7 +220,7 @@ create table sync.queue (
     topic text,
     payload jsonb
 );
-alter table sync.queue add constraint queue_op_check CHECK ((op = ANY (ARRAY['K'::bpchar, 'T'::bpchar, 'R'::bpchar, 'W'::bpchar])));
+alter table sync.queue add constraint queue_op_check CHECK ((op = ANY (ARRAY['K'::bpchar, 'T'::bpchar, 'R'::bpchar, 'W'::bpchar, 'C'::bpchar])));
 alter table sync.queue add constraint queue_pkey PRIMARY KEY (id);
 alter table sync.queue add constraint queue_side_check CHECK ((side = ANY (ARRAY['a'::bpchar, 'b'::bpchar])));
 CREATE INDEX queue_batch ON sync.queue USING btree (batch_id) WHERE (batch_id IS NOT NULL);
@@ -220,53 +239,159 @@ alter table sync.row_state add constraint row_state_pkey PRIMARY KEY (link, key)
 -- grants on sync.row_state: default
 
 create view sync.status as
+ WITH sides AS (
+         SELECT link_state.link,
+            link_state.source_side
+           FROM sync.link_state
+        UNION
+         SELECT DISTINCT queue.link,
+            queue.side
+           FROM sync.queue
+          WHERE queue.op <> ALL (ARRAY['W'::bpchar, 'C'::bpchar])
+        ), live AS (
+         SELECT b.instance,
+            b.host,
+            b.pid,
+            b.role,
+            b.started_at,
+            b.heartbeat,
+            b.heartbeat_interval
+           FROM sync.bridges b
+          WHERE b.heartbeat > (clock_timestamp() - 2::double precision * b.heartbeat_interval)
+        ), base AS (
+         SELECT k.link,
+            k.source_side,
+            s.queued,
+            s.oldest_queued_at,
+            s.last_applied_at,
+            s.applied_total,
+            s.batches_total,
+            s.retries,
+            s.last_error,
+            s.last_error_at,
+            s.error_kind,
+            s.failing_since,
+            s.sampled_at,
+            s.canary_sent_at,
+            s.canary_seen_sent_at,
+            s.canary_applied_at,
+            s.stall_after,
+            s.stale_after,
+            COALESCE(s.source_local, s.link IS NULL) AS local,
+            q.queued AS q_queued,
+            q.oldest AS q_oldest,
+            c.paused_reason,
+            (EXISTS ( SELECT 1
+                   FROM live
+                  WHERE live.role = 'active'::text)) AS bridge_alive
+           FROM sides k
+             LEFT JOIN sync.link_state s ON s.link = k.link AND s.source_side = k.source_side
+             LEFT JOIN sync.link_control c ON c.link = k.link
+             LEFT JOIN LATERAL ( SELECT count(*) FILTER (WHERE queue.op <> 'C'::bpchar) AS queued,
+                    min(queue.enqueued_at) FILTER (WHERE queue.op <> 'C'::bpchar) AS oldest
+                   FROM sync.queue
+                  WHERE queue.link = k.link AND queue.side = k.source_side AND queue.op <> 'W'::bpchar) q ON COALESCE(s.source_local, s.link IS NULL)
+        ), facts AS (
+         SELECT b.link,
+            b.source_side,
+            b.queued,
+            b.oldest_queued_at,
+            b.last_applied_at,
+            b.applied_total,
+            b.batches_total,
+            b.retries,
+            b.last_error,
+            b.last_error_at,
+            b.error_kind,
+            b.failing_since,
+            b.sampled_at,
+            b.canary_sent_at,
+            b.canary_seen_sent_at,
+            b.canary_applied_at,
+            b.stall_after,
+            b.stale_after,
+            b.local,
+            b.q_queued,
+            b.q_oldest,
+            b.paused_reason,
+            b.bridge_alive,
+                CASE
+                    WHEN b.local THEN b.q_queued
+                    ELSE COALESCE(b.queued, 0::bigint)
+                END AS n_queued,
+                CASE
+                    WHEN b.local THEN b.q_oldest
+                    ELSE b.oldest_queued_at
+                END AS n_oldest,
+            NOT b.local AND (clock_timestamp() - b.sampled_at) > b.stale_after AS n_stale,
+            b.canary_sent_at > COALESCE(b.canary_seen_sent_at, '-infinity'::timestamp with time zone) AS canary_pending,
+            COALESCE(b.stall_after, '00:00:30'::interval) AS n_stall_after
+           FROM base b
+        )
  SELECT link,
         CASE source_side
             WHEN 'a'::bpchar THEN 'a_to_b'::text
             ELSE 'b_to_a'::text
         END AS direction,
-    queued,
         CASE
-            WHEN queued > 0 THEN clock_timestamp() - oldest_queued_at
+            WHEN paused_reason IS NOT NULL THEN 'paused: '::text || paused_reason
+            WHEN NOT bridge_alive THEN 'no bridge'::text
+            WHEN last_error IS NOT NULL AND error_kind = 'sink'::text THEN 'waiting for sink'::text
+            WHEN last_error IS NOT NULL AND error_kind = 'source'::text THEN 'waiting for source'::text
+            WHEN last_error IS NOT NULL THEN 'failing: '::text || last_error
+            WHEN canary_pending AND (clock_timestamp() - canary_sent_at) > n_stall_after OR n_queued > 0 AND (clock_timestamp() - n_oldest) > n_stall_after AND COALESCE(last_applied_at, '-infinity'::timestamp with time zone) < (clock_timestamp() - n_stall_after) THEN 'stalled'::text
+            WHEN n_queued > 0 THEN 'flowing'::text
+            ELSE 'idle'::text
+        END AS state,
+    n_queued AS queued,
+        CASE
+            WHEN n_queued > 0 THEN clock_timestamp() - n_oldest
             ELSE NULL::interval
         END AS lag,
+    COALESCE(n_stale, false) AS stale,
     ( SELECT COALESCE(sum(l.rows), 0::bigint) AS "coalesce"
            FROM sync.apply_log l
-          WHERE l.link = s.link AND l.source_side = s.source_side AND l.applied_at > (clock_timestamp() - '00:01:00'::interval)) AS applied_last_minute,
+          WHERE l.link = f.link AND l.source_side = f.source_side AND l.applied_at > (clock_timestamp() - '00:01:00'::interval)) AS applied_last_minute,
     last_applied_at,
-    applied_total,
-    retries,
+    COALESCE(applied_total, 0::bigint) AS applied_total,
+    COALESCE(batches_total, 0::bigint) AS batches_total,
+    COALESCE(retries, 0::bigint) AS retries,
     ( SELECT count(*) AS count
            FROM sync.dead_letter d
-          WHERE d.link = s.link AND d.source_side = s.source_side AND d.status <> 'closed'::text) AS dead_letters,
+          WHERE d.link = f.link AND d.source_side = f.source_side AND d.status <> 'closed'::text) AS dead_letters,
     last_error,
     last_error_at,
-    clock_timestamp() - sampled_at AS sampled_ago,
+    failing_since,
+    canary_applied_at - canary_seen_sent_at AS canary_lag,
+    canary_applied_at,
+        CASE
+            WHEN local THEN NULL::interval
+            ELSE clock_timestamp() - sampled_at
+        END AS sampled_ago,
     ( SELECT max(b.heartbeat) AS max
            FROM sync.bridges b
           WHERE b.role = 'active'::text) AS bridge_heartbeat,
     ( SELECT count(*) AS count
            FROM sync.conflicts c
-          WHERE c.link = s.link AND c.status <> 'resolved'::text) AS open_conflicts,
+          WHERE c.link = f.link AND c.status <> 'resolved'::text) AS open_conflicts,
     ( SELECT count(*) AS count
            FROM sync.conflicts c
-          WHERE c.link = s.link) AS conflicts_total,
+          WHERE c.link = f.link) AS conflicts_total,
     ( SELECT
                 CASE
                     WHEN r.status = 'finished'::text THEN 'done '::text || r.signalled
                     ELSE (((r.status || ' '::text) || r.signalled) || '/'::text) || COALESCE(r.total::text, '?'::text)
                 END AS "case"
            FROM sync.backfill_runs r
-          WHERE r.link = s.link AND r.side = s.source_side
+          WHERE r.link = f.link AND r.side = f.source_side
           ORDER BY r.started_at DESC
          LIMIT 1) AS backfill,
     ( SELECT (c.verdict || ' '::text) || to_char(c.checked_at, 'YYYY-MM-DD HH24:MI:SS'::text)
            FROM sync.check_status c
-          WHERE c.kind = 'link'::text AND c.name = s.link) AS last_check,
+          WHERE c.kind = 'link'::text AND c.name = f.link) AS last_check,
     ( SELECT string_agg((((((b.role || ' '::text) || b.host) || ':'::text) || b.pid) || ' '::text) || to_char(b.heartbeat, 'HH24:MI:SS'::text), ', '::text ORDER BY b.role, b.host) AS string_agg
-           FROM sync.bridges b
-          WHERE b.heartbeat > (clock_timestamp() - '00:01:00'::interval)) AS bridges
-   FROM sync.link_state s
+           FROM live b) AS bridges
+   FROM facts f
   ORDER BY link, source_side;
 -- grants on sync.status: default
 
@@ -355,6 +480,24 @@ end
 $function$;
 -- grants on sync.enqueue_webhook_v1(p_source text, p_event_id text, p_topic text, p_link text, p_side character, p_key jsonb, p_payload jsonb): {OWNER=X/OWNER}
 
+CREATE OR REPLACE FUNCTION sync.pause(p_link text, p_reason text)
+ RETURNS void
+ LANGUAGE plpgsql
+AS $function$
+begin
+    if coalesce(p_reason, '') = '' then
+        raise exception 'sync.pause needs a reason';
+    end if;
+    insert into sync.link_control as c (link, paused_reason, paused_at, paused_by)
+    values (p_link, p_reason, clock_timestamp(), current_user)
+    on conflict (link) do update
+       set paused_reason = excluded.paused_reason, paused_at = excluded.paused_at,
+           paused_by = excluded.paused_by;
+    perform pg_notify('syncbridge_control', p_link);
+end
+$function$;
+-- grants on sync.pause(p_link text, p_reason text): default
+
 CREATE OR REPLACE FUNCTION sync.prune_webhook_events_v1(p_older_than interval)
  RETURNS bigint
  LANGUAGE sql
@@ -387,6 +530,19 @@ begin
 end
 $function$;
 -- grants on sync.resolve_conflict(p_id bigint, p_winner text): default
+
+CREATE OR REPLACE FUNCTION sync.resume(p_link text)
+ RETURNS void
+ LANGUAGE plpgsql
+AS $function$
+begin
+    update sync.link_control
+       set paused_reason = null, paused_at = null, paused_by = null
+     where link = p_link;
+    perform pg_notify('syncbridge_control', p_link);
+end
+$function$;
+-- grants on sync.resume(p_link text): default
 
 CREATE OR REPLACE FUNCTION sync.resync(p_link text, p_side character DEFAULT 'a'::bpchar)
  RETURNS uuid

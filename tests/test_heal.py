@@ -1,0 +1,247 @@
+"""Every fault heals in the running bridge (issue 13), and how long it takes.
+
+Each fault is injected for real, three times against one running bridge
+process (never restarted), and the time from "the database is reachable
+again" (or from the fault, for faults that leave it reachable) to a fresh
+row applied on the sink is measured; the median is printed and asserted
+against the issue's 2 s with a margin for two shared cores:
+
+    pytest -s tests/test_heal.py | grep '^heal'
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import pytest
+
+from heal_support import (
+    Clusters,
+    Proxy,
+    Writer,
+    arrives,
+    crash_restart,
+    flowing,
+    make,
+    report,
+    state,
+    status,
+    until,
+)
+
+TARGET = 2.0  # s: flowing again within 2 s of the database being reachable
+MARGIN = 2.0  # two cores shared with other work
+ROUNDS = 3
+
+
+@pytest.fixture(scope="module")
+def clusters():
+    c = Clusters()
+    yield c
+    c.destroy()
+
+
+def _terminate(rig, side: str, app: str) -> int:
+    return len(rig.query(side, "select pg_terminate_backend(pid) from pg_stat_activity "
+                               "where application_name = %s and pid <> pg_backend_pid()",
+                         (app,)))
+
+
+def _converged(rig) -> None:
+    rig.wait_equal({"items": ["id"]}, 60)
+    rig.wait_drained(30)
+    assert rig.query("a", "select count(*) from sync.queue where batch_id is not null") \
+        == [(0,)], "no claimed batch may be left behind"
+
+
+def _assert_heal(fault: str, times: list[float]) -> None:
+    med = report(fault, times)
+    assert med < TARGET + MARGIN, f"{fault}: median heal {med:.2f}s"
+
+
+def test_failed_apply_is_retried_as_the_same_batch(clusters, tmp_path):
+    """Was: the retry claimed a *new* batch and the failed one stayed claimed until a
+    restart. The sink fails the first three applies with a transient error."""
+    rig = make(clusters, tmp_path)
+    rig.execute("b", """
+        create sequence fail_first;
+        create function fail_first() returns trigger language plpgsql as $$
+        begin
+            if nextval('fail_first') <= 3 then  -- a sequence: not undone by the rollback
+                raise exception 'injected' using errcode = '40001';
+            end if;
+            return null;
+        end $$;
+        create trigger fail_first after insert on items
+            for each statement execute function fail_first();""")
+    try:
+        rig.start_bridge()
+        rig.execute("a", "insert into items values (1, 'x')")
+        claimed = []
+        until(lambda: claimed.extend(rig.query("a", "select distinct batch_id from sync.queue "
+                                                    "where batch_id is not null")) or claimed,
+              10, "the batch to be claimed")
+        until(lambda: rig.query("b", "select count(*) from items")[0][0] == 1, 15,
+              "the row, applied by the running bridge")
+        assert rig.query("b", "select batch_id from sync.applied_batches") == claimed, \
+            "the batch that failed is the batch that was applied"
+        assert rig.query("b", "select last_value from fail_first")[0][0] >= 4
+        _converged(rig)
+        assert status(rig)["retries"] >= 3 and status(rig)["last_error"] is None
+    finally:
+        rig.close()
+
+
+def test_sink_crash_restart_under_writes(clusters, tmp_path):
+    rig = make(clusters, tmp_path)
+    try:
+        rig.start_bridge()
+        arrives(rig, 1)
+        times = []
+        with Writer(rig.dsn["a"]):
+            for i in range(ROUNDS):
+                time.sleep(0.5)  # writes land before the crash
+                crash_restart(clusters.sink, down=1.0)
+                times.append(flowing(rig))  # the writer keeps signals coming
+                arrives(rig, 10 + i)
+        _converged(rig)
+        _assert_heal("sink pg_ctl -m immediate restart under writes", times)
+        assert rig.proc.poll() is None, "healed by the running bridge"
+    finally:
+        rig.close()
+
+
+def test_hub_crash_restart(clusters, tmp_path):
+    rig = make(clusters, tmp_path)
+    try:
+        rig.start_bridge()
+        arrives(rig, 1)
+        times = []
+        with Writer(rig.dsn["a"]):
+            for i in range(ROUNDS):
+                time.sleep(0.5)
+                crash_restart(clusters.hub, down=1.0)
+                times.append(flowing(rig))  # the writer keeps signals coming
+                arrives(rig, 10 + i)
+        _converged(rig)
+        _assert_heal("hub (source) pg_ctl -m immediate restart", times)
+        assert rig.proc.poll() is None
+    finally:
+        rig.close()
+
+
+def test_listen_backend_terminated(clusters, tmp_path):
+    """Was: ~5 s to notice (the next ping). The fallback poll is 30 s here, so only
+    a re-established LISTEN (and its catch-up) brings the row over quickly."""
+    rig = make(clusters, tmp_path, {"fallback_poll": 30.0})
+    try:
+        rig.start_bridge()
+        until(lambda: _listening(rig), 15, "LISTEN")
+        arrives(rig, 1)
+        times = []
+        for i in range(ROUNDS):
+            until(lambda: _listening(rig), 15, "LISTEN")
+            assert _terminate(rig, "a", "syncbridge-listen") == 1
+            times.append(arrives(rig, 10 + i))
+        _assert_heal("pg_terminate_backend of LISTEN", times)
+    finally:
+        rig.close()
+
+
+def _listening(rig) -> bool:
+    return rig.query("a", "select count(*) from pg_stat_activity "
+                          "where application_name = 'syncbridge-listen'")[0][0] == 1
+
+
+def test_drain_connections_terminated(clusters, tmp_path):
+    rig = make(clusters, tmp_path)
+    try:
+        rig.start_bridge()
+        arrives(rig, 1)
+        times = []
+        for i in range(ROUNDS):
+            side = "b" if i % 2 == 0 else "a"  # sink pool, then source pool
+            assert _terminate(rig, side, "syncbridge") >= 1
+            times.append(arrives(rig, 10 + i))
+        _assert_heal("pg_terminate_backend of drain connections", times)
+        until(lambda: status(rig)["last_error"] is None, 5, "last_error cleared")
+    finally:
+        rig.close()
+
+
+def test_leadership_blip(clusters, tmp_path):
+    """Was: drain loops got up to 20 s to notice a stop flag a lost leadership never set."""
+    rig = make(clusters, tmp_path)
+    try:
+        rig.start_bridge()
+        arrives(rig, 1)
+        times = []
+        for i in range(ROUNDS):
+            until(lambda: rig.query("a", "select count(*) from pg_stat_activity where "
+                                         "application_name = 'syncbridge-leader'")[0][0] == 1,
+                  15, "the leader connection")
+            assert _terminate(rig, "a", "syncbridge-leader") == 1
+            times.append(arrives(rig, 10 + i))
+        _assert_heal("leadership blip (lock session terminated)", times)
+        assert "event=leadership_lost" in rig.log_text()
+    finally:
+        rig.close()
+
+
+def test_sigstop_longer_than_the_heartbeat(clusters, tmp_path):
+    rig = make(clusters, tmp_path)
+    try:
+        proc = rig.start_bridge()
+        arrives(rig, 1)
+        times, gone = [], []
+        for i in range(ROUNDS):
+            until(lambda: state(rig) == "idle", 10, "idle")
+            proc.send_signal(signal.SIGSTOP)
+            stopped = time.monotonic()
+            try:
+                until(lambda: state(rig) == "no bridge", 5 + MARGIN, "no bridge")
+                gone.append(time.monotonic() - stopped)
+            finally:
+                proc.send_signal(signal.SIGCONT)
+            cont = time.monotonic()
+            arrives(rig, 10 + i)
+            until(lambda: state(rig) == "idle", 10, "idle after SIGCONT")
+            times.append(time.monotonic() - cont)
+        report("SIGSTOP shown as 'no bridge'", gone)
+        _assert_heal("SIGSTOP of the bridge, then SIGCONT", times)
+    finally:
+        rig.close()
+
+
+def test_proxy_drops_and_stalls_the_sink_connections(clusters, tmp_path):
+    rig = make(clusters, tmp_path, {"stall_after": 2.0})
+    proxy = Proxy(clusters.sink.port)
+    try:  # the bridge reaches the sink through the proxy; the test reads it directly
+        rig.config_path.write_text(rig.config_path.read_text().replace(
+            f'"{rig.dsn["b"]}"', f'"{proxy.dsn(rig.dsn["b"])}"'))
+        rig.start_bridge()
+        arrives(rig, 1)
+        drops = []
+        for i in range(ROUNDS):
+            proxy.drop()
+            drops.append(arrives(rig, 10 + i))
+        _assert_heal("proxy drops every sink connection (RST)", drops)
+        stalls = []
+        for i in range(ROUNDS):
+            until(lambda: state(rig) == "idle", 10, "idle")
+            proxy.stall()
+            try:
+                rig.execute("a", "insert into items values (%s, 'stalled')", (100 + i,))
+                until(lambda: state(rig) == "stalled", 2.0 + 5 + MARGIN, "stalled")
+            finally:
+                proxy.resume()
+            resumed = time.monotonic()
+            until(lambda k=100 + i: rig.query("b", "select count(*) from items where id = %s",
+                                              (k,))[0][0] == 1, 30, "the stalled row")
+            stalls.append(time.monotonic() - resumed)
+        _assert_heal("proxy stalls the sink connections, then resumes", stalls)
+        _converged(rig)
+    finally:
+        proxy.close()
+        rig.close()
