@@ -380,6 +380,9 @@ def test_every_kind_of_schema_change_pauses_with_its_reason(new_db, tmp_path, dd
         rig.execute("b", "update people set name = 'after the change' where id = 1")
         wait_until(lambda: _paused(rig) is not None, 30, "the link to pause")
         assert _paused(rig) == f"schema changed on peer b: {reason}"  # b's edit found it
+        states = {r[0] for r in rig.query("a", "select state from sync.status "
+                                               "where link = 'people'")}
+        assert states == {f"paused: schema changed on peer b: {reason}"}
         assert rig.query("a", "select name from people") == [("n",)]  # nothing applied
         out = _cli(rig, "adopt", "people")
         assert out.returncode == 0, out.stderr
