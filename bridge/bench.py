@@ -79,6 +79,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=1000, help="signals per batch")
     p.add_argument("--durable", action="store_true",
                    help="embedded server with fsync and synchronous_commit on (default: off)")
+    from . import bench_logical  # --compare logical, --json
+
+    bench_logical.add_arguments(p)
 
 
 class Bench:
@@ -159,8 +162,13 @@ class Bench:
         self.rig.wait_drained(60)
         wait_until(lambda: self._target_count() == self.rig.query(
             "a", "select count(*) from bench_items")[0][0], 60, "every latency write to arrive")
+        return self._arrival_report(sent)
+
+    def _arrival_report(self, sent: int) -> dict[str, float]:
+        """Commit-to-apply percentiles from the target's bench_arrivals stamps."""
         ms = [r[0] for r in self.rig.query(
-            "b", "select extract(epoch from arrived_at - written_at) * 1000 from bench_arrivals")]
+            "b", "select extract(epoch from arrived_at - written_at) * 1000 from bench_arrivals"
+                 " where id > 0")]
         ms = sorted(float(x) for x in ms)
         return {"tx": sent, "p50_ms": _pct(ms, 50), "p95_ms": _pct(ms, 95),
                 "p99_ms": _pct(ms, 99), "max_ms": ms[-1]}
@@ -275,6 +283,10 @@ def _print(title: str, report: dict[str, dict[str, Any]]) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.compare:
+        from . import bench_logical
+
+        return bench_logical.main(args)
     parts = [p.strip() for p in args.only.split(",") if p.strip()]
     unknown = set(parts) - {"bulk", "latency", "catchup", "overhead", "webhooks"}
     if unknown:
