@@ -32,6 +32,7 @@ import socket
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from decimal import Decimal
 from typing import Any
 
 import asyncpg
@@ -64,6 +65,12 @@ _HUB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutEr
 def _backoff(failures: int) -> float:
     """Full jitter: uniform in [0, min(RETRY_MAX, 0.1 s * 2^n)]."""
     return random.uniform(0, min(RETRY_MAX, 0.1 * 2 ** failures))
+
+
+def _json(value: Any) -> str:
+    """JSON of a key parsed with Decimals: a Decimal goes as its exact text (a JSON
+    string, which jsonb_to_recordset reads back into the numeric key column)."""
+    return json.dumps(value, default=str)
 
 
 class LostLeadership(Exception):
@@ -674,13 +681,13 @@ class Bridge:
             if shape is None:
                 continue
             winner = r["winner"]
-            ka = json.loads(r["key"])
+            ka = json.loads(r["key"], parse_float=Decimal)  # a numeric key keeps its digits
             key = {w: ka[a] for a, w in zip(shape.key_cols("a"), shape.key_cols(winner),
                                             strict=True)}
             if shape.link.conflict == "merge":  # keep the loser's edits of other columns
                 await self._write_settled_merge(shape, r, winner, key)
             source = self.pools[shape.link.side(winner).peer]
-            await source.execute(Q("resignal"), r["link"], winner, json.dumps([key]))
+            await source.execute(Q("resignal"), r["link"], winner, _json([key]))
             await hub.execute(Q("conflict_resolved"), r["id"])
             self.events[f"{r['link']}:{winner}"].set()
             log.info("event=conflict_resolved id=%s link=%s winner=%s", r["id"], r["link"], winner)
@@ -690,7 +697,7 @@ class Bridge:
                                          conflicts.load(r["b"]), conflicts.load(r["last"]),
                                          winner)
         [drain] = [d for d in self.drains if d.link.name == shape.link.name and d.dst == winner]
-        await drain.write_settled(merged, json.dumps(key))
+        await drain.write_settled(merged, _json(key))
 
     async def _extra_loops(self) -> None:
         """Webhook events, and scheduled checks / resync requests (engine.reconcile)."""

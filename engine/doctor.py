@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from .config import Config, Peer, Side
 
 ERROR, WARNING, OK = "error", "warning", "ok"
-PG_MIN_VERSION = 130000  # gen_random_uuid() is built in from PostgreSQL 13 (0004_reconcile)
+PG_MIN_VERSION = 150000  # the oldest the README claims and CI tests (.ci/pg-oldest)
 # Connections the bridge opens per Postgres peer: an asyncpg pool of up to 4
 # (bridge/daemon.py), one LISTEN connection, and one for migrate/status at the same time.
 PG_CONNECTIONS_NEEDED = 6
@@ -175,8 +175,8 @@ def _postgres(peer: Peer, sides: dict[Side, _Use]) -> Iterator[Check]:
         yield Check(peer.name, OK, f"PostgreSQL {version}; user {user}; wal_level does not "
                     "matter (trigger capture, no logical decoding)")
         if num < PG_MIN_VERSION:
-            yield Check(peer.name, ERROR, f"PostgreSQL {version} is older than 13 "
-                        "(gen_random_uuid() is built in from 13)", "upgrade the server to 13+")
+            yield Check(peer.name, ERROR, f"PostgreSQL {version} is older than 15, the oldest "
+                        "syncbridge is tested on", "upgrade the server to 15 or later")
         free = max_conn - reserved - used
         if free < PG_CONNECTIONS_NEEDED:
             yield Check(peer.name, WARNING, f"only {free} of {max_conn} connections are free; "
