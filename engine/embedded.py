@@ -80,10 +80,13 @@ class EmbeddedPostgres:
         return str(POSTGRES_BIN_PATH / name)
 
     def _run(self, *args: str, timeout: float = 60) -> None:
-        subprocess.run(
-            args, check=True, timeout=timeout, stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE, **self._kw,
-        )
+        """Run a server binary; a failure says what the binary printed (pg_ctl's reason)."""
+        done = subprocess.run(args, timeout=timeout, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, **self._kw)
+        if done.returncode:
+            exc = subprocess.CalledProcessError(done.returncode, args, stderr=done.stderr)
+            exc.add_note(done.stderr.decode(errors="replace").strip())  # shown in tracebacks
+            raise exc
 
     def start(self) -> EmbeddedPostgres:
         if self._kw:
