@@ -18,6 +18,7 @@ import psycopg
 from . import base, capture, sqlfiles
 from .catalog import LinkShape
 from .config import Config
+from .drain import Q
 from .install import _two_way_postgres
 from .validate import shapes
 
@@ -45,8 +46,8 @@ def adopt(config: Config, links: list[str]) -> Iterator[str]:
         if _two_way_postgres(config, shape):
             yield base.seed(config, shape).report()
         with psycopg.connect(config.hub_peer.dsn, autocommit=True) as hub:
-            was = hub.execute(sqlfiles.for_psycopg(base.Q("link_paused")), (name,)).fetchone()
-            hub.execute(sqlfiles.for_psycopg(base.Q("resume_link")), (name,))
+            was = hub.execute(sqlfiles.for_psycopg(Q("link_paused")), (name,)).fetchone()
+            hub.execute(sqlfiles.for_psycopg(Q("resume_link")), (name,))
         reason = was[0] if was and was[0] else None
         yield (f"{name}: adopted ({reason}); the bridge resumes it" if reason
                else f"{name}: validated and adopted (it was not paused)")

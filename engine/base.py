@@ -24,14 +24,11 @@ import psycopg
 from . import pg_session, sqlfiles
 from .catalog import LinkShape
 from .config import Config
+from .drain import Q
 from .pg_sql import _coldefs, _obj, _q, _table, text_obj
 
 PAGE = 2000
 SHOWN = 10  # differing keys named in the report
-
-
-def Q(name: str) -> str:  # noqa: N802 - reads like a table of named statements
-    return sqlfiles.query("queries/bridge.sql", name)
 
 
 @dataclass

@@ -217,8 +217,8 @@ class PgDrain(QueueDrain):
         """Raise SchemaChanged when either linked table differs from the validated shape."""
         for side, pool in ((self.src, self.source), (self.dst, self.sink)):
             s = self.link.side(side)
-            table = f"{pg_sql._q(s.schema)}.{pg_sql._q(s.table)}"
-            now = json.loads(await pool.fetchval(Q("table_shape"), table) or "[]")
+            now = json.loads(await pool.fetchval(Q("table_shape"), pg_sql._table(self.shape, side))
+                             or "[]")
             detail = shape_change(expected_shape(self.shape.table(side)), now)
             if detail:
                 raise SchemaChanged(self.link.name, s.peer, s.qualified, detail)
@@ -436,7 +436,6 @@ class PgDrain(QueueDrain):
         if self.open_dead_letters and out.applied:
             await self.hub.execute(Q("close_dead_letters"), self.link.name, self.src,
                                    [i.source_key for i in out.applied])
-
 
 
 def _resolver_sql(policy: str) -> str | None:
