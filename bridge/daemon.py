@@ -228,8 +228,10 @@ class Bridge:
         self.leader_ok_at = time.monotonic()
         log.info("event=active instance=%s links=%d", self.instance, len(self.shapes))
         self.ticks = {}
+        self.paused = {}
         try:  # a pool's first connection to a server still recovering was seen to hang
             await asyncio.wait_for(self._connect(), CONNECT_TIMEOUT)
+            await self._read_control()  # before any drain starts: a paused link claims nothing
         except BaseException:
             await self._close_pools()
             raise
@@ -404,29 +406,30 @@ class Bridge:
     def _on_control(self, _conn: Any, _pid: int, _channel: str, _payload: str) -> None:
         self.control.set()
 
+    async def _read_control(self) -> None:
+        """Take sync.link_control's paused links as this bridge's self.paused."""
+        rows = await self.pools[self.config.hub].fetch(Q("paused_links"), timeout=self.hb)
+        paused = {r["link"]: r["paused_reason"] for r in rows}
+        for link in paused.keys() - self.paused.keys():
+            log.info("event=paused link=%s reason=%s", link, paused[link])
+        for link in self.paused.keys() - paused.keys():
+            log.info("event=resumed link=%s", link)
+            for key, ev in self.events.items():
+                if key.startswith(f"{link}:"):
+                    ev.set()
+        self.paused = paused
+
     async def _control_loop(self) -> None:
         """Follow sync.link_control: a paused link is not drained (its signals queue)."""
-        hub = self.pools[self.config.hub]
         while not self.halt.is_set():
             self.ticks["control"] = time.monotonic()
             self.control.clear()
             try:
-                rows = await hub.fetch(Q("paused_links"), timeout=self.hb)
+                await self._read_control()
             except Exception as e:
                 if not _retryable(e):
                     raise
                 log.warning("event=control_failed error=%s", errors.describe(e))
-                rows = None
-            if rows is not None:
-                paused = {r["link"]: r["paused_reason"] for r in rows}
-                for link in paused.keys() - self.paused.keys():
-                    log.info("event=paused link=%s reason=%s", link, paused[link])
-                for link in self.paused.keys() - paused.keys():
-                    log.info("event=resumed link=%s", link)
-                    for key, ev in self.events.items():
-                        if key.startswith(f"{link}:"):
-                            ev.set()
-                self.paused = paused
             await _wait_any([self.control], self.halt, 1.0)
 
     # -- draining --------------------------------------------------------------

@@ -22,6 +22,7 @@ import logging
 import re
 import sys
 import time
+from typing import Any
 
 _KEY_FIELD = re.compile(r"(?<![A-Za-z_])key=%s")
 _hash_keys = False
@@ -107,8 +108,21 @@ class _Json(logging.Formatter):
         return json.dumps(out)
 
 
+class _Stderr(logging.StreamHandler):
+    """Writes to sys.stderr as it is when a line is logged, not when setup ran: a
+    handler bound to an earlier stream (pytest's capture, a closed pipe) fails."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: Any) -> None:
+        pass
+
+
 def setup(level: str = "info", fmt: str = "text") -> None:
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _Stderr()
     handler.setFormatter(_Json() if fmt == "json" else _Text())
     handler.addFilter(_HashKeys())
     root = logging.getLogger()

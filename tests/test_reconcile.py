@@ -173,7 +173,15 @@ def test_repair_respects_a_one_way_link_and_makes_the_next_check_clean(rig, smal
 
 
 def test_changes_in_flight_are_waited_for_not_reported(rig):
-    """Signals queued (bridge down) while the check runs: the check waits, then equal."""
+    """Signals queued while the check runs: the check waits for them, then equal.
+
+    The bridge runs with the link paused, so the keys stay queued for as long as the
+    check is observed waiting (a stopped bridge would end the wait after
+    NO_BRIDGE_GRACE, which made this test depend on how fast a bridge starts)."""
+    rig.execute("a", "select sync.pause('things', 'held by the test')")
+    rig.start_bridge()
+    wait_until(lambda: rig.query("a", "select count(*) from sync.bridges where role = "
+                                      "'active'")[0][0] == 1, 30, "an active bridge")
     with psycopg.connect(rig.dsn["a"], autocommit=True) as c:
         c.execute("update things set label = 'in flight' where id % 100 = 0")
         c.execute("delete from things where id between 500 and 505")
@@ -188,7 +196,8 @@ def test_changes_in_flight_are_waited_for_not_reported(rig):
                                       "query like '%q.key = any%'")[0][0] > 0,
                30, "the check to wait on the queued keys", every=0.01)
     assert t.is_alive(), "the check must wait for the queued keys, not finish"
-    rig.start_bridge()
+    assert rig.query("b", "select count(*) from sync.applied_batches") == [(0,)]
+    rig.execute("a", "select sync.resume('things')")
     t.join(60)
     assert not t.is_alive(), "the check must finish once the bridge drained the queue"
     [res] = results
