@@ -22,9 +22,8 @@ from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 
+from syncbridge.bridge import logs
 from syncbridge.engine.config import Config, ConfigError, load
-
-from . import logs
 
 EXIT_OK, EXIT_DIFFERENT, EXIT_ERROR, EXIT_DATABASE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 log = logging.getLogger("syncbridge.cli")
@@ -54,7 +53,7 @@ def cmd_install(args: argparse.Namespace) -> int:
 
 
 def cmd_adopt(args: argparse.Namespace) -> int:
-    from syncbridge.engine import adopt
+    from syncbridge.engine.postgres import adopt
 
     for line in adopt.adopt(_config(args), args.link):
         print(line)
@@ -70,7 +69,7 @@ def cmd_uninstall(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from . import daemon, reload
+    from syncbridge.bridge import daemon, reload
 
     config = _config(args)
     reload.check_webhooks_at_start(config)
@@ -89,7 +88,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_systemd(args: argparse.Namespace) -> int:
-    from . import units
+    from syncbridge.bridge import units
 
     config = _config(args)
     config_path = str(Path(args.config).absolute())
@@ -106,20 +105,20 @@ def cmd_systemd(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from . import demo
+    from syncbridge.bridge import demo
 
     return demo.main(keep=args.keep)
 
 
 def cmd_webhooks(args: argparse.Namespace) -> int:
-    from .webhook_app import serve
+    from syncbridge.bridge.webhook_app import serve
 
     serve(_config(args, hub_only=True), args.host, args.port)
     return 0
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from . import bench
+    from syncbridge.bridge.bench import core as bench
 
     return bench.main(args)
 
@@ -205,10 +204,10 @@ def _parser() -> argparse.ArgumentParser:
     add("demo", cmd_demo, "two embedded databases kept in step, end to end").add_argument(
         "--keep", action="store_true", help="leave the embedded server and its files at the end")
     bench = add("bench", cmd_bench, "measure throughput, latency and capture overhead")
-    from . import bench as bench_mod
+    from syncbridge.bridge.bench import core as bench_mod
 
     bench_mod.add_arguments(bench)
-    from . import reconcile_cli  # backfill, check, repair, bench-check
+    from syncbridge.bridge import reconcile_cli  # backfill, check, repair, bench-check
 
     reconcile_cli.register(add)
     add("doctor", cmd_doctor, "check every peer is ready (read-only); exit 0 when it is")

@@ -37,12 +37,13 @@ from typing import Any
 
 import asyncpg
 
-from syncbridge.engine import capture, conflicts, errors, pg_session, sdnotify
+from syncbridge.bridge import metrics
+from syncbridge.engine import conflicts, errors, sdnotify
 from syncbridge.engine.config import Config, ConfigError
-from syncbridge.engine.drain import PgDrain, Q, SchemaChanged
+from syncbridge.engine.postgres import capture
+from syncbridge.engine.postgres import session as pg_session
+from syncbridge.engine.postgres.drain import PgDrain, Q, SchemaChanged
 from syncbridge.engine.validate import shapes
-
-from . import metrics
 
 log = logging.getLogger("syncbridge.bridge")
 
@@ -345,7 +346,7 @@ class Bridge:
         if all(p.dialect == "postgres" for p in peers):
             return PgDrain(shape, src, self.pools[peers[0].name], self.pools[peers[1].name],
                            hub, max_attempts)
-        from syncbridge.engine.mssql_drain import make_drain
+        from syncbridge.engine.sqlserver.drain import make_drain
 
         return make_drain(shape, src, dst, self.config, self.pools, self.mssql, hub,
                           max_attempts)
@@ -704,7 +705,7 @@ class Bridge:
 
     async def _extra_loops(self) -> None:
         """Webhook events, and scheduled checks / resync requests (engine.reconcile)."""
-        from syncbridge.engine.reconcile import background_checks
+        from syncbridge.engine.reconcile.schedule import background_checks
 
         await asyncio.gather(self._webhook_loop(),
                              background_checks(self.config, self.halt, self.shapes))
@@ -714,7 +715,7 @@ class Bridge:
         if not self.config.raw.get("webhooks", {}).get("sources"):
             await self.halt.wait()
             return
-        from syncbridge.engine.webhook_apply import drain_webhook_events, prune_webhook_events
+        from syncbridge.engine.webhooks.apply import drain_webhook_events, prune_webhook_events
 
         hub = self.pools[self.config.hub]
         ev = self.events["webhook"]

@@ -22,10 +22,9 @@ from pathlib import Path
 
 import psycopg
 
+from syncbridge.bridge.bench.rig import Rig
 from syncbridge.engine import status
 from syncbridge.engine.embedded import EmbeddedPostgres
-
-from .rig import Rig
 
 SCHEMA = """
 create table patients (

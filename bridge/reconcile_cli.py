@@ -22,7 +22,7 @@ def _config(args: argparse.Namespace) -> Config:
 
 
 def cmd_backfill(args: argparse.Namespace) -> int:
-    from syncbridge.engine import backfill
+    from syncbridge.engine.reconcile import backfill
     from syncbridge.engine.validate import shapes
 
     config = _config(args)
@@ -36,7 +36,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from syncbridge.engine import check
+    from syncbridge.engine.reconcile import check
     from syncbridge.engine.validate import shapes
 
     config = _config(args)
@@ -83,7 +83,7 @@ def _diff_line(d) -> str:
 
 
 def cmd_repair(args: argparse.Namespace) -> int:
-    from syncbridge.engine import repair
+    from syncbridge.engine.reconcile import repair
 
     done = repair.repair(_config(args), args.link, args.prefer, dry_run=args.dry_run)
     print(done.message)
@@ -95,7 +95,7 @@ def cmd_repair(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_check(args: argparse.Namespace) -> int:
-    from . import bench_check
+    from syncbridge.bridge.bench import check as bench_check
 
     return bench_check.main(args)
 
@@ -126,7 +126,7 @@ def register(add: Add) -> None:
                    help="list the rows that would be inserted, updated and deleted, on which "
                         "side; signal nothing")
     bc = add("bench-check", cmd_bench_check, "measure check, check with diffs, and backfill")
-    from . import bench_check
+    from syncbridge.bridge.bench import check as bench_check
 
     bench_check.add_arguments(bc)
 

@@ -30,9 +30,9 @@ from starlette.routing import Route
 from syncbridge.engine.config import Config
 from syncbridge.engine.errors import sqlstate
 from syncbridge.engine.sqlfiles import query
-from syncbridge.engine.webhook_config import Source, WebhookConfig, parse_webhooks
-from syncbridge.engine.webhook_map import map_event
-from syncbridge.engine.webhook_verify import (
+from syncbridge.engine.webhooks.config import Source, WebhookConfig, parse_webhooks
+from syncbridge.engine.webhooks.map import map_event
+from syncbridge.engine.webhooks.verify import (
     EventError,
     SignatureError,
     identify,

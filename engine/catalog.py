@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from .config import ConfigError, Link, Side
+from syncbridge.engine.config import ConfigError, Link, Side
 
 
 @dataclass(frozen=True)

@@ -479,7 +479,7 @@ def _link(body: LinkFile, bridge: BridgeSettings, peers: dict[str, Peer]) -> Lin
 
 def _check_mixed_conflicts(name: str, peers: dict[str, Peer], a: Side, b: Side,
                            direction: str, conflict: str) -> None:
-    """Two-way links with a SQL Server side are not conflict-checked (engine/mssql_drain.py):
+    """Two-way links with a SQL Server side are not conflict-checked (engine/sqlserver/drain.py):
     a manual policy would promise parked conflicts that never come, so it is refused."""
     if direction != "both" or conflict != "manual":
         return

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from .config import Link
+from syncbridge.engine.config import Link
 
 APPLY, SKIP, KEEP_SINK, PARK, MERGE, RESOLVE = (
     "apply", "skip", "keep_sink", "park", "merge", "resolve")

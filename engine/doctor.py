@@ -22,7 +22,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from .config import Config, Peer, Side
+from syncbridge.engine.config import Config, Peer, Side
 
 ERROR, WARNING, OK = "error", "warning", "ok"
 PG_MIN_VERSION = 150000  # the oldest the README claims and CI tests (.ci/pg-oldest)
@@ -111,8 +111,8 @@ def tls_checks(peer: str, conn_str: str) -> list[Check]:
 
 
 def _sqlserver(config: Config, peer: Peer, sides: dict[Side, _Use]) -> Iterator[Check]:
-    from . import mssql_checks as checks
-    from . import mssql_peer as mp
+    from syncbridge.engine.sqlserver import checks
+    from syncbridge.engine.sqlserver import peer as mp
 
     conn_str = mp.with_app_name(mp.odbc_connection_string(peer.dsn))
     pyodbc = mp.import_pyodbc()
@@ -207,7 +207,7 @@ def _peer_error(e: BaseException) -> bool:
     """Failures that say something about the peer (unreachable, login, driver missing)."""
     import psycopg
 
-    from .errors import is_odbc_error
+    from syncbridge.engine.errors import is_odbc_error
 
     return isinstance(e, OSError | RuntimeError | psycopg.Error) or is_odbc_error(e)
 

@@ -15,7 +15,7 @@ import re
 
 import asyncpg
 
-from .config import ConfigError
+from syncbridge.engine.config import ConfigError
 
 TRANSIENT_SQLSTATES = {
     "40001",  # serialization_failure
@@ -56,7 +56,9 @@ def is_transient(exc: BaseException) -> bool:
     if state:
         return state in TRANSIENT_SQLSTATES or state.startswith("08")
     if is_odbc_error(exc):  # SQL Server (pyodbc): its SQLSTATE and native error numbers
-        from .mssql_peer import is_transient as mssql_transient  # no pyodbc import
+        from syncbridge.engine.sqlserver.peer import (
+            is_transient as mssql_transient,  # no pyodbc import
+        )
 
         return mssql_transient(exc)
     return False

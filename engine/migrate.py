@@ -13,7 +13,7 @@ from importlib import resources
 
 from yoyo import get_backend, read_migrations
 
-from .config import Config, Peer
+from syncbridge.engine.config import Config, Peer
 
 log = logging.getLogger("syncbridge.migrate")
 
@@ -25,7 +25,9 @@ def yoyo_url(peer: Peer) -> str:
             if dsn.startswith(prefix):
                 return "postgresql+psycopg://" + dsn[len(prefix):]
         raise ValueError(f"peer {peer.name!r}: migrate needs a postgresql:// URL DSN")
-    from .mssql_yoyo import yoyo_url as mssql_url  # only with a SQL Server peer
+    from syncbridge.engine.sqlserver.yoyo import (
+        yoyo_url as mssql_url,  # only with a SQL Server peer
+    )
 
     return mssql_url(dsn)
 

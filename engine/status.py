@@ -17,7 +17,8 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from . import pg_session, sqlfiles
+from syncbridge.engine import sqlfiles
+from syncbridge.engine.postgres import session as pg_session
 
 WIDTH = 100  # characters: the default table fits an 100-column terminal
 NARROW = ("link", "direction", "state", "queued", "lag", "applied_last_minute",

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import psycopg
 
-from . import catalog
-from .catalog import LinkShape
-from .config import Config, ConfigError, Link
-from .errors import PeerUnreachable
+from syncbridge.engine import catalog
+from syncbridge.engine.catalog import LinkShape
+from syncbridge.engine.config import Config, ConfigError, Link
+from syncbridge.engine.errors import PeerUnreachable
 
 
 def _pg_connect(config: Config, peer: str) -> psycopg.Connection:
@@ -22,7 +22,7 @@ def read_table(config: Config, conns: dict, link: Link, side: str) -> catalog.Ta
     s = link.side(side)
     peer = config.peers[s.peer]
     if peer.dialect == "sqlserver":
-        from .mssql_peer import read_table_sync  # only with a SQL Server peer
+        from syncbridge.engine.sqlserver.peer import read_table_sync  # only with a SQL Server peer
 
         return read_table_sync(peer, s)
     if s.peer not in conns:
@@ -35,7 +35,7 @@ def type_checker(config: Config, link: Link):
     db = config.peers[link.b.peer].dialect
     if da == db == "postgres":
         return catalog.compatible
-    from .mssql_types import type_checker as cross
+    from syncbridge.engine.sqlserver.types import type_checker as cross
 
     return cross(da, db)
 
@@ -90,7 +90,7 @@ def unfilled_columns(config: Config, link_shapes: dict[str, LinkShape]) -> None:
 
 def webhook_tables(config: Config) -> None:
     """Every webhook topic's table exists on its peer and has every mapped column."""
-    from .webhook_config import parse_webhooks, targets
+    from syncbridge.engine.webhooks.config import parse_webhooks, targets
 
     conns: dict[str, psycopg.Connection] = {}
     try:

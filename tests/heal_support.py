@@ -19,7 +19,7 @@ from typing import Any
 import psycopg
 
 from rigs import link
-from syncbridge.bridge.rig import Rig
+from syncbridge.bridge.bench.rig import Rig
 from syncbridge.engine.embedded import EmbeddedPostgres
 
 SCHEMA = "create table items (id int primary key, v text not null);"

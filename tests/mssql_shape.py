@@ -8,7 +8,8 @@ in both directions by catalog.shape.
 
 from __future__ import annotations
 
-from syncbridge.engine import catalog, config, mssql_types
+from syncbridge.engine import catalog, config
+from syncbridge.engine.sqlserver import types as mssql_types
 
 TABLE = "we]ird"
 # (column, Postgres type, SQL Server type); the first two are the primary key.

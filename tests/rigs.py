@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from syncbridge.bridge.rig import Rig
+from syncbridge.bridge.bench.rig import Rig
 
 
 def make_rig(new_db, tmp_path: Path, schema: str, links: list[dict[str, Any]],

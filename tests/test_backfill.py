@@ -9,10 +9,10 @@ import sys
 import pytest
 
 from rigs import link, make_rig
-from syncbridge.bridge.rig import Rig, wait_until
-from syncbridge.engine import backfill
+from syncbridge.bridge.bench.rig import Rig, wait_until
 from syncbridge.engine.config import ConfigError
 from syncbridge.engine.install import install
+from syncbridge.engine.reconcile import backfill
 from syncbridge.engine.validate import shapes
 
 SCHEMA = "create table items (id int primary key, v text, n numeric(12,2));"

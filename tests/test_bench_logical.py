@@ -6,7 +6,7 @@ import json
 import math
 
 from syncbridge.bridge import cli
-from syncbridge.bridge.bench_logical import ENGINES, KEYS
+from syncbridge.bridge.bench.logical import ENGINES, KEYS
 
 
 def test_compare_logical_writes_every_figure_for_both_engines(tmp_path, capsys):

@@ -11,7 +11,7 @@ import psycopg
 import pytest
 import sqlglot
 
-from syncbridge.engine import canonical
+from syncbridge.engine.reconcile import canonical
 
 # (Postgres type, literal, expected canonical text) — the expected text is also
 # what the T-SQL rendering produces for the SQL Server type noted in the comment.

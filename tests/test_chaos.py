@@ -19,7 +19,7 @@ import psycopg
 import pytest
 
 from rigs import link
-from syncbridge.bridge.rig import Rig, wait_until
+from syncbridge.bridge.bench.rig import Rig, wait_until
 from syncbridge.engine.embedded import EmbeddedPostgres
 
 SCHEMA = "create table items (id int primary key, v int not null, note text);"

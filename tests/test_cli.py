@@ -11,8 +11,8 @@ import psycopg
 import pytest
 
 from rigs import link, make_rig
+from syncbridge.bridge.bench.rig import Rig
 from syncbridge.bridge.cli import EXIT_DATABASE, EXIT_ERROR, main
-from syncbridge.bridge.rig import Rig
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from rigs import link
+from syncbridge.bridge.bench.rig import Rig
 from syncbridge.bridge.cli import main
-from syncbridge.bridge.rig import Rig
 from syncbridge.engine.config import ConfigError, parse
 from syncbridge.engine.validate import shapes
 
@@ -165,7 +165,7 @@ def test_shipped_examples_are_valid(name, monkeypatch, tmp_path):
     from pathlib import Path
 
     from syncbridge.engine.config import load
-    from syncbridge.engine.webhook_config import parse_webhooks
+    from syncbridge.engine.webhooks.config import parse_webhooks
 
     for var in ("PORTAL_DSN", "CLINIC_DSN", "LMS_DSN"):
         monkeypatch.setenv(var, "postgresql://x@127.0.0.1:1/db")

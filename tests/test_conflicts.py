@@ -13,7 +13,7 @@ import psycopg
 import pytest
 
 from rigs import link, make_rig
-from syncbridge.bridge.rig import wait_until
+from syncbridge.bridge.bench.rig import wait_until
 
 SCHEMA = "create table people (id int primary key, name text, phone text, changed timestamptz);"
 T_OLD, T_NEW = "2026-01-01 10:00+00", "2026-01-01 11:00+00"

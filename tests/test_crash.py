@@ -7,7 +7,7 @@ import signal
 import pytest
 
 from rigs import link, make_rig
-from syncbridge.bridge.rig import wait_until
+from syncbridge.bridge.bench.rig import wait_until
 
 SCHEMA = "create table items (id int primary key, v text, n numeric(12,2));"
 ROWS = 20_000

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from psycopg.types.json import Jsonb
 
 from rigs import link, make_rig
-from syncbridge.bridge.rig import wait_until
+from syncbridge.bridge.bench.rig import wait_until
 
 SCHEMA = """
 create table m (id int primary key, n numeric, f float8, t text, by bytea, j jsonb,

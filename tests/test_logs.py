@@ -13,7 +13,7 @@ import json
 import re
 
 from rigs import link, make_rig
-from syncbridge.bridge.rig import wait_until
+from syncbridge.bridge.bench.rig import wait_until
 
 SCHEMA = """
 create table patients (id text primary key, full_name text, phone text);

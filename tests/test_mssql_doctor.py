@@ -15,7 +15,7 @@ from test_mssql_review import db_responder
 
 from syncbridge.bridge import cli
 from syncbridge.engine import config, doctor
-from syncbridge.engine import mssql_peer as mp
+from syncbridge.engine.sqlserver import peer as mp
 
 PG_TABLES = ("create table a (id int primary key, v text); "
              "create table b (id int primary key, v text);")

@@ -1,4 +1,4 @@
-"""The drains of links with a SQL Server side (engine/mssql_drain.py), without a SQL Server.
+"""The drains of links with a SQL Server side (engine/sqlserver/drain.py), without a SQL Server.
 
 The Postgres side is real (new_db + the sync migrations + the capture trigger).
 The SQL Server side is `FakeMssql`, a TEST DOUBLE OF THE ADAPTER (MssqlPeer's
@@ -26,11 +26,20 @@ import asyncpg
 import psycopg
 import pytest
 
-from syncbridge.engine import capture, catalog, config, errors, mssql_drain, mssql_types
-from syncbridge.engine import mssql_peer as mp
+from syncbridge.engine import catalog, config, errors
 from syncbridge.engine.catalog import LinkShape
 from syncbridge.engine.migrate import migrate
-from syncbridge.engine.mssql_drain import CtToPgDrain, PgToCtDrain, make_drain, pg_object, pg_value
+from syncbridge.engine.postgres import capture
+from syncbridge.engine.sqlserver import drain as mssql_drain
+from syncbridge.engine.sqlserver import peer as mp
+from syncbridge.engine.sqlserver import types as mssql_types
+from syncbridge.engine.sqlserver.drain import (
+    CtToPgDrain,
+    PgToCtDrain,
+    make_drain,
+    pg_object,
+    pg_value,
+)
 
 LINK = "items"
 # (column, Postgres type, SQL Server type); id and k2 are the key.
@@ -613,7 +622,7 @@ def test_pg_to_ct_claims_applies_exactly_and_finishes(portal) -> None:
 
 def test_pg_to_ct_recovery_asks_the_sink(portal) -> None:
     async def body(pool: asyncpg.Pool, shape: LinkShape, fake: FakeMssql) -> None:
-        from syncbridge.engine.drain import Q
+        from syncbridge.engine.postgres.drain import Q
 
         d = pg_drain(pool, shape, fake)
         await pg_insert(pool, 1)

@@ -24,8 +24,8 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 from mssql_shape import CREATE_TABLE, KEY, TABLE, mssql_table, shape
 
-from syncbridge.engine import mssql_peer as mp
 from syncbridge.engine.config import Peer, Side
+from syncbridge.engine.sqlserver import peer as mp
 
 ROOT = Path(__file__).resolve().parent.parent
 NO_URL = "SYNC_TEST_MSSQL_URL is not set"
@@ -125,7 +125,7 @@ def _migrate(url: str, direction: str) -> None:
     from yoyo import read_migrations
     from yoyo.connections import parse_uri
 
-    from syncbridge.engine.mssql_yoyo import MSSQLBackend, yoyo_url
+    from syncbridge.engine.sqlserver.yoyo import MSSQLBackend, yoyo_url
 
     backend = MSSQLBackend(parse_uri(yoyo_url(url)), "_yoyo_migration")
     backend.init_database()
@@ -325,7 +325,7 @@ def test_bridge_process_syncs_postgres_and_sql_server_both_ways(
     import psycopg
     from psycopg.types.json import Jsonb
 
-    from syncbridge.bridge.rig import toml_links, wait_until
+    from syncbridge.bridge.bench.rig import toml_links, wait_until
     from syncbridge.engine import config as config_mod
     from syncbridge.engine.install import install
     from syncbridge.engine.migrate import migrate

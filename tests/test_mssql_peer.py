@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 from mssql_shape import COLUMNS, RAW, shape
 
-from syncbridge.engine import mssql_peer as mp
 from syncbridge.engine.config import Peer, Side
+from syncbridge.engine.sqlserver import peer as mp
 
 
 def test_url_becomes_an_odbc_string() -> None:

@@ -19,10 +19,13 @@ from sqlglot import exp
 from test_mssql_peer import IDENT, UID, Conn, ct_responder, fake_driver, make_peer, run
 from test_mssql_sql import parse, strip_comments
 
-from syncbridge.engine import catalog, config, install, mssql_checks, mssql_drain, mssql_types
-from syncbridge.engine import mssql_peer as mp
-from syncbridge.engine import mssql_sql as q
+from syncbridge.engine import catalog, config, install
 from syncbridge.engine.config import Peer, Side
+from syncbridge.engine.sqlserver import checks as mssql_checks
+from syncbridge.engine.sqlserver import drain as mssql_drain
+from syncbridge.engine.sqlserver import peer as mp
+from syncbridge.engine.sqlserver import sql as q
+from syncbridge.engine.sqlserver import types as mssql_types
 
 
 class OdbcError(Exception):

@@ -21,8 +21,8 @@ import sqlparse
 from mssql_shape import COLUMNS, KEY, TABLE, shape
 from sqlglot import exp
 
-from syncbridge.engine import mssql_sql as q
 from syncbridge.engine.config import Side
+from syncbridge.engine.sqlserver import sql as q
 
 ROOT = Path(__file__).resolve().parent.parent
 CTX = "WITH CHANGE_TRACKING_CONTEXT (@ctx)"

@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 from mssql_shape import COLUMNS, link, mssql_table, pg_table, shape
 
 from syncbridge.engine import catalog
-from syncbridge.engine import mssql_types as T
 from syncbridge.engine.config import ConfigError
+from syncbridge.engine.sqlserver import types as T
 
 PG, MS = "postgres", "sqlserver"
 

@@ -16,7 +16,7 @@ from sqlglot import exp
 from yoyo import read_migrations
 from yoyo.connections import parse_uri
 
-from syncbridge.engine import mssql_yoyo
+from syncbridge.engine.sqlserver import yoyo as mssql_yoyo
 
 ROOT = Path(__file__).resolve().parent.parent
 URL = ("mssql://sa:p%3Bw@db.example:1433/clinic"
@@ -210,7 +210,7 @@ def test_non_transactional_migrations_really_autocommit(backend: Any) -> None:
 
 
 def test_entry_point_value_loads_the_backend() -> None:
-    ep = EntryPoint(name="mssql", value="syncbridge.engine.mssql_yoyo:MSSQLBackend",
+    ep = EntryPoint(name="mssql", value="syncbridge.engine.sqlserver.yoyo:MSSQLBackend",
                     group="yoyo.backends")
     assert ep.load() is mssql_yoyo.MSSQLBackend
 
@@ -220,7 +220,7 @@ def test_mssql_scheme_is_registered_with_yoyo() -> None:
     # here, never skip: without it `syncbridge migrate` cannot reach a SQL Server peer.
     names = {ep.name for ep in entry_points(group="yoyo.backends")}
     assert "mssql" in names, ('pyproject.toml lacks [project.entry-points."yoyo.backends"] '
-                              'mssql = "syncbridge.engine.mssql_yoyo:MSSQLBackend" '
+                              'mssql = "syncbridge.engine.sqlserver.yoyo:MSSQLBackend" '
                               '(or the package was installed without it: reinstall)')
     from yoyo.backends.base import get_backend_class
 

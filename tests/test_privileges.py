@@ -10,7 +10,7 @@ import psycopg
 import pytest
 
 from rigs import link
-from syncbridge.bridge.rig import Rig
+from syncbridge.bridge.bench.rig import Rig
 
 ROLE = "syncbridge"
 

@@ -14,9 +14,9 @@ import psycopg
 import pytest
 
 from rigs import link, make_rig
-from syncbridge.bridge.rig import wait_until
-from syncbridge.engine import check, repair
+from syncbridge.bridge.bench.rig import wait_until
 from syncbridge.engine.config import ConfigError
+from syncbridge.engine.reconcile import check, repair
 from syncbridge.engine.validate import shapes
 
 TYPES = """

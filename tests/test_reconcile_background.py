@@ -13,8 +13,8 @@ import re
 import psycopg
 
 from rigs import link
-from syncbridge.bridge.rig import Rig, wait_until
-from syncbridge.engine import reconcile
+from syncbridge.bridge.bench.rig import Rig, wait_until
+from syncbridge.engine.reconcile import schedule as reconcile
 
 SCHEMA = "create table items (id int primary key, v text);"
 

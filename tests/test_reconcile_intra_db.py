@@ -7,8 +7,8 @@ import asyncio
 import psycopg
 import pytest
 
-from syncbridge.bridge.rig import Rig, wait_until
-from syncbridge.engine import check, repair
+from syncbridge.bridge.bench.rig import Rig, wait_until
+from syncbridge.engine.reconcile import check, repair
 from syncbridge.engine.validate import shapes
 
 SCHEMA = """

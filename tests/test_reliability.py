@@ -8,7 +8,7 @@ import time
 import psycopg
 
 from rigs import link, make_rig
-from syncbridge.bridge.rig import wait_until
+from syncbridge.bridge.bench.rig import wait_until
 
 SCHEMA = "create table items (id int primary key, v text not null);"
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from rigs import link, make_rig
-from syncbridge.bridge.rig import wait_until
+from syncbridge.bridge.bench.rig import wait_until
 
 SAMPLE = """
 hub = "portal"

@@ -13,10 +13,10 @@ import psycopg
 import pytest
 
 from rigs import link, make_rig
-from syncbridge.bridge.rig import Rig, wait_until
-from syncbridge.engine import adopt as adopt_mod
+from syncbridge.bridge.bench.rig import Rig, wait_until
 from syncbridge.engine.config import ConfigError
 from syncbridge.engine.install import install
+from syncbridge.engine.postgres import adopt as adopt_mod
 
 SCHEMA = "create table people (id int primary key, name text, phone text, changed timestamptz);"
 T_OLD, T_NEW = "2026-01-01 10:00+00", "2026-01-01 11:00+00"
@@ -396,8 +396,8 @@ def test_every_kind_of_schema_change_pauses_with_its_reason(new_db, tmp_path, dd
 def test_no_edit_is_undone_after_uninstall_install_or_a_repair(new_db, tmp_path):
     import asyncio
 
-    from syncbridge.engine import check, repair
     from syncbridge.engine.install import uninstall
+    from syncbridge.engine.reconcile import check, repair
     from syncbridge.engine.validate import shapes
 
     rig, _notes = _prefilled(new_db, tmp_path)

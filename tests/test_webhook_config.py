@@ -12,9 +12,9 @@ import pytest
 from webhook_support import SECRETS, make_config
 
 from syncbridge.engine.config import Config, ConfigError, parse
-from syncbridge.engine.webhook_config import parse_webhooks
-from syncbridge.engine.webhook_map import map_event
-from syncbridge.engine.webhook_verify import (
+from syncbridge.engine.webhooks.config import parse_webhooks
+from syncbridge.engine.webhooks.map import map_event
+from syncbridge.engine.webhooks.verify import (
     EventError,
     SignatureError,
     identify,

@@ -14,7 +14,7 @@ import pytest
 from webhook_support import PATIENTS_DDL, SECRETS, make_config, signed
 
 from rigs import link, make_rig
-from syncbridge.bridge.rig import toml_value, wait_until
+from syncbridge.bridge.bench.rig import toml_value, wait_until
 
 SOURCES = ["shop", "lms", "portal", "gh", "std"]
 

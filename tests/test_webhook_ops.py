@@ -18,8 +18,8 @@ from test_webhooks import drain, post, record
 from webhook_support import SECRETS, live_server, make_config, migrate, patients, signed
 
 from rigs import link, make_rig
+from syncbridge.bridge.bench.rig import toml_value, wait_until
 from syncbridge.bridge.cli import main
-from syncbridge.bridge.rig import toml_value, wait_until
 from syncbridge.engine import validate
 from syncbridge.engine.config import Config, ConfigError, parse
 

@@ -23,7 +23,7 @@ from webhook_support import (
 )
 
 from syncbridge.engine.config import Config
-from syncbridge.engine.webhook_apply import drain_webhook_events
+from syncbridge.engine.webhooks.apply import drain_webhook_events
 
 UTC = dt.UTC
 
@@ -340,7 +340,7 @@ def test_app_role_needs_only_the_documented_grants(hub):
 def test_crash_between_sink_and_hub_commit_replays_harmlessly(new_db, hub, monkeypatch):
     """The sink committed, the hub did not (crash): the rerun applies the same state
     again and empties the queue; the older version of row 1 is now stale, not applied."""
-    from syncbridge.engine import webhook_apply
+    from syncbridge.engine.webhooks import apply as webhook_apply
 
     portal = new_db("portal")
     migrate(portal)

@@ -15,12 +15,13 @@ from collections.abc import Iterator
 
 import psycopg
 
-from . import base, capture, sqlfiles
-from .catalog import LinkShape
-from .config import Config
-from .drain import Q
-from .install import _two_way_postgres
-from .validate import shapes
+from syncbridge.engine import sqlfiles
+from syncbridge.engine.catalog import LinkShape
+from syncbridge.engine.config import Config
+from syncbridge.engine.install import _two_way_postgres
+from syncbridge.engine.postgres import base, capture
+from syncbridge.engine.postgres.drain import Q
+from syncbridge.engine.validate import shapes
 
 
 def unlinked(shape: LinkShape) -> Iterator[str]:

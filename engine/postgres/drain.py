@@ -23,9 +23,11 @@ from typing import Any, TypeVar
 import asyncpg
 from psycopg import sql
 
-from . import capture, conflicts, errors, faults, pg_sql, sqlfiles
-from .catalog import LinkShape, Table
-from .config import Link
+from syncbridge.engine import conflicts, errors, faults, sqlfiles
+from syncbridge.engine.catalog import LinkShape, Table
+from syncbridge.engine.config import Link
+from syncbridge.engine.postgres import capture
+from syncbridge.engine.postgres import sql as pg_sql
 
 log = logging.getLogger("syncbridge.drain")
 

@@ -21,10 +21,10 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from . import mssql_types as types
-from .catalog import LinkShape, Table
-from .config import Side
-from .sqlfiles import query
+from syncbridge.engine.catalog import LinkShape, Table
+from syncbridge.engine.config import Side
+from syncbridge.engine.sqlfiles import query
+from syncbridge.engine.sqlserver import types
 
 SQL_FILE = "sqlserver/ct.sql"
 MAX_IDENTIFIER = 128  # sysname

@@ -21,11 +21,12 @@ from dataclasses import dataclass, field
 
 import psycopg
 
-from . import pg_session, sqlfiles
-from .catalog import LinkShape
-from .config import Config
-from .drain import Q
-from .pg_sql import _coldefs, _obj, _q, _table, text_obj
+from syncbridge.engine import sqlfiles
+from syncbridge.engine.catalog import LinkShape
+from syncbridge.engine.config import Config
+from syncbridge.engine.postgres import session as pg_session
+from syncbridge.engine.postgres.drain import Q
+from syncbridge.engine.postgres.sql import _coldefs, _obj, _q, _table, text_obj
 
 PAGE = 2000
 SHOWN = 10  # differing keys named in the report

@@ -24,13 +24,12 @@ from typing import Any
 
 import psycopg
 
-from syncbridge.engine import backfill, check
+from syncbridge.bridge.bench.core import PAYLOAD, SCHEMA
+from syncbridge.bridge.bench.rig import Rig, wait_until
+from syncbridge.bridge.demo import create_databases
 from syncbridge.engine.embedded import EmbeddedPostgres
+from syncbridge.engine.reconcile import backfill, check
 from syncbridge.engine.validate import shapes
-
-from .bench import PAYLOAD, SCHEMA
-from .demo import create_databases
-from .rig import Rig, wait_until
 
 LIVE_IDS = 10_000_001  # bench_seq starts here: live rows are told apart from backfilled ones
 LOAD = ("insert into bench_items (id, account_id, status, amount, payload, updated_at) "

@@ -34,9 +34,11 @@ from typing import Any
 import asyncpg
 from psycopg import sql
 
-from . import canonical, pg_session, sqlfiles
-from .catalog import LinkShape
-from .config import Config, ConfigError
+from syncbridge.engine import sqlfiles
+from syncbridge.engine.catalog import LinkShape
+from syncbridge.engine.config import Config, ConfigError
+from syncbridge.engine.postgres import session as pg_session
+from syncbridge.engine.reconcile import canonical
 
 log = logging.getLogger("syncbridge.check")
 

@@ -56,11 +56,23 @@ from typing import Any
 
 import asyncpg
 
-from . import capture, errors, faults, mssql_types, pg_sql, sqlfiles
-from .catalog import LinkShape
-from .config import Config, ConfigError
-from .drain import Item, Outcome, Q, QueueDrain, _array, apply_set, isolate, problem
-from .mssql_peer import (
+from syncbridge.engine import errors, faults, sqlfiles
+from syncbridge.engine.catalog import LinkShape
+from syncbridge.engine.config import Config, ConfigError
+from syncbridge.engine.postgres import capture
+from syncbridge.engine.postgres import sql as pg_sql
+from syncbridge.engine.postgres.drain import (
+    Item,
+    Outcome,
+    Q,
+    QueueDrain,
+    _array,
+    apply_set,
+    isolate,
+    problem,
+)
+from syncbridge.engine.sqlserver import types as mssql_types
+from syncbridge.engine.sqlserver.peer import (
     BadRow,
     CtCursor,
     MssqlPeer,

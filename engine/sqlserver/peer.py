@@ -38,11 +38,10 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from . import mssql_checks as checks
-from . import mssql_sql as q
-from . import mssql_types as types
-from .catalog import Column, LinkShape, Table
-from .config import Peer, Side
+from syncbridge.engine.catalog import Column, LinkShape, Table
+from syncbridge.engine.config import Peer, Side
+from syncbridge.engine.sqlserver import checks, types
+from syncbridge.engine.sqlserver import sql as q
 
 DEFAULT_DRIVER = "ODBC Driver 18 for SQL Server"
 DEFAULT_PORT = 1433

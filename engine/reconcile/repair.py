@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 
 import psycopg
 
-from . import sqlfiles
-from .config import Config, ConfigError
+from syncbridge.engine import sqlfiles
+from syncbridge.engine.config import Config, ConfigError
 
 SIGNAL_CHUNK = 1_000  # keys per insert into the source queue
 

@@ -14,7 +14,7 @@ does not work against SQL Server as shipped:
 This subclass fixes those four. Register it in pyproject.toml:
 
     [project.entry-points."yoyo.backends"]
-    mssql = "syncbridge.engine.mssql_yoyo:MSSQLBackend"
+    mssql = "syncbridge.engine.sqlserver.yoyo:MSSQLBackend"
 
 URLs: mssql://user:pass@host:port/db?driver=ODBC+Driver+18+for+SQL+Server&TrustServerCertificate=yes
 (converted by mssql_peer.odbc_connection_string, the same as the bridge uses).
@@ -31,7 +31,7 @@ from urllib.parse import urlencode, urlsplit
 
 from yoyo.backends.base import DatabaseBackend
 
-from .mssql_peer import check_driver, import_pyodbc, odbc_connection_string
+from syncbridge.engine.sqlserver.peer import check_driver, import_pyodbc, odbc_connection_string
 
 SCHEME = "mssql"
 _SAVEPOINT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,31}$")  # T-SQL savepoint names: <= 32 chars

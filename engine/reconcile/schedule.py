@@ -20,9 +20,9 @@ from typing import Any
 
 import asyncpg
 
-from . import backfill, check, repair
-from .config import Config, ConfigError, seconds
-from .validate import shapes
+from syncbridge.engine.config import Config, ConfigError, seconds
+from syncbridge.engine.reconcile import backfill, check, repair
+from syncbridge.engine.validate import shapes
 
 log = logging.getLogger("syncbridge.reconcile")
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 import psycopg
 from psycopg import sql
 
-from . import sqlfiles
-from .catalog import LinkShape
-from .config import Link
+from syncbridge.engine import sqlfiles
+from syncbridge.engine.catalog import LinkShape
+from syncbridge.engine.config import Link
 
 NOTIFY_CHANNEL = "syncbridge"
 _EVENTS = {

@@ -28,7 +28,7 @@ from typing import Any
 
 import psycopg
 
-from .rig import Rig, wait_until
+from syncbridge.bridge.bench.rig import Rig, wait_until
 
 SCHEMA = """
 create table bench_items (
@@ -79,7 +79,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=1000, help="signals per batch")
     p.add_argument("--durable", action="store_true",
                    help="embedded server with fsync and synchronous_commit on (default: off)")
-    from . import bench_logical  # --compare logical, --json
+    from syncbridge.bridge.bench import logical as bench_logical  # --compare logical, --json
 
     bench_logical.add_arguments(p)
 
@@ -197,7 +197,7 @@ class Bench:
         return sent
 
     def webhooks(self) -> dict[str, float]:
-        from syncbridge.engine.webhook_bench import run_webhook_bench
+        from syncbridge.bridge.bench.webhooks import run_webhook_bench
 
         self.reset()
         return run_webhook_bench(self.rig.dsn["a"], self.args.seconds, self.args.concurrency)
@@ -225,7 +225,7 @@ class Bench:
         return out
 
     def _set_capture(self, notify: bool | None) -> None:
-        from syncbridge.engine import capture
+        from syncbridge.engine.postgres import capture
         from syncbridge.engine.validate import shapes
 
         config = self.rig.config
@@ -284,7 +284,7 @@ def _print(title: str, report: dict[str, dict[str, Any]]) -> None:
 
 def main(args: argparse.Namespace) -> int:
     if args.compare:
-        from . import bench_logical
+        from syncbridge.bridge.bench import logical as bench_logical
 
         return bench_logical.main(args)
     parts = [p.strip() for p in args.only.split(",") if p.strip()]

@@ -30,7 +30,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from .webhook_config import Source
+from syncbridge.engine.webhooks.config import Source
 
 MAX_EVENT_ID = 200  # characters; longer ids are hashed so the dedupe index stays small
 

@@ -32,9 +32,9 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from . import faults, sqlfiles
-from .catalog import LinkShape
-from .config import Config, ConfigError
+from syncbridge.engine import faults, sqlfiles
+from syncbridge.engine.catalog import LinkShape
+from syncbridge.engine.config import Config, ConfigError
 
 CHUNK = 1_000  # keys signalled per transaction
 MAX_PENDING = 3_000  # backfill signals of a link side in the queue at once: ~3 bridge batches

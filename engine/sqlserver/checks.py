@@ -21,8 +21,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from . import mssql_sql as q
-from .config import Side
+from syncbridge.engine.config import Side
+from syncbridge.engine.sqlserver import sql as q
 
 ERROR, WARNING = "error", "warning"
 UNIT_DAYS = {"DAYS": 1.0, "HOURS": 1 / 24, "MINUTES": 1 / 1440}

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from psycopg import sql
 
-from .catalog import LinkShape
+from syncbridge.engine.catalog import LinkShape
 
 JSON_TYPES = ("json", "jsonb")
 

@@ -1,6 +1,6 @@
 """What `install` checks and prepares for two-way links, beyond capture.
 
-- base images for the rows that already exist (engine/base.py);
+- base images for the rows that already exist (engine/postgres/base.py);
 - key ranges: a key filled from a sequence or identity on both sides hands out
   the same values on both, so two inserts meet as an insert/insert conflict.
   `install` warns, naming the columns; `--fix-sequences` makes them disjoint
@@ -17,8 +17,8 @@ from collections.abc import Iterator
 import psycopg
 from psycopg import sql
 
-from .catalog import LinkShape
-from .config import Config
+from syncbridge.engine.catalog import LinkShape
+from syncbridge.engine.config import Config
 
 SEQUENCE_SQL = """
 select s.seqincrement, s.seqstart, s.seqmin, s.seqmax, a.attidentity <> ''

@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .webhook_config import DEFAULT_ROOT, Source, TopicMap
-from .webhook_verify import EventError, lookup
+from syncbridge.engine.webhooks.config import DEFAULT_ROOT, Source, TopicMap
+from syncbridge.engine.webhooks.verify import EventError, lookup
 
 _ABSENT = object()
 

@@ -19,9 +19,9 @@ import psycopg
 from psycopg import sql
 
 from syncbridge.engine import config as config_mod
-from syncbridge.engine import pg_session
 from syncbridge.engine.install import install
 from syncbridge.engine.migrate import migrate
+from syncbridge.engine.postgres import session as pg_session
 
 
 def toml_links(links: list[dict[str, Any]]) -> str:

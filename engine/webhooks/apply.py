@@ -21,13 +21,13 @@ from typing import Any
 import asyncpg
 from psycopg import sql
 
-from .catalog import quote_qualified
-from .config import Config, Side
-from .errors import describe, is_row_error, is_transient, sqlstate
-from .sqlfiles import query
-from .webhook_config import TopicMap, WebhookConfig, parse_webhooks
-from .webhook_map import MappedEvent, map_event
-from .webhook_verify import EventError
+from syncbridge.engine.catalog import quote_qualified
+from syncbridge.engine.config import Config, Side
+from syncbridge.engine.errors import describe, is_row_error, is_transient, sqlstate
+from syncbridge.engine.sqlfiles import query
+from syncbridge.engine.webhooks.config import TopicMap, WebhookConfig, parse_webhooks
+from syncbridge.engine.webhooks.map import MappedEvent, map_event
+from syncbridge.engine.webhooks.verify import EventError
 
 log = logging.getLogger("syncbridge.webhooks")
 

@@ -48,8 +48,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 
-from .bench import PAYLOAD, SCHEMA, Bench
-from .rig import wait_until
+from syncbridge.bridge.bench.core import PAYLOAD, SCHEMA, Bench
+from syncbridge.bridge.bench.rig import wait_until
 
 KEYS = ("catchup_rows_s", "bulk_rows_s", "latency_p50_ms", "latency_p99_ms",
         "overhead_insert_c1", "overhead_update_c1", "overhead_insert_c4", "overhead_update_c4",

@@ -27,7 +27,7 @@ from typing import Any
 import asyncpg
 import httpx
 
-from .config import Config, parse
+from syncbridge.engine.config import Config, parse
 
 SOURCE = "bench"  # webhook source name used by the bench
 SECRET_ENV = "SYNCBRIDGE_BENCH_SECRET"
@@ -163,7 +163,7 @@ async def _fire(url: str, seconds: float, concurrency: int) -> dict[str, Any]:
 
 
 async def _drain_all(dsn: str) -> dict[str, Any]:
-    from .webhook_apply import drain_webhook_events
+    from syncbridge.engine.webhooks.apply import drain_webhook_events
 
     config = bench_config(dsn)
     pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2)

@@ -14,7 +14,15 @@ import os
 import re
 from dataclasses import dataclass, field
 
-from .config import WEBHOOK_DEFAULTS, Config, ConfigError, Side, SourceFile, TopicFile, credential
+from syncbridge.engine.config import (
+    WEBHOOK_DEFAULTS,
+    Config,
+    ConfigError,
+    Side,
+    SourceFile,
+    TopicFile,
+    credential,
+)
 
 PROVIDERS = ("shopify", "thinkific", "supabase", "hmac", "standard")
 
@@ -135,7 +143,7 @@ def _secret(where: str, provider: str, body: SourceFile) -> bytes:
     else:
         raise ConfigError(f"{where} has no secret_env or secret_credential")
     if provider == "standard":
-        from .webhook_verify import standard_key
+        from syncbridge.engine.webhooks.verify import standard_key
 
         try:
             return standard_key(value)

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from . import catalog
+from syncbridge.engine import catalog
 
 POSTGRES = "postgres"
 SQLSERVER = "sqlserver"
