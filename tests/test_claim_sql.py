@@ -1,7 +1,7 @@
 """The claim at the SQL level: two sessions stepped by hand (pgmq's
 transaction_tests.spec, STYLE.md 12).
 
-The statement is the bridge's own `claim` from sql/queries/bridge.sql, loaded
+The statement is the bridge's own `claim` from sql/postgres/queue.sql, loaded
 with the project's query loader and PREPAREd in each session, so these tests
 run exactly what the drain runs. Signals come from the real capture triggers
 (installed by make_rig), so "the capturing transaction" is a write to a
@@ -21,7 +21,7 @@ from rigs import link, make_rig
 from syncbridge.engine import sqlfiles
 
 SCHEMA = "create table items (id int primary key, v text);"
-CLAIM = sqlfiles.query("queries/bridge.sql", "claim")
+CLAIM = sqlfiles.query("postgres/queue.sql", "claim")
 
 
 @pytest.fixture

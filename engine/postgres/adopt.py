@@ -18,9 +18,9 @@ import psycopg
 from syncbridge.engine import sqlfiles
 from syncbridge.engine.catalog import LinkShape
 from syncbridge.engine.config import Config
+from syncbridge.engine.hub.report import SQL as STATUS
 from syncbridge.engine.install import _two_way_postgres
 from syncbridge.engine.postgres import base, capture
-from syncbridge.engine.postgres.drain import Q
 from syncbridge.engine.validate import shapes
 
 
@@ -47,8 +47,8 @@ def adopt(config: Config, links: list[str]) -> Iterator[str]:
         if _two_way_postgres(config, shape):
             yield base.seed(config, shape).report()
         with psycopg.connect(config.hub_peer.dsn, autocommit=True) as hub:
-            was = hub.execute(sqlfiles.for_psycopg(Q("link_paused")), (name,)).fetchone()
-            hub.execute(sqlfiles.for_psycopg(Q("resume_link")), (name,))
+            was = hub.execute(sqlfiles.for_psycopg(STATUS["link_paused"]), (name,)).fetchone()
+            hub.execute(sqlfiles.for_psycopg(STATUS["resume_link"]), (name,))
         reason = was[0] if was and was[0] else None
         yield (f"{name}: adopted ({reason}); the bridge resumes it" if reason
                else f"{name}: validated and adopted (it was not paused)")

@@ -25,7 +25,7 @@ from syncbridge.engine import sqlfiles
 from syncbridge.engine.catalog import LinkShape
 from syncbridge.engine.config import Config
 from syncbridge.engine.postgres import session as pg_session
-from syncbridge.engine.postgres.drain import Q
+from syncbridge.engine.postgres.drain import SQL as QUEUE
 from syncbridge.engine.postgres.sql import _coldefs, _obj, _q, _table, text_obj
 
 PAGE = 2000
@@ -138,4 +138,4 @@ def _write(conns: dict[str, psycopg.Connection], link: str, entries: list[str],
         return
     payload = _array(entries)
     for peer, conn in conns.items():
-        conn.execute(sqlfiles.for_psycopg(Q("seed_state")), (link, payload, start[peer]))
+        conn.execute(sqlfiles.for_psycopg(QUEUE["seed_state"]), (link, payload, start[peer]))

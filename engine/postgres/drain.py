@@ -16,41 +16,31 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from collections.abc import Callable
+from typing import Any
 
 import asyncpg
-from psycopg import sql
 
 from syncbridge.engine import conflicts, errors, faults, sqlfiles
 from syncbridge.engine.catalog import LinkShape, Table
 from syncbridge.engine.config import Link
+from syncbridge.engine.contract import (
+    BatchRecord,
+    Item,
+    Outcome,
+    RowProblem,
+    SchemaChanged,
+    isolate,
+    json_array,
+    json_object,
+    problem,
+)
+from syncbridge.engine.hub import dead_letters, report, resolutions
 from syncbridge.engine.postgres import capture
 from syncbridge.engine.postgres import sql as pg_sql
 
+SQL = sqlfiles.Queries("postgres/queue.sql")
 log = logging.getLogger("syncbridge.drain")
-
-
-def Q(name: str) -> str:  # noqa: N802 - reads like a table of named statements
-    return sqlfiles.query("queries/bridge.sql", name)
-
-
-def _array(texts: list[str]) -> str:
-    return "[" + ",".join(texts) + "]"
-
-
-class SchemaChanged(Exception):
-    """A linked table's columns or key changed since the bridge validated the link.
-
-    The link must pause (its signals keep queueing) until `syncbridge adopt`
-    re-validates it: applying batches with the old shape would silently leave a
-    new column unsynced, and comparing images of two shapes would call every
-    edit a conflict."""
-
-    def __init__(self, link: str, peer: str, table: str, detail: str) -> None:
-        self.link, self.peer, self.table, self.detail = link, peer, table, detail
-        super().__init__(f"schema changed on peer {peer}: {detail}")
 
 
 def expected_shape(table: Table) -> list[list[Any]]:
@@ -71,82 +61,18 @@ def shape_change(before: list[list[Any]], after: list[list[Any]]) -> str:
     return ", ".join(out)
 
 
-@dataclass
-class Item:
-    """One row to upsert (or key to delete) of a batch, in every naming it needs."""
-
-    source_key: str  # jsonb text, source column names (as queued)
-    sink_key: str  # jsonb text, sink column names
-    ka: str  # jsonb text, side-a names: the row_state key
-    payload: str  # the row in sink names, or the sink key for a delete
-    image: str | None  # the source row named as on side a (two-way links), None = absent
-    attempts: int = 0
-
-
-@dataclass
-class Outcome:
-    """What a batch did. Lists hold JSON texts: rows never pass through Python
-    values, so numeric and timestamp digits stay exactly as the database wrote them."""
-
-    upserts: int = 0
-    deletes: int = 0
-    problems: list[str] = field(default_factory=list)
-    applied: list[Item] = field(default_factory=list)
-    synced: list[str] = field(default_factory=list)
-    conflicts: list[str] = field(default_factory=list)
-    resignal: list[str] = field(default_factory=list)
-
-    def record(self) -> dict[str, str]:
-        return {"dead": _array(self.problems), "synced": _array(self.synced),
-                "conflicts": _array(self.conflicts)}
-
-
-def _entry(**fields: str) -> str:
-    """A JSON object from JSON texts."""
-    return "{" + ",".join(f'"{k}":{v}' for k, v in fields.items()) + "}"
-
-
-T = TypeVar("T")
-
-
-async def isolate(items: list[T], attempt: Callable[[list[T]], Awaitable[int]],
-                  row_error: Callable[[BaseException], bool],
-                  reject: Callable[[T, BaseException], None]) -> tuple[int, list[T]]:
-    """Run attempt(items); on a row error bisect down to the rows that fail alone.
-
-    reject(item, exc) is told about each such row. Returns the sum of what the
-    successful attempts returned and the items they covered. `attempt` must
-    undo its own partial work on failure (a savepoint, or a whole transaction).
-    """
-    if not items:
-        return 0, []
-    try:
-        n = await attempt(items)
-    except Exception as e:
-        if not row_error(e):
-            raise
-        if len(items) == 1:
-            reject(items[0], e)
-            return 0, []
-        mid = len(items) // 2
-        n1, ok1 = await isolate(items[:mid], attempt, row_error, reject)
-        n2, ok2 = await isolate(items[mid:], attempt, row_error, reject)
-        return n1 + n2, ok1 + ok2
-    return n, list(items)
-
-
 def _pg_row_error(exc: BaseException) -> bool:
     return isinstance(exc, asyncpg.PostgresError) and errors.is_row_error(exc)
 
 
 async def apply_set(conn: asyncpg.Connection, stmt: str, items: list[Item], out: Outcome,
-                    problem_of: Callable[[Item, BaseException], str]) -> int:
+                    problem_of: Callable[[Item, BaseException], RowProblem]) -> int:
     """One set-based Postgres statement over items' payloads, each try in a savepoint;
     rows the sink rejects go to out.problems (via problem_of), the rest to out.applied."""
 
     async def attempt(part: list[Item]) -> int:
         async with conn.transaction():  # a savepoint: a failure undoes only this part
-            status = await conn.execute(stmt, _array([i.payload for i in part]))
+            status = await conn.execute(stmt, json_array([i.payload for i in part]))
         return int(status.split()[-1])
 
     n, applied = await isolate(items, attempt, _pg_row_error,
@@ -155,35 +81,40 @@ async def apply_set(conn: asyncpg.Connection, stmt: str, items: list[Item], out:
     return n
 
 
-def problem(name: str, source_key: str, exc: BaseException, defer: bool) -> str:
-    """A dead-letter entry (JSON text) for one rejected row, logged."""
-    log.warning("event=row_%s link=%s key=%s error=%s", "deferred" if defer else "dead",
-                name, source_key, errors.describe_safe(exc))
-    return _entry(key=source_key, error=json.dumps(errors.describe(exc)),
-                  defer=json.dumps(defer))
-
-
 class QueueDrain:
     """What every drain fed by a Postgres sync.queue shares, whatever its sink:
     its name, the queue depth for sync.status, and crash recovery of claimed
-    batches (each subclass decides in `_resume` whether its sink has the batch)."""
+    batches (each subclass decides in `_resume` whether its sink has the batch).
+    A QueueDrain is a contract.Drain."""
 
     link: Link
     src: str
     dst: str
     source: asyncpg.Pool
+    open_dead_letters: bool = True  # refreshed by the stats task; True = check
+    poll_interval: float | None = None  # woken by the source's NOTIFY
 
     @property
     def name(self) -> str:
         return f"{self.link.name}:{self.src}->{self.dst}"
 
+    @property
+    def queue_peer(self) -> str | None:
+        return self.link.side(self.src).peer
+
+    async def send_canary(self) -> Any:
+        return None  # only Postgres-to-Postgres directions carry canaries
+
+    async def write_settled(self, row: conflicts.Image, sink_key: str) -> None:
+        raise NotImplementedError(f"{self.name}: a settled merge needs a Postgres sink")
+
     async def depth(self) -> tuple[int, Any]:
-        row = await self.source.fetchrow(Q("queue_depth"), self.link.name, self.src)
+        row = await self.source.fetchrow(SQL["queue_depth"], self.link.name, self.src)
         return row["queued"], row["oldest"]
 
     async def recover(self) -> int:
         """Finish every batch a previous run claimed but did not finish."""
-        pending = await self.source.fetch(Q("pending_batches"), self.link.name, self.src)
+        pending = await self.source.fetch(SQL["pending_batches"], self.link.name, self.src)
         for row in pending:
             await self._resume(row["batch_id"])
         if pending:
@@ -210,7 +141,6 @@ class PgDrain(QueueDrain):
         self.origin = capture.origin_tag(self.link, self.src)
         self.two_way = self.link.direction == "both"
         self.max_attempts = max_attempts
-        self.open_dead_letters = True  # refreshed by the stats task; True = check
         # an image named as on side a -> the sink's column names (merged rows)
         self.to_sink = {ca: (ca if self.dst == "a" else cb) for ca, cb in shape.pairs}
         self.resolver = _resolver_sql(self.link.conflict)
@@ -219,33 +149,32 @@ class PgDrain(QueueDrain):
         """Raise SchemaChanged when either linked table differs from the validated shape."""
         for side, pool in ((self.src, self.source), (self.dst, self.sink)):
             s = self.link.side(side)
-            now = json.loads(await pool.fetchval(Q("table_shape"), pg_sql._table(self.shape, side))
-                             or "[]")
+            table = pg_sql._table(self.shape, side)
+            now = json.loads(await pool.fetchval(SQL["table_shape"], table) or "[]")
             detail = shape_change(expected_shape(self.shape.table(side)), now)
             if detail:
                 raise SchemaChanged(self.link.name, s.peer, s.qualified, detail)
 
     async def _resume(self, batch_id: uuid.UUID) -> None:
-        signals = await self.source.fetch(Q("batch_signals"), batch_id)
-        row = await self.sink.fetchrow(Q("batch_record"), batch_id)
+        signals = await self.source.fetch(SQL["batch_signals"], batch_id)
+        row = await self.sink.fetchrow(SQL["batch_record"], batch_id)
         if row is None:
             await self._apply_and_finish(batch_id, signals)
             return
         # applied before the crash: only the source follow-ups are left
-        record = {k: row[k] for k in ("dead", "synced", "conflicts")}
-        await self._finish(batch_id, record, Outcome(), row["truncated"], count=False)
+        await self._finish(batch_id, BatchRecord.from_row(row), Outcome(), count=False)
 
     async def drain_once(self) -> int:
         """Apply one batch; returns the number of signals it consumed (0 = idle)."""
         batch_id = uuid.uuid4()
         signals = await self.source.fetch(
-            Q("claim"), self.link.name, self.src, self.link.batch_size, batch_id
+            SQL["claim"], self.link.name, self.src, self.link.batch_size, batch_id
         )
         if signals:
             try:
                 await self.check_shape()
             except SchemaChanged:
-                await self.source.execute(Q("release_batch"), batch_id)
+                await self.source.execute(SQL["release_batch"], batch_id)
                 raise
             faults.hit("after_claim")
             await self._apply_and_finish(batch_id, signals)
@@ -259,14 +188,14 @@ class PgDrain(QueueDrain):
         canary = None
         out = Outcome()
         async with self.sink.acquire() as conn, conn.transaction():
-            await conn.execute(Q("set_origin"), self.origin)
+            await conn.execute(SQL["set_origin"], self.origin)
             if canaries:  # end-to-end heartbeat: recorded with the batch, no user table
-                canary = await conn.fetchrow(Q("canary_applied"), self.link.name, self.src,
-                                             _array(canaries))
+                canary = await conn.fetchrow(SQL["canary_applied"], self.link.name, self.src,
+                                             json_array(canaries))
             if truncate:
                 await conn.execute(self.sql.truncate)
                 if self.two_way:
-                    await conn.execute(Q("forget_state"), self.link.name)
+                    await conn.execute(SQL["forget_state"], self.link.name)
             if self.two_way:
                 upserts, deletes = await self._settle(conn, upserts, deletes, forced, out)
             # deletes first: a changed key frees unique values before the new row arrives
@@ -274,17 +203,21 @@ class PgDrain(QueueDrain):
             out.upserts = await self._apply_set(conn, self.sql.upsert, upserts, out)
             if self.two_way:
                 await self._remember(conn, out)
-            record = out.record()
+            record = out.record(truncate)
             await conn.execute(
-                Q("record_batch"), batch_id, self.link.name, self.src, len(signals),
-                out.upserts, out.deletes, record["dead"], record["synced"],
-                record["conflicts"], truncate,
+                SQL["record_batch"], batch_id, self.link.name, self.src, len(signals),
+                out.upserts, out.deletes, record.problems, record.synced, record.conflicts,
+                truncate,
             )
         faults.hit("after_sink_commit")
-        await self._finish(batch_id, record, out, truncate)
+        await self._finish(batch_id, record, out)
         if canary is not None:
-            await self.hub.execute(Q("report_canary"), self.link.name, self.src,
-                                   canary["sent_at"], canary["applied_at"])
+            await report.canary_arrived(self.hub, self.link.name, self.src, canary["sent_at"],
+                                        canary["applied_at"])
+
+    async def send_canary(self) -> Any:
+        """Queue an end-to-end canary at the source; returns when it was sent."""
+        return await self.source.fetchval(SQL["canary_send"], self.link.name, self.src)
 
     async def _read(self, signals: list) -> tuple[list[Item], list[Item]]:
         """Current source rows for the batch's distinct keys: upserts and deletes."""
@@ -294,7 +227,7 @@ class PgDrain(QueueDrain):
                 attempts[s["key"]] = max(attempts.get(s["key"], 0), s["attempts"])
         if not attempts:
             return [], []
-        rows = await self.source.fetch(self.sql.read_rows, _array(list(attempts)))
+        rows = await self.source.fetch(self.sql.read_rows, json_array(list(attempts)))
         upserts: dict[str, Item] = {}  # by the row's own key: one item per sink row
         deletes = []
         for r in rows:
@@ -314,10 +247,10 @@ class PgDrain(QueueDrain):
         if not items:
             return upserts, deletes
         state = {r["ka"]: r for r in await conn.fetch(
-            self.sql.state_read, _array([i.sink_key for i in items]), self.link.name)}
+            self.sql.state_read, json_array([i.sink_key for i in items]), self.link.name)}
         keep: list[Item] = []
         for item in items:
-            st = state[item.ka]
+            st = state[item.state_key]
             source, sink = conflicts.load(item.image), conflicts.load(st["cur"])
             base = conflicts.load(st["last"])
             v = conflicts.decide(self.link, self.src, source, sink, base, st["known"],
@@ -331,7 +264,7 @@ class PgDrain(QueueDrain):
             if v.action == conflicts.APPLY:
                 keep.append(item)
             elif v.action == conflicts.SKIP:
-                out.synced.append(_entry(key=item.ka, image=item.image or "null"))
+                out.synced.append(json_object(key=item.state_key, image=item.image or "null"))
             elif v.action == conflicts.KEEP_SINK:
                 out.resignal.append(item.sink_key)
             elif v.action == conflicts.MERGE:
@@ -343,11 +276,11 @@ class PgDrain(QueueDrain):
         """Write a settled merge (an operator's choice) on this drain's sink side, as the
         bridge's own write; the caller then re-sends that side's row the other way."""
         async with self.sink.acquire() as conn, conn.transaction():
-            await conn.execute(Q("set_origin"), self.origin)
+            await conn.execute(SQL["set_origin"], self.origin)
             if row is None:
-                await conn.execute(self.sql.delete, _array([sink_key]))
+                await conn.execute(self.sql.delete, json_array([sink_key]))
             else:
-                await conn.execute(self.sql.upsert, _array([self._payload(row)]))
+                await conn.execute(self.sql.upsert, json_array([self._payload(row)]))
 
     def _payload(self, row: dict[str, str | None]) -> str:
         return json.dumps({self.to_sink[c]: v for c, v in row.items()}, ensure_ascii=False)
@@ -355,10 +288,10 @@ class PgDrain(QueueDrain):
     def _merged(self, item: Item, row: conflicts.Image) -> Item:
         """The item carrying a merged (or resolver's) row instead of the source's."""
         if row is None:
-            return Item(item.source_key, item.sink_key, item.ka, item.sink_key, None,
+            return Item(item.source_key, item.sink_key, item.state_key, item.sink_key, None,
                         item.attempts)
         payload = self._payload(row)
-        return Item(item.source_key, item.sink_key, item.ka, payload, conflicts.dump(row),
+        return Item(item.source_key, item.sink_key, item.state_key, payload, conflicts.dump(row),
                     item.attempts)
 
     async def _resolve(self, item: Item, source: conflicts.Image, sink: conflicts.Image,
@@ -369,7 +302,7 @@ class PgDrain(QueueDrain):
         images = {self.src: source, self.dst: sink}
         try:
             text = await self.hub.fetchval(
-                self.resolver, self.link.name, item.ka, conflicts.dump(images["a"]),
+                self.resolver, self.link.name, item.state_key, conflicts.dump(images["a"]),
                 conflicts.dump(images["b"]), conflicts.dump(base))
         except asyncpg.PostgresError as e:
             out.problems.append(problem(self.name, item.source_key, e, defer=False))
@@ -388,56 +321,54 @@ class PgDrain(QueueDrain):
 
     def _conflict(self, item: Item, st: Any, v: conflicts.Verdict) -> str:
         images = {self.src: item.image or "null", self.dst: st["cur"] or "null"}
+        policy = v.policy or self.link.conflict
         log.warning("event=conflict link=%s key=%s policy=%s winner=%s columns=%s",
-                    self.link.name, item.ka, v.policy or self.link.conflict, v.winner or "manual",
+                    self.link.name, item.state_key, policy, v.winner or "manual",
                     ",".join(v.columns) or "-")
-        return _entry(key=item.ka, a=images["a"], b=images["b"], last=st["last"] or "null",
-                      winner=json.dumps(v.winner), columns=json.dumps(list(v.columns)),
-                      policy=json.dumps(v.policy or self.link.conflict))
+        return json_object(key=item.state_key, a=images["a"], b=images["b"],
+                           last=st["last"] or "null", winner=json.dumps(v.winner),
+                           columns=json.dumps(list(v.columns)), policy=json.dumps(policy))
 
     async def _remember(self, conn: asyncpg.Connection, out: Outcome) -> None:
-        out.synced.extend(_entry(key=i.ka, image=i.image or "null") for i in out.applied)
+        out.synced.extend(json_object(key=i.state_key, image=i.image or "null")
+                          for i in out.applied)
         if out.synced:
-            await conn.execute(Q("state_write"), self.link.name, _array(out.synced))
+            await conn.execute(SQL["state_write"], self.link.name, json_array(out.synced))
         if out.resignal:
-            await conn.execute(Q("resignal"), self.link.name, self.dst, _array(out.resignal))
+            await conn.execute(SQL["resignal"], self.link.name, self.dst, json_array(out.resignal))
 
     async def _apply_set(self, conn: asyncpg.Connection, stmt: str, items: list[Item],
                          out: Outcome) -> int:
         """Apply items in one statement; on a row error, bisect to isolate the bad rows."""
         return await apply_set(conn, stmt, items, out, self._problem)
 
-    def _problem(self, item: Item, exc: BaseException) -> str:
+    def _problem(self, item: Item, exc: BaseException) -> RowProblem:
         return problem(self.name, item.source_key, exc,
                        defer=errors.sqlstate(exc) == errors.FK_VIOLATION
                        and item.attempts < self.max_attempts)
 
-    async def _finish(self, batch_id: uuid.UUID, record: dict[str, str], out: Outcome,
-                      truncated: bool, count: bool = True) -> None:
+    async def _finish(self, batch_id: uuid.UUID, record: BatchRecord, out: Outcome,
+                      count: bool = True) -> None:
         """Source follow-ups after the sink committed, replayable from the sink's record."""
-        problems = record["dead"] != "[]"
-        if problems:
-            await self.hub.execute(Q("dead_letter"), self.link.name, self.src, record["dead"])
-        if record["conflicts"] != "[]":
-            await self.hub.execute(Q("record_conflict"), self.link.name, self.link.conflict,
-                                   batch_id, record["conflicts"])
+        if record.has_problems:
+            await dead_letters.write(self.hub, self.link.name, self.src, record.problems)
+        if record.conflicts != "[]":
+            await resolutions.record(self.hub, self.link.name, self.link.conflict, batch_id,
+                                     record.conflicts)
         async with self.source.acquire() as conn, conn.transaction():
-            if problems:
-                await conn.execute(Q("defer_keys"), batch_id, record["dead"], 1.0)
-            if self.two_way and truncated:
-                await conn.execute(Q("forget_state"), self.link.name)
-            if self.two_way and record["synced"] != "[]":
-                await conn.execute(Q("state_write"), self.link.name, record["synced"])
-            await conn.execute(Q("finish_batch"), batch_id)
+            if record.has_problems:
+                await conn.execute(SQL["defer_keys"], batch_id, record.problems, 1.0)
+            if self.two_way and record.truncated:
+                await conn.execute(SQL["forget_state"], self.link.name)
+            if self.two_way and record.synced != "[]":
+                await conn.execute(SQL["state_write"], self.link.name, record.synced)
+            await conn.execute(SQL["finish_batch"], batch_id)
         if count:
-            await self.hub.execute(Q("report_batch"), self.link.name, self.src,
-                                   out.upserts + out.deletes)
-            deferred = sum('"defer":true' in p for p in out.problems)
-            if deferred:  # each deferral is a retry of that row: sync.status.retries
-                await self.hub.execute(Q("report_retries"), self.link.name, self.src, deferred)
+            await report.batch(self.hub, self.link.name, self.src, out.upserts + out.deletes,
+                               out.deferred)
         if self.open_dead_letters and out.applied:
-            await self.hub.execute(Q("close_dead_letters"), self.link.name, self.src,
-                                   [i.source_key for i in out.applied])
+            await dead_letters.close(self.hub, self.link.name, self.src,
+                                     [i.source_key for i in out.applied])
 
 
 def _resolver_sql(policy: str) -> str | None:
@@ -445,5 +376,4 @@ def _resolver_sql(policy: str) -> str | None:
     if not policy.startswith("function:"):
         return None
     schema, _, fn = policy.removeprefix("function:").partition(".")
-    name = sql.Identifier(schema, fn).as_string(None)
-    return f"select {name}($1::text, $2::jsonb, $3::jsonb, $4::jsonb, $5::jsonb)::text"
+    return resolutions.SQL.render("resolver_call", fn=(schema, fn))

@@ -1,0 +1,352 @@
+"""The bridge's drain loops: wake-ups, retries, pause, schema changes.
+
+One task per link takes both directions in turns (so a key is never applied
+both ways at once); it waits on NOTIFY (LISTEN per source peer), a poll
+timeout, or the end of the term. A failed attempt is retried by the loop,
+and the retry first resumes the batches the direction claimed (the same batch,
+never a new one past it). Errors and recoveries go to sync.status through
+engine/hub/report.py. `Draining` is a part of bridge.daemon.Bridge.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import asyncpg
+
+from syncbridge.engine import errors
+from syncbridge.engine.catalog import LinkShape
+from syncbridge.engine.config import Config, ConfigError
+from syncbridge.engine.contract import Drain, SchemaChanged
+from syncbridge.engine.hub import lease, report
+from syncbridge.engine.postgres import capture
+from syncbridge.engine.postgres import session as pg_session
+from syncbridge.engine.postgres.drain import PgDrain
+from syncbridge.engine.validate import shapes
+
+from .waits import HUB_ERRORS, backoff, retryable, wait_any
+
+log = logging.getLogger("syncbridge.bridge")
+
+LISTEN_PING = 5.0  # seconds between pings of a LISTEN connection (its loss is seen at once)
+PROBE_TIMEOUT = 2.0  # seconds for the "which database is unreachable" probe
+CONTROL_CHANNEL = "syncbridge_control"  # sync.pause / sync.resume notify it
+ALIVE = lease.SQL["alive"]
+
+
+class Draining:
+    """Connections, drains and their loops for one term of leadership."""
+
+    config: Config
+    shapes: dict[str, LinkShape]
+    pools: dict[str, asyncpg.Pool]
+    mssql: dict[str, Any]
+    drains: list[Drain]
+    events: dict[str, asyncio.Event]
+    control: asyncio.Event
+    paused: dict[str, str]
+    ticks: dict[str, float]
+    tick_every: dict[str, float]
+    failing: dict[str, float]
+    to_clear: set[str]
+    halt: asyncio.Event
+    hb: float
+
+    async def _fence(self) -> None:
+        """Confirm the leadership before a batch (bridge.daemon.Bridge does)."""
+        raise NotImplementedError
+
+    async def _nap(self, seconds: float) -> None:
+        """Sleep that the end of this term (stop or lost leadership) cuts short."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.halt.wait(), seconds)
+
+    # -- connections and drains ---------------------------------------------
+    async def _connect(self) -> None:
+        for name, peer in self.config.peers.items():
+            if peer.dialect == "postgres" and name not in self.pools:
+                self.pools[name] = await asyncpg.create_pool(
+                    peer.dsn, min_size=1, max_size=4, timeout=10, command_timeout=300,
+                    # values travel and compare as text: pinned settings on both ends
+                    server_settings=pg_session.settings("syncbridge"),
+                )
+        self.drains = []
+        for shape in self.shapes.values():
+            for src, dst in shape.link.directions():
+                d = self._make_drain(shape, src, dst)
+                self.drains.append(d)
+                # an error a previous run left in sync.status is cleared on our first success
+                self.to_clear.add(d.name)
+                self.events.setdefault(f"{shape.link.name}:{src}", asyncio.Event())
+        self.events.setdefault("webhook", asyncio.Event())
+
+    def _make_drain(self, shape: LinkShape, src: str, dst: str) -> Drain:
+        """PgDrain between Postgres peers; the SQL Server drains when either side is one."""
+        hub = self.pools[self.config.hub]
+        max_attempts = self.config.setting("max_attempts")
+        peers = [self.config.peers[shape.link.side(s).peer] for s in (src, dst)]
+        if all(p.dialect == "postgres" for p in peers):
+            return PgDrain(shape, src, self.pools[peers[0].name], self.pools[peers[1].name],
+                           hub, max_attempts)
+        from syncbridge.engine.sqlserver.drain import make_drain
+
+        return make_drain(shape, src, dst, self.config, self.pools, self.mssql, hub,
+                          max_attempts)
+
+    def _by_link(self) -> dict[str, list[Drain]]:
+        out: dict[str, list[Drain]] = {}
+        for d in self.drains:
+            out.setdefault(d.link.name, []).append(d)
+        return out
+
+    def _wake(self, link: str, side: str) -> None:
+        ev = self.events.get(f"{link}:{side}")
+        if ev is not None:
+            ev.set()
+
+    def _wake_all(self) -> None:
+        for ev in self.events.values():
+            ev.set()
+        self.control.set()
+
+    # -- wake-ups ------------------------------------------------------------
+    def _source_peers(self) -> set[str]:
+        peers = {d.queue_peer for d in self.drains if d.queue_peer} | {self.config.hub}
+        return {p for p in peers if self.config.peers[p].dialect == "postgres"}
+
+    async def _listen(self, peer: str) -> None:
+        """LISTEN as a wake-up; on any failure reconnect with backoff and wake everyone.
+
+        A terminated backend is seen at once (asyncpg's termination listener), not
+        at the next ping; the ping catches a connection that silently stalls."""
+        failures = 0
+        while not self.halt.is_set():
+            conn = None
+            lost = asyncio.Event()
+            try:
+                conn = await self._listen_connect(peer, lost)
+                if failures:
+                    log.info("event=listen_restored peer=%s", peer)
+                failures = 0
+                self._wake_all()  # catch up on anything sent while we were not listening
+                self.tick_every[f"listen:{peer}"] = LISTEN_PING
+                while not self.halt.is_set():
+                    self.ticks[f"listen:{peer}"] = time.monotonic()
+                    await wait_any([lost], self.halt, LISTEN_PING)
+                    if lost.is_set():
+                        raise ConnectionError("LISTEN connection lost")
+                    await conn.fetchval(ALIVE, timeout=5)
+            except Exception as e:
+                if not retryable(e):
+                    raise
+                failures += 1
+                log.warning("event=listen_lost peer=%s error=%s", peer, errors.describe(e))
+                self.ticks[f"listen:{peer}"] = time.monotonic()
+                await self._nap(backoff(failures))
+            finally:
+                if conn is not None:
+                    conn.terminate()
+
+    async def _listen_connect(self, peer: str, lost: asyncio.Event) -> asyncpg.Connection:
+        conn = await asyncpg.connect(self.config.peers[peer].dsn, timeout=10,
+                                     server_settings={"application_name": "syncbridge-listen"})
+        conn.add_termination_listener(lambda _c: lost.set())
+        await conn.add_listener(capture.NOTIFY_CHANNEL, self._on_notify)
+        if peer == self.config.hub:
+            await conn.add_listener(CONTROL_CHANNEL, self._on_control)
+        return conn
+
+    def _on_notify(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
+        ev = self.events.get(payload)
+        if ev is not None:
+            ev.set()
+
+    def _on_control(self, _conn: Any, _pid: int, _channel: str, _payload: str) -> None:
+        self.control.set()
+
+    # -- pause / resume --------------------------------------------------------
+    async def _read_control(self) -> None:
+        """Take sync.link_control's paused links as this bridge's self.paused."""
+        paused = await report.paused_links(self.pools[self.config.hub], self.hb)
+        for link in paused.keys() - self.paused.keys():
+            log.info("event=paused link=%s reason=%s", link, paused[link])
+        for link in self.paused.keys() - paused.keys():
+            log.info("event=resumed link=%s", link)
+            for key, ev in self.events.items():
+                if key.startswith(f"{link}:"):
+                    ev.set()
+        self.paused = paused
+
+    async def _control_loop(self) -> None:
+        """Follow sync.link_control: a paused link is not drained (its signals queue)."""
+        while not self.halt.is_set():
+            self.ticks["control"] = time.monotonic()
+            self.control.clear()
+            try:
+                await self._read_control()
+            except Exception as e:
+                if not retryable(e):
+                    raise
+                log.warning("event=control_failed error=%s", errors.describe(e))
+            await wait_any([self.control], self.halt, 1.0)
+
+    # -- retries -----------------------------------------------------------------
+    async def _retrying(self, name: str, fn: Callable[[], Awaitable[Any]],
+                        before_retry: Callable[[], Awaitable[Any]] | None = None,
+                        drain: Drain | None = None) -> Any:
+        """fn() until it succeeds or the term ends; full-jitter backoff up to RETRY_MAX.
+
+        before_retry runs first on every retry: for a drain, resuming the batches
+        it claimed, so a batch whose apply failed is retried as the same batch.
+        A drain's failures and recovery are reported in sync.status."""
+        failures = 0
+        while not self.halt.is_set():
+            self.ticks[name] = time.monotonic()
+            try:
+                if failures and before_retry is not None:
+                    await before_retry()
+                result = await fn()
+            except Exception as e:
+                if not retryable(e):
+                    raise
+                failures += 1
+                await self._on_failure(name, failures, e, drain)
+                await self._nap(backoff(failures))
+                continue
+            if failures or name in self.to_clear:
+                await self._on_recovered(name, failures, drain)
+            self.ticks.pop(name, None)
+            return result
+        return 0
+
+    async def _on_failure(self, name: str, attempt: int, exc: BaseException,
+                          drain: Drain | None) -> None:
+        log.warning("event=retry target=%s attempt=%d error=%s", name, attempt,
+                    errors.describe(exc))
+        self.failing.setdefault(name, time.monotonic())
+        if errors.is_connection_error(exc):
+            for pool in self.pools.values():  # none of the old connections is reused
+                await pool.expire_connections()
+        if drain is None:  # not a link direction (e.g. the webhook loop): the log has it
+            return
+        kind = await self._unreachable(drain) if errors.is_transient(exc) else None
+        with contextlib.suppress(*HUB_ERRORS):  # the hub may be what failed; the log has it
+            await report.error(self.pools[self.config.hub], drain, errors.describe(exc), kind,
+                               PROBE_TIMEOUT)
+            self.to_clear.add(name)
+
+    async def _unreachable(self, drain: Drain) -> str | None:
+        """'sink' or 'source' when that Postgres database does not answer, else None."""
+        for role, side in (("sink", drain.dst), ("source", drain.src)):
+            pool = self.pools.get(drain.link.side(side).peer)
+            if pool is None:  # a SQL Server peer: its errors read as failing: <error>
+                continue
+            try:
+                await pool.fetchval(ALIVE, timeout=PROBE_TIMEOUT)
+            except Exception as e:
+                if not retryable(e):
+                    raise
+                return role
+        return None
+
+    async def _on_recovered(self, name: str, failures: int, drain: Drain | None) -> None:
+        since = self.failing.pop(name, None)
+        cleared = None
+        if drain is not None:
+            try:
+                cleared = await report.recovered(self.pools[self.config.hub], drain,
+                                                 PROBE_TIMEOUT)
+                self.to_clear.discard(name)
+            except Exception as e:
+                if not retryable(e):
+                    raise
+                self.to_clear.add(name)  # retried after the next successful attempt
+        if failures or cleared is not None:
+            took = f"{time.monotonic() - since:.2f}" if since is not None else "?"
+            log.info("event=recovered target=%s attempts=%d failed_for_s=%s", name, failures,
+                     took)
+
+    # -- the loop of one link ------------------------------------------------------
+    def _idle_wait(self, link: Any, drains: list[Drain]) -> float | None:
+        """The longest idle wait: NOTIFY-woken links fall back to a slow poll; a
+        change-tracking source (no NOTIFY) is polled at its own interval."""
+        timeout_idle = self.config.setting("fallback_poll") if link.notify else None
+        polled = [d.poll_interval for d in drains if d.poll_interval]
+        if polled:
+            timeout_idle = min([*polled, timeout_idle or polled[0]])
+        return timeout_idle
+
+    async def _drain_loop(self, drains: list[Drain]) -> None:
+        """Both directions of a link take turns in one task, so a key is never
+        applied both ways at once and the two sides' row_state cannot race."""
+        link = drains[0].link
+        events = [self.events[f"{link.name}:{d.src}"] for d in drains]
+        floor = self.config.setting("poll_interval")
+        ceiling = self.config.setting("max_poll_interval")
+        timeout_idle = self._idle_wait(link, drains)
+        idle = floor
+        recovered = False
+        self.tick_every[f"drain:{link.name}"] = max(timeout_idle or ceiling, 1.0)
+        while not self.halt.is_set():
+            self.ticks[f"drain:{link.name}"] = time.monotonic()
+            if link.name in self.paused:  # sync.pause: nothing claimed until resumed
+                await wait_any([*events, self.control], self.halt, 1.0)
+                continue
+            await self._fence()
+            if not recovered:  # batches an earlier run claimed, before anything new
+                for d in drains:
+                    await self._retrying(d.name, d.recover, drain=d)
+                recovered = True
+            for ev in events:
+                ev.clear()
+            n, drains = await self._drain_round(drains)
+            if n:
+                idle = floor
+                continue
+            await wait_any(events, self.halt, timeout_idle or idle)
+            idle = min(idle * 2, ceiling)
+
+    async def _drain_round(self, drains: list[Drain]) -> tuple[int, list[Drain]]:
+        """One batch per direction; a schema change pauses the link until adopted."""
+        n = 0
+        for d in drains:
+            if self.halt.is_set():
+                break
+            try:
+                n += await self._retrying(d.name, d.drain_once, d.recover, drain=d) or 0
+            except SchemaChanged as e:
+                return 1, await self._schema_pause(drains, e)  # drain again with the new shape
+        return n, drains
+
+    async def _schema_pause(self, drains: list[Drain], exc: SchemaChanged) -> list[Drain]:
+        """Pause the link (sync.pause, so sync.status says why) until `syncbridge adopt`
+        resumes it, then re-validate it and carry on with drains of the new shape."""
+        hub = self.pools[self.config.hub]
+        name = exc.link
+        reason = f"schema changed on peer {exc.peer}: {exc.detail}"
+        log.warning("event=schema_changed link=%s peer=%s table=%s change=%s action=paused",
+                    name, exc.peer, exc.table, exc.detail.replace(" ", "_"))
+        while not self.halt.is_set():
+            await self._retrying(name, lambda r=reason: report.pause(hub, name, r))
+            self.paused[name] = reason
+            while name in self.paused and not self.halt.is_set():
+                self.ticks[f"drain:{name}"] = time.monotonic()  # paused on purpose, not hung
+                await wait_any([self.control], self.halt, 1.0)
+            if self.halt.is_set():
+                break
+            try:
+                shape = (await asyncio.to_thread(shapes, self.config, [name]))[name]
+            except ConfigError as e:
+                reason = f"adopt could not validate: {e}"
+                continue
+            self.shapes[name] = shape
+            fresh = [self._make_drain(shape, d.src, d.dst) for d in drains]
+            self.drains = [d for d in self.drains if d.link.name != name] + fresh
+            log.info("event=adopted link=%s", name)
+            return fresh
+        return drains

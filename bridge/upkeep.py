@@ -1,0 +1,105 @@
+"""The bridge's upkeep loops: status samples, retries asked for, retention, webhooks.
+
+Every `stats_interval` the stats loop samples queue depths into the hub,
+turns sync.retry_dead() requests into signals, enacts resolved conflicts,
+sends canaries and prunes — each step is a function of engine/hub/, this
+module only schedules them. The webhook loop applies events the webhook app
+queued on the hub; scheduled checks run beside it (engine/reconcile/schedule.py).
+`Upkeep` is a part of bridge.daemon.Bridge.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import asyncpg
+
+from syncbridge.bridge import metrics
+from syncbridge.engine import errors
+from syncbridge.engine.hub import dead_letters, prune, report, resolutions
+
+from .draining import Draining
+from .waits import retryable, wait_any
+
+log = logging.getLogger("syncbridge.bridge")
+
+
+class Upkeep(Draining):
+    """The stats and webhook loops of a term (the drains are Draining's)."""
+
+    metrics: metrics.Metrics
+
+    async def _stats_loop(self) -> None:
+        hub = self.pools[self.config.hub]
+        every = {"canary": self.config.setting("canary_interval"),
+                 "prune": self.config.setting("prune_interval")}
+        last = {"canary": float("-inf"), "prune": float("-inf")}
+
+        def due(what: str) -> bool:
+            if not every[what] or time.monotonic() - last[what] < every[what]:
+                return False
+            last[what] = time.monotonic()
+            return True
+
+        while not self.halt.is_set():
+            self.ticks["stats"] = time.monotonic()
+            try:
+                await self._sample(hub)
+                await dead_letters.retry_requested(hub, self.config, self.pools, self._wake)
+                await resolutions.enact(hub, self.shapes, self.pools, self.drains, self._wake)
+                if due("canary"):
+                    for d in await report.send_canaries(hub, self.drains, self.paused):
+                        self._wake(d.link.name, d.src)
+                if due("prune"):
+                    await prune.prune(self.config, hub, self._postgres_sinks())
+                if self.config.setting("metrics"):
+                    self.metrics.update(await report.status_rows(hub))
+            except Exception as e:
+                if not retryable(e):
+                    raise
+                log.warning("event=stats_failed error=%s", errors.describe(e))
+            await self._nap(self.config.setting("stats_interval"))
+
+    async def _sample(self, hub: asyncpg.Pool) -> None:
+        open_sides = await dead_letters.open_sides(hub)
+        stall = float(self.config.setting("stall_after"))
+        stale = float(self.config.setting("stale_after"))
+        for d in self.drains:
+            await report.depth(hub, d, self.config.hub, stall, stale)
+            d.open_dead_letters = (d.link.name, d.src) in open_sides
+
+    def _postgres_sinks(self) -> dict[str, asyncpg.Pool]:
+        """The Postgres peers some drain writes (their sync.applied_batches is pruned)."""
+        peers = {d.link.side(d.dst).peer for d in self.drains}
+        return {p: self.pools[p] for p in peers if p in self.pools}
+
+    async def _extra_loops(self) -> None:
+        """Webhook events, and scheduled checks / resync requests (engine.reconcile)."""
+        from syncbridge.engine.reconcile.schedule import background_checks
+
+        await asyncio.gather(self._webhook_loop(),
+                             background_checks(self.config, self.halt, self.shapes))
+
+    async def _webhook_loop(self) -> None:
+        """Webhook events queued on the hub: applied to their mapped tables."""
+        if not self.config.raw.get("webhooks", {}).get("sources"):
+            await self.halt.wait()
+            return
+        from syncbridge.engine.webhooks.apply import drain_webhook_events, prune_webhook_events
+
+        hub = self.pools[self.config.hub]
+        ev = self.events["webhook"]
+        last_prune = 0.0
+        while not self.halt.is_set():
+            self.ticks["webhooks"] = time.monotonic()
+            ev.clear()
+            n = await self._retrying("webhooks", lambda: drain_webhook_events(
+                hub, self.pools, self.config))
+            if n:
+                continue
+            if time.monotonic() - last_prune > 3600:
+                await self._retrying("webhooks", lambda: prune_webhook_events(hub, self.config))
+                last_prune = time.monotonic()
+            await wait_any([ev], self.halt, self.config.setting("fallback_poll"))

@@ -1,0 +1,83 @@
+"""What the bridge tells the hub, so `select * from sync.status` can be trusted.
+
+Every figure is written by the loop that knows it: depth samples by the stats
+loop (with the thresholds sync.status judges staleness by), batch counts and
+retries by the drain that did them, errors by the retry loop (cleared by the
+first success after them), canaries end to end. Link control (pause/resume)
+is read from here too."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+
+from syncbridge.engine import sqlfiles
+from syncbridge.engine.contract import Drain
+
+SQL = sqlfiles.Queries("hub/status.sql")
+
+
+async def depth(hub: asyncpg.Pool, drain: Drain, hub_peer: str, stall: float,
+                stale: float) -> None:
+    """Sample one direction's queue; a queue in the hub itself is counted live by
+    sync.status (never from a sample that may be stale)."""
+    queued, oldest = await drain.depth()
+    await hub.execute(SQL["report_depth"], drain.link.name, drain.src, queued, oldest,
+                      drain.queue_peer == hub_peer, stall, stale)
+
+
+async def error(hub: asyncpg.Pool, drain: Drain, text: str, kind: str | None,
+                timeout: float) -> None:
+    """The failure sync.status shows (kind: 'sink'/'source' unreachable, else None)."""
+    await hub.execute(SQL["report_error"], drain.link.name, drain.src, text[:2000], kind,
+                      timeout=timeout)
+
+
+async def recovered(hub: asyncpg.Pool, drain: Drain, timeout: float) -> Any:
+    """Clear the error; the row is returned only if there was one to clear."""
+    return await hub.fetchrow(SQL["report_recovered"], drain.link.name, drain.src,
+                              timeout=timeout)
+
+
+async def batch(hub: asyncpg.Pool, link: str, side: str, rows: int, deferred: int) -> None:
+    """A finished batch: its row count; each deferred row counts as one retry."""
+    await hub.execute(SQL["report_batch"], link, side, rows)
+    if deferred:
+        await hub.execute(SQL["report_retries"], link, side, deferred)
+
+
+async def canary_arrived(hub: asyncpg.Pool, link: str, side: str, sent_at: Any,
+                         applied_at: Any) -> None:
+    await hub.execute(SQL["report_canary"], link, side, sent_at, applied_at)
+
+
+async def send_canaries(hub: asyncpg.Pool, drains: list[Drain], paused: dict[str, str]
+                        ) -> list[Drain]:
+    """One canary per direction that has one and whose last canary has arrived;
+    returns the drains to wake."""
+    pending = {(r["link"], r["source_side"]) for r in await hub.fetch(SQL["pending_canaries"])}
+    sent = []
+    for d in drains:
+        if d.link.name in paused or (d.link.name, d.src) in pending:
+            continue
+        at = await d.send_canary()
+        if at is None:
+            continue
+        await hub.execute(SQL["canary_sent"], d.link.name, d.src, at)
+        sent.append(d)
+    return sent
+
+
+async def paused_links(hub: asyncpg.Pool, timeout: float) -> dict[str, str]:
+    """sync.link_control's paused links: {link: reason}."""
+    return {r["link"]: r["paused_reason"]
+            for r in await hub.fetch(SQL["paused_links"], timeout=timeout)}
+
+
+async def pause(hub: asyncpg.Pool, link: str, reason: str) -> None:
+    await hub.execute(SQL["pause_link"], link, reason)
+
+
+async def status_rows(hub: asyncpg.Pool) -> list[Any]:
+    return await hub.fetch(SQL["status_rows"])

@@ -1,0 +1,60 @@
+"""Enacting conflicts an operator resolved with sync.resolve_conflict().
+
+The winner's current row is sent again, unchecked (an 'R' signal at the
+winner's queue), so the loser side takes it; under `merge` the settled merge
+(the loser's edits of other columns kept) is first written on the winner's
+side as the bridge's own write. The conflict is then marked resolved."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from decimal import Decimal
+from typing import Any
+
+import asyncpg
+
+from syncbridge.engine import conflicts, sqlfiles
+from syncbridge.engine.catalog import LinkShape
+from syncbridge.engine.contract import Drain
+
+SQL = sqlfiles.Queries("hub/conflicts.sql")
+QUEUE = sqlfiles.Queries("postgres/queue.sql")
+log = logging.getLogger("syncbridge.bridge")
+
+
+def key_json(value: Any) -> str:
+    """JSON of a key parsed with Decimals: a Decimal goes as its exact text (a JSON
+    string, which jsonb_to_recordset reads back into the numeric key column)."""
+    return json.dumps(value, default=str)
+
+
+async def enact(hub: asyncpg.Pool, shapes: dict[str, LinkShape],
+                pools: dict[str, asyncpg.Pool], drains: list[Drain],
+                wake: Callable[[str, str], None]) -> None:
+    for r in await hub.fetch(SQL["resolving_conflicts"]):
+        shape = shapes.get(r["link"])
+        if shape is None:
+            continue
+        winner = r["winner"]
+        ka = json.loads(r["key"], parse_float=Decimal)  # a numeric key keeps its digits
+        key = {w: ka[a] for a, w in zip(shape.key_cols("a"), shape.key_cols(winner),
+                                        strict=True)}
+        if shape.link.conflict == "merge":  # keep the loser's edits of other columns
+            merged = conflicts.settled_merge(shape.link, conflicts.load(r["a"]),
+                                             conflicts.load(r["b"]), conflicts.load(r["last"]),
+                                             winner)
+            [drain] = [d for d in drains if d.link.name == shape.link.name and d.dst == winner]
+            await drain.write_settled(merged, key_json(key))
+        source = pools[shape.link.side(winner).peer]
+        await source.execute(QUEUE["resignal"], r["link"], winner, key_json([key]))
+        await hub.execute(SQL["conflict_resolved"], r["id"])
+        wake(r["link"], winner)
+        log.info("event=conflict_resolved id=%s link=%s winner=%s", r["id"], r["link"], winner)
+
+
+async def record(hub: asyncpg.Pool, link: str, policy: str, batch_id: Any,
+                 entries: str) -> None:
+    """A batch's conflicts (a JSON array), as sync.conflicts rows."""
+    await hub.execute(SQL["record_conflict"], link, policy, batch_id, entries)

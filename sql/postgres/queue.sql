@@ -1,0 +1,113 @@
+-- The queue of one Postgres source side and the batch record of a Postgres sink:
+-- claim, read, record, finish (engine/postgres/drain.py).
+
+-- name: claim
+-- Claim the oldest visible, unclaimed key signals of one link side as a new batch.
+with c as (
+    select id from sync.queue
+     where link = $1 and side = $2 and batch_id is null and op <> 'W'
+       and (retry_at is null or retry_at <= clock_timestamp())
+     order by id
+     limit $3
+       for update skip locked
+)
+update sync.queue q set batch_id = $4 from c where q.id = c.id
+returning q.id, q.op, q.key::text as key, q.attempts
+
+-- name: pending_batches
+-- Batches claimed by an earlier run that were never finished (crash recovery).
+select distinct batch_id from sync.queue
+ where link = $1 and side = $2 and batch_id is not null and op <> 'W'
+
+-- name: batch_signals
+-- The signals of one claimed batch, to re-apply it after a crash.
+select id, op, key::text as key, attempts from sync.queue where batch_id = $1 order by id
+
+-- name: release_batch
+-- Give a claimed batch back untouched (its link paused before anything was applied).
+update sync.queue set batch_id = null where batch_id = $1
+
+-- name: table_shape
+-- The linked table's columns as the bridge validated them (schema-change check).
+select sync.table_shape($1::regclass)::text
+
+-- name: finish_batch
+-- The sink committed the batch: drop exactly its claimed signals.
+delete from sync.queue where batch_id = $1
+
+-- name: defer_keys
+-- Give signals of keys the sink could not take yet ($2: the batch's problems) back, later.
+update sync.queue
+   set batch_id = null, attempts = attempts + 1,
+       retry_at = clock_timestamp() + make_interval(secs => least(60, $3 * power(2, attempts)))
+ where batch_id = $1
+   and key in (select e -> 'key' from jsonb_array_elements($2::jsonb) e
+                where (e ->> 'defer')::boolean)
+
+-- name: queue_depth
+-- Queued signals of one link side and the age of the oldest (lag); canaries not counted.
+select count(*) as queued, min(enqueued_at) as oldest
+  from sync.queue where link = $1 and side = $2 and op not in ('W', 'C')
+
+-- name: set_origin
+-- Tag this transaction's writes so capture does not send them back.
+select set_config('syncbridge.origin', $1, true)
+
+-- name: batch_record
+-- The sink's record of an applied batch (null when not applied).
+select dead::text as dead, synced::text as synced, conflicts::text as conflicts, truncated
+  from sync.applied_batches where batch_id = $1
+
+-- name: record_batch
+-- Written in the same sink transaction as the batch's rows.
+insert into sync.applied_batches
+       (batch_id, link, source_side, signals, upserts, deletes, dead, synced, conflicts, truncated)
+values ($1, $2, $3, $4, $5, $6, $7::jsonb, $8::jsonb, $9::jsonb, $10)
+
+-- name: state_write
+-- Two-way links: remember each row's image as last synced (null = absent): a known base.
+insert into sync.row_state (link, key, image, known, synced_at)
+select $1, x.key, nullif(x.image, 'null'::jsonb), true, clock_timestamp()
+  from jsonb_to_recordset($2::jsonb) as x(key jsonb, image jsonb)
+on conflict (link, key) do update
+   set image = excluded.image, known = true, synced_at = excluded.synced_at
+
+-- name: seed_state
+-- install/adopt: base images (key, image, known); never over a base the bridge wrote
+-- since the seeding started, and an unknown entry never replaces an existing one.
+insert into sync.row_state as rs (link, key, image, known, synced_at)
+select $1, x.key, nullif(x.image, 'null'::jsonb), x.known, clock_timestamp()
+  from jsonb_to_recordset($2::jsonb) as x(key jsonb, image jsonb, known boolean)
+on conflict (link, key) do update
+   set image = excluded.image, known = true, synced_at = excluded.synced_at
+ where excluded.known and rs.synced_at < $3
+
+-- name: resignal
+-- Conflict won by the sink's row: send it back the other way, unchecked (op R).
+insert into sync.queue (link, side, op, key)
+select $1, $2, 'R', x from jsonb_array_elements($3::jsonb) as x
+
+-- name: forget_state
+-- Two-way links: a truncated table has no last-synced rows any more.
+delete from sync.row_state where link = $1
+
+-- name: canary_send
+-- Source: queue an end-to-end canary; it travels like any signal (op C).
+insert into sync.queue (link, side, op, key)
+values ($1, $2, 'C', jsonb_build_object('sent_at', clock_timestamp()))
+returning (key ->> 'sent_at')::timestamptz as sent_at
+
+-- name: canary_applied
+-- Sink, in the batch's transaction: the newest canary of the batch ($3: their keys) arrived.
+insert into sync.canary as c (link, source_side, sent_at, applied_at)
+select $1, $2, max((k ->> 'sent_at')::timestamptz), clock_timestamp()
+  from jsonb_array_elements($3::jsonb) k
+on conflict (link, source_side) do update
+   set sent_at = excluded.sent_at, applied_at = excluded.applied_at
+returning sent_at, applied_at
+
+-- name: prune_applied
+-- Sink: drop applied-batch records older than $1 days ([bridge] applied_batches_days).
+-- A batch still claimed at a source is at most minutes old, so its record is kept.
+delete from sync.applied_batches
+ where applied_at < clock_timestamp() - make_interval(secs => $1 * 86400)
