@@ -182,7 +182,7 @@ def test_readme_sample_config_is_valid_and_lists_every_bridge_default(monkeypatc
     import tomllib
     from pathlib import Path
 
-    from syncbridge.engine.config import DEFAULTS
+    from syncbridge.engine.config_file import DEFAULTS
 
     readme = (Path(__file__).parent.parent / "README.md").read_text()
     block = readme.split("### Configuration", 1)[1].split("```toml\n", 1)[1].split("```", 1)[0]

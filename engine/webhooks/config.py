@@ -14,15 +14,8 @@ import os
 import re
 from dataclasses import dataclass, field
 
-from syncbridge.engine.config import (
-    WEBHOOK_DEFAULTS,
-    Config,
-    ConfigError,
-    Side,
-    SourceFile,
-    TopicFile,
-    credential,
-)
+from syncbridge.engine.config import Config, ConfigError, Side, credential
+from syncbridge.engine.config_file import WEBHOOK_DEFAULTS, SourceFile, TopicFile
 
 PROVIDERS = ("shopify", "thinkific", "supabase", "hmac", "standard")
 
