@@ -1,8 +1,8 @@
 """A dead letter's life, in one place.
 
 1. written: a row the sink rejects (or a parent still missing after
-   max_attempts deferrals) is stored in the hub's sync.dead_letter with its
-   key, error and values — the only place row values go (never the log);
+   max_attempts deferrals) is stored in the hub's sync.dead_letter by its
+   key and error (the row itself stays at the source; logs carry no values);
 2. closed: when a later batch applies the same key, its open dead letters
    are closed (drains call `close` only while their side has open ones);
 3. retried: an operator calls sync.retry_dead(); the bridge turns each
