@@ -230,9 +230,10 @@ class PgDrain(QueueDrain):
         rows = await self.source.fetch(self.sql.read_rows, json_array(list(attempts)))
         upserts: dict[str, Item] = {}  # by the row's own key: one item per sink row
         deletes = []
+        worst = max(attempts.values())  # once: a default argument is evaluated every call
         for r in rows:
             skey = r["skey"]
-            tries = attempts.get(skey, max(attempts.values()))
+            tries = attempts.get(skey, worst)
             if r["row"] is None:
                 deletes.append(Item(skey, r["key"], r["ka"], r["key"], None, tries))
             else:
