@@ -66,6 +66,9 @@ class Bridge(Upkeep):
         self.events: dict[str, asyncio.Event] = {}
         self.control = asyncio.Event()  # sync.link_control changed
         self.paused: dict[str, str] = {}  # link -> reason
+        self.upkeep = asyncio.Event()  # dead-letter retries / resolutions wait (heartbeat)
+        self.quiet: set[tuple[str, str]] = set()  # directions idle since their last wake
+        self.depths: dict[tuple[str, str], int] = {}  # queued at each direction's last sample
         self.ticks: dict[str, float] = {}  # loop -> last tick (monotonic)
         self.tick_every: dict[str, float] = {}  # loop -> its longest planned wait
         self.role = "starting"
@@ -175,7 +178,7 @@ class Bridge(Upkeep):
             await lease.beat(self.role)
             self.ticks = {"standby": time.monotonic()}
             await lease.fence_stale()
-            await self._sleep(self.hb / 2)
+            await self._sleep(self.hb)
 
     async def _active(self, lease: Lease) -> None:
         self.role = "active"
@@ -185,7 +188,8 @@ class Bridge(Upkeep):
         self.leader_ok_at = time.monotonic()
         log.info("event=active instance=%s links=%d", self.instance, len(self.shapes))
         self.ticks = {}
-        self.paused = {}
+        self.paused, self.quiet, self.depths = {}, set(), {}
+        self.upkeep.set()  # look for retries and resolutions once at the start of a term
         try:  # a pool's first connection to a server still recovering was seen to hang
             await asyncio.wait_for(self._connect(), CONNECT_TIMEOUT)
             await self._read_control()  # before any drain starts: a paused link claims nothing
@@ -249,18 +253,14 @@ class Bridge(Upkeep):
         await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _guard_leadership(self, lease: Lease) -> None:
-        rounds = 0
+        """One heartbeat per interval: the term's only statement while idle."""
         while not self.halt.is_set():
             await self._check_leader(lease)
-            if rounds % 60 == 0:
-                with contextlib.suppress(*HUB_ERRORS):
-                    await lease.prune_bridges()
-            rounds += 1
-            await self._nap(self.hb / 2)
+            await self._nap(self.hb)
 
     async def _check_leader(self, lease: Lease) -> None:
         try:
-            await lease.confirm(self.role)
+            paused, upkeep = await lease.beat(self.role, self._quiet_directions())
         except Exception as e:
             if not retryable(e):
                 raise
@@ -268,6 +268,9 @@ class Bridge(Upkeep):
             self.halt.set()
             raise LostLeadership(self.lost) from e
         self.leader_ok_at = time.monotonic()
+        self._set_paused(paused)
+        if upkeep:
+            self.upkeep.set()
 
     async def _fence(self) -> None:
         """Before a batch: if the leadership was last confirmed two heartbeats ago (the

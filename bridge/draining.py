@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -33,10 +34,38 @@ from .waits import HUB_ERRORS, backoff, retryable, wait_any
 
 log = logging.getLogger("syncbridge.bridge")
 
-LISTEN_PING = 5.0  # seconds between pings of a LISTEN connection (its loss is seen at once)
+LISTEN_PING = 300.0  # seconds between pings of a LISTEN connection; TCP keepalives and
+# asyncpg's termination listener see its loss long before (an idle bridge stays quiet)
+KEEPALIVE = (10, 5, 3)  # TCP keepalive idle s, interval s, probes: a dead path in ~25 s
 PROBE_TIMEOUT = 2.0  # seconds for the "which database is unreachable" probe
 CONTROL_CHANNEL = "syncbridge_control"  # sync.pause / sync.resume notify it
 ALIVE = lease.SQL["alive"]
+
+
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """A pool connection goes back as it is: the bridge sets nothing session-wide
+    (origin tags are transaction-local, settings are startup parameters, it never
+    LISTENs or locks on pool connections), so asyncpg's default reset (advisory
+    unlock, CLOSE ALL, UNLISTEN, RESET ALL: one round trip per release) is skipped.
+    A transaction left open by a cancelled task is still rolled back."""
+    if conn.is_in_transaction():
+        await conn.execute("rollback")
+
+
+def _keepalive(conn: asyncpg.Connection) -> None:
+    """TCP keepalives on a LISTEN connection: a silently dead path (a firewall that
+    drops idle flows, a host gone) ends the connection, so no wake-up is missed
+    without a statement on the wire. asyncpg exposes no option for it; the socket is
+    its transport's."""
+    sock = conn._transport.get_extra_info("socket")  # noqa: SLF001 - no public route
+    if sock is None:
+        return
+    idle, interval, count = KEEPALIVE
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for name, value in (("TCP_KEEPIDLE", idle), ("TCP_KEEPINTVL", interval),
+                        ("TCP_KEEPCNT", count)):
+        if hasattr(socket, name):
+            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
 
 
 class Draining:
@@ -56,6 +85,9 @@ class Draining:
     to_clear: set[str]
     halt: asyncio.Event
     hb: float
+    upkeep: asyncio.Event  # retries or resolutions asked for (the heartbeat tells)
+    quiet: set[tuple[str, str]]  # (link, source side): claimed nothing since the last wake
+    depths: dict[tuple[str, str], int]  # (link, source side): queued at the last sample
 
     async def _fence(self) -> None:
         """Confirm the leadership before a batch (bridge.daemon.Bridge does)."""
@@ -73,7 +105,7 @@ class Draining:
                 self.pools[name] = await asyncpg.create_pool(
                     peer.dsn, min_size=1, max_size=4, timeout=10, command_timeout=300,
                     # values travel and compare as text: pinned settings on both ends
-                    server_settings=pg_session.settings("syncbridge"),
+                    server_settings=pg_session.settings("syncbridge"), reset=_keep_session,
                 )
         self.drains = []
         for shape in self.shapes.values():
@@ -112,7 +144,18 @@ class Draining:
     def _wake_all(self) -> None:
         for ev in self.events.values():
             ev.set()
+        self.quiet.clear()
         self.control.set()
+
+    def _quiet_directions(self) -> list[tuple[str, str]]:
+        """Directions the bridge vouches have nothing queued: woken by NOTIFY on a
+        healthy LISTEN, nothing queued at their last sample, nothing claimed since.
+        Their depth is not sampled (no statement to the source while idle); the
+        heartbeat keeps their sync.status sample fresh instead."""
+        return sorted(k for k in self.quiet if self.depths.get(k) == 0)
+
+    def _vouched(self, d: Drain) -> bool:
+        return (d.link.name, d.src) in self._quiet_directions()
 
     # -- wake-ups ------------------------------------------------------------
     def _source_peers(self) -> set[str]:
@@ -155,6 +198,7 @@ class Draining:
     async def _listen_connect(self, peer: str, lost: asyncio.Event) -> asyncpg.Connection:
         conn = await asyncpg.connect(self.config.peers[peer].dsn, timeout=10,
                                      server_settings={"application_name": "syncbridge-listen"})
+        _keepalive(conn)
         conn.add_termination_listener(lambda _c: lost.set())
         await conn.add_listener(capture.NOTIFY_CHANNEL, self._on_notify)
         if peer == self.config.hub:
@@ -164,6 +208,8 @@ class Draining:
     def _on_notify(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
         ev = self.events.get(payload)
         if ev is not None:
+            link, _, side = payload.rpartition(":")
+            self.quiet.discard((link, side))
             ev.set()
 
     def _on_control(self, _conn: Any, _pid: int, _channel: str, _payload: str) -> None:
@@ -172,7 +218,10 @@ class Draining:
     # -- pause / resume --------------------------------------------------------
     async def _read_control(self) -> None:
         """Take sync.link_control's paused links as this bridge's self.paused."""
-        paused = await report.paused_links(self.pools[self.config.hub], self.hb)
+        self._set_paused(await report.paused_links(self.pools[self.config.hub], self.hb))
+
+    def _set_paused(self, paused: dict[str, str]) -> None:
+        """The paused links as the hub has them (read on NOTIFY and with every beat)."""
         for link in paused.keys() - self.paused.keys():
             log.info("event=paused link=%s reason=%s", link, paused[link])
         for link in self.paused.keys() - paused.keys():
@@ -183,7 +232,10 @@ class Draining:
         self.paused = paused
 
     async def _control_loop(self) -> None:
-        """Follow sync.link_control: a paused link is not drained (its signals queue)."""
+        """Follow sync.link_control: a paused link is not drained (its signals queue).
+
+        Woken by sync.pause/sync.resume's NOTIFY (and a LISTEN reconnect); the
+        heartbeat reads the same, so a missed notify costs one interval, not a poll."""
         while not self.halt.is_set():
             self.ticks["control"] = time.monotonic()
             self.control.clear()
@@ -193,7 +245,8 @@ class Draining:
                 if not retryable(e):
                     raise
                 log.warning("event=control_failed error=%s", errors.describe(e))
-            await wait_any([self.control], self.halt, 1.0)
+            self.ticks.pop("control", None)  # waiting for a NOTIFY is not being stuck
+            await wait_any([self.control], self.halt, None)
 
     # -- retries -----------------------------------------------------------------
     async def _retrying(self, name: str, fn: Callable[[], Awaitable[Any]],
@@ -229,6 +282,8 @@ class Draining:
         log.warning("event=retry target=%s attempt=%d error=%s", name, attempt,
                     errors.describe(exc))
         self.failing.setdefault(name, time.monotonic())
+        if drain is not None:
+            self.quiet.discard((drain.link.name, drain.src))
         if errors.is_connection_error(exc):
             for pool in self.pools.values():  # none of the old connections is reused
                 await pool.expire_connections()
@@ -308,7 +363,10 @@ class Draining:
             if n:
                 idle = floor
                 continue
-            await wait_any(events, self.halt, timeout_idle or idle)
+            # something queued that no claim takes yet (deferred keys): poll for it
+            backlog = any(self.depths.get((d.link.name, d.src), 1) for d in drains)
+            await wait_any(events, self.halt, idle if backlog or not timeout_idle
+                           else timeout_idle)
             idle = min(idle * 2, ceiling)
 
     async def _drain_round(self, drains: list[Drain]) -> tuple[int, list[Drain]]:
@@ -318,9 +376,16 @@ class Draining:
             if self.halt.is_set():
                 break
             try:
-                n += await self._retrying(d.name, d.drain_once, d.recover, drain=d) or 0
+                got = await self._retrying(d.name, d.drain_once, d.recover, drain=d) or 0
             except SchemaChanged as e:
                 return 1, await self._schema_pause(drains, e)  # drain again with the new shape
+            key = (d.link.name, d.src)
+            if got:
+                self.quiet.discard(key)
+                self.depths.pop(key, None)  # sampled again before it is vouched for
+            elif d.poll_interval is None and d.link.notify:
+                self.quiet.add(key)
+            n += got
         return n, drains
 
     async def _schema_pause(self, drains: list[Drain], exc: SchemaChanged) -> list[Drain]:

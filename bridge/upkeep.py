@@ -18,6 +18,7 @@ import asyncpg
 
 from syncbridge.bridge import metrics
 from syncbridge.engine import errors
+from syncbridge.engine.contract import Drain
 from syncbridge.engine.hub import dead_letters, prune, report, resolutions
 
 from .draining import Draining
@@ -46,11 +47,12 @@ class Upkeep(Draining):
         while not self.halt.is_set():
             self.ticks["stats"] = time.monotonic()
             try:
-                await self._sample(hub)
-                await dead_letters.retry_requested(hub, self.config, self.pools, self._wake)
-                await resolutions.enact(hub, self.shapes, self.pools, self.drains, self._wake)
-                if due("canary"):
-                    for d in await report.send_canaries(hub, self.drains, self.paused):
+                busy = await self._sample(hub)
+                if self.upkeep.is_set():
+                    self.upkeep.clear()
+                    await self._upkeep(hub)
+                if due("canary"):  # lag of directions carrying traffic; quiet ones send none
+                    for d in await report.send_canaries(hub, busy, self.paused):
                         self._wake(d.link.name, d.src)
                 if due("prune"):
                     await prune.prune(self.config, hub, self._postgres_sinks())
@@ -62,13 +64,30 @@ class Upkeep(Draining):
                 log.warning("event=stats_failed error=%s", errors.describe(e))
             await self._nap(self.config.setting("stats_interval"))
 
-    async def _sample(self, hub: asyncpg.Pool) -> None:
+    async def _sample(self, hub: asyncpg.Pool) -> list[Drain]:
+        """Sample the depth of every direction the bridge cannot vouch for (see
+        Draining._quiet_directions); returns those directions. Idle: no statement."""
+        busy = [d for d in self.drains if not self._vouched(d)]
+        if not busy:
+            return []
         open_sides = await dead_letters.open_sides(hub)
         stall = float(self.config.setting("stall_after"))
         stale = float(self.config.setting("stale_after"))
+        for d in busy:
+            self.depths[(d.link.name, d.src)] = await report.depth(
+                hub, d, self.config.hub, stall, stale)
         for d in self.drains:
-            await report.depth(hub, d, self.config.hub, stall, stale)
             d.open_dead_letters = (d.link.name, d.src) in open_sides
+        return busy
+
+    async def _upkeep(self, hub: asyncpg.Pool) -> None:
+        """What an operator asked for: dead-letter retries, resolved conflicts."""
+        try:
+            await dead_letters.retry_requested(hub, self.config, self.pools, self._wake)
+            await resolutions.enact(hub, self.shapes, self.pools, self.drains, self._wake)
+        except BaseException:
+            self.upkeep.set()  # not done: again next round
+            raise
 
     def _postgres_sinks(self) -> dict[str, asyncpg.Pool]:
         """The Postgres peers some drain writes (their sync.applied_batches is pruned)."""

@@ -112,7 +112,7 @@ class BridgeSettings(_Strict):
     newest_column: str | None = None  # conflict = newest_wins: timestamp column (links override)
     poll_interval: Positive = 0.05  # seconds; adaptive poll floor when notify is off
     max_poll_interval: Positive = 1.0  # seconds; adaptive poll ceiling when notify is off
-    fallback_poll: Positive = 5.0  # seconds; safety poll when notify is on
+    fallback_poll: Positive = 300.0  # seconds; safety claim when notify is on (LISTEN wakes)
     ct_poll_interval: Positive = 0.25  # seconds; SQL Server current-version check
     ct_retention_days: PositiveInt = 7  # SQL Server change retention install sets; warn at half
     mssql_login_timeout: Seconds = 15  # seconds; SQL Server login (pyodbc connect timeout=)
@@ -124,7 +124,7 @@ class BridgeSettings(_Strict):
     heartbeat_interval: Positive = 2.0  # seconds; a bridge is shown gone after two missed beats
     stall_after: Positive = 30.0  # seconds of queued work (or a canary) not arriving: `stalled`
     stale_after: Positive = 10.0  # seconds; an older depth sample of a non-hub queue is `stale`
-    canary_interval: NonNegative = 5.0  # seconds between end-to-end canaries; 0 = off
+    canary_interval: NonNegative = 5.0  # s between canaries of a busy direction; 0 = off
     loop_stuck_after: Positive = 30.0  # seconds without a loop tick before /healthz says 503
     metrics: str = ""  # "host:port" serves /metrics and /healthz; "" = off
     applied_batches_days: Positive = 7.0  # days of sync.applied_batches kept on Postgres sinks

@@ -106,7 +106,7 @@ def test_bridge_settings_are_every_links_defaults():
     inherited, own = cfg.links["l"], cfg.links["own"]
     assert (inherited.batch_size, inherited.notify, inherited.conflict) == (7, False, "manual")
     assert (own.batch_size, own.notify, own.conflict) == (9, True, "b_wins")
-    assert cfg.setting("batch_size") == 7 and cfg.setting("fallback_poll") == 5.0
+    assert cfg.setting("batch_size") == 7 and cfg.setting("fallback_poll") == 300.0
 
 
 def test_new_link_keys_have_their_defaults():

@@ -16,6 +16,7 @@ import pytest
 
 from heal_support import Clusters, arrives, make, state, status, until
 from rigs import link, make_rig
+from syncbridge.bridge.bench.logical import STATEMENT_LINE, Server
 from syncbridge.bridge.bench.rig import wait_until
 
 # the issue's target: a gone bridge shown gone within 2 heartbeats (2 s each)
@@ -143,12 +144,19 @@ def test_canary_gives_end_to_end_lag_and_stalled_when_blocked(clusters, tmp_path
         rig.start_bridge()
         until(lambda: status(rig).get("canary_lag") is not None, 15, "a canary to arrive")
         first = status(rig)["canary_applied_at"]
-        # canaries keep coming while idle, so an idle link is never taken for stalled
-        until(lambda: status(rig)["canary_applied_at"] > first, 5, "the next canary")
-        time.sleep(2.5)  # longer than stall_after: idle must stay idle
-        assert state(rig) == "idle"
+        # a quiet direction sends no canaries (an idle bridge sends nothing to its peers)
+        # and an idle link is never taken for stalled
+        until(lambda: state(rig) == "idle", 10, "idle")
+        idle_since = status(rig)["canary_applied_at"]
+        with pytest.raises(TimeoutError):  # longer than stall_after, 4 canary intervals
+            until(lambda: status(rig)["canary_applied_at"] > idle_since or
+                  state(rig) != "idle", 2.5, "a canary or a state change while idle")
         assert status(rig)["canary_lag"].total_seconds() < 5
         assert rig.query("b", "select count(*) from sync.canary") == [(1,)]
+        # traffic: canaries measure its end-to-end lag again
+        rig.execute("a", "insert into items values (4, 'traffic')")
+        until(lambda: status(rig)["canary_applied_at"] > max(first, idle_since), 10,
+              "a canary of the busy direction")
         # block the sink: the batch in flight waits on the lock, so nothing arrives
         with psycopg.connect(rig.dsn["b"]) as blocker:
             blocker.execute("lock table items in access exclusive mode")
@@ -222,3 +230,53 @@ def test_migration_0007_rolls_back_and_applies_again(new_db, tmp_path):
                           "on c.relnamespace = n.oid where n.nspname = 'sync'") == [(0,)]
     migrate(rig.config)
     assert rig.query("a", "select state from sync.status") == []
+
+
+def test_an_idle_bridge_sends_its_peers_nothing_but_its_heartbeat(clusters, tmp_path):
+    """Idle means idle: no polls, pings, samples or canaries on the wire, counted in the
+    servers' own logs (log_statement = all) over 10 s. The hub gets one heartbeat per
+    interval, and that statement also keeps the quiet direction's sample fresh."""
+    rig = make(clusters, tmp_path, {"fallback_poll": 300.0})
+    servers = {"a": Server(clusters.hub.dsn(), clusters.hub.data / "server.log"),
+               "b": Server(clusters.sink.dsn(), clusters.sink.data / "server.log")}
+    dbs = {side: rig.dsn[side].rsplit("/", 1)[1] for side in "ab"}
+    try:
+        rig.start_bridge()
+        rig.execute("a", "insert into items values (1, 'before the idle window')")
+        arrives(rig, 1)
+        until(lambda: state(rig) == "idle", 15, "idle")
+        for s in servers.values():
+            s.set_statement_log(True)
+        try:
+            # the window opens at the first heartbeat that vouches for the quiet direction
+            until(lambda: any('"link": "items"' in t for t in _statements(
+                servers["a"], 0, dbs["a"]) if "insert into sync.bridges" in t), 15,
+                  "a heartbeat vouching for the idle direction")
+            start = {side: s.log_size() for side, s in servers.items()}
+            time.sleep(10)  # the measured window itself
+            logged = {side: _statements(s, start[side], dbs[side])
+                      for side, s in servers.items()}
+        finally:
+            for s in servers.values():
+                s.set_statement_log(False)
+        assert logged["b"] == [], logged["b"]
+        assert logged["a"], "nothing logged: is log_statement on?"
+        beats = [t for t in logged["a"] if "insert into sync.bridges" in t]
+        assert len(beats) == len(logged["a"]), [t for t in logged["a"] if t not in beats]
+        assert 3 <= len(beats) <= 7, len(beats)  # heartbeat_interval 2 s over 10 s
+        assert state(rig) == "idle" and status(rig)["sampled_ago"] is None  # live: hub queue
+        rig.execute("a", "insert into items values (2, 'after the idle window')")
+        arrives(rig, 2)
+    finally:
+        rig.close()
+
+
+def _statements(server: Server, offset: int, database: str) -> list[str]:
+    """The statements the server logged for one database since offset."""
+    with open(server.log_path, "rb") as f:
+        f.seek(offset)
+        text = f.read().decode(errors="replace")
+    starts = list(STATEMENT_LINE.finditer(text))
+    ends = [m.start() for m in starts[1:]] + [len(text)] if starts else []
+    return [text[m.end():end] for m, end in zip(starts, ends, strict=True)
+            if m.group(1) == database]

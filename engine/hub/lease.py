@@ -6,6 +6,7 @@ but keeps its session is fenced by a standby (its backend terminated)."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -33,23 +34,24 @@ class Lease:
     async def try_take(self) -> bool:
         return bool(await self.conn.fetchval(SQL["try_lock"], self.key))
 
-    async def beat(self, role: str) -> None:
-        await self.conn.execute(SQL["heartbeat"], self.instance, socket.gethostname(),
-                                os.getpid(), role, self.hb, timeout=self.hb)
-
-    async def confirm(self, role: str) -> None:
-        """The session still answers (so the lock is still ours), then a heartbeat."""
-        await self.conn.fetchval(SQL["alive"], timeout=self.hb)
-        await self.beat(role)
+    async def beat(self, role: str, quiet: list[tuple[str, str]] | None = None
+                   ) -> tuple[dict[str, str], bool]:
+        """One heartbeat: alive, the quiet directions' samples kept fresh (the bridge
+        vouches that nothing is queued there); returns the paused links {link: reason}
+        and whether dead-letter retries or conflict resolutions wait (sync.retry_dead,
+        sync.resolve_conflict). It is also the check that the lock's session answers."""
+        rows = await self.conn.fetch(
+            SQL["heartbeat"], self.instance, socket.gethostname(), os.getpid(), role, self.hb,
+            json.dumps([{"link": link, "side": side} for link, side in quiet or []]),
+            timeout=self.hb)
+        paused = {r["link"]: r["paused_reason"] for r in rows if r["link"] is not None}
+        return paused, any(r["link"] is None for r in rows)
 
     async def fence_stale(self) -> None:
         """End the session of a lock holder that missed two heartbeats."""
         for r in await self.conn.fetch(SQL["stale_leader"], self.key, self.hb):
             log.warning("event=stale_leader_fenced backend_pid=%s", r["pid"])
             await self.conn.execute(SQL["fence_stale"], r["pid"])
-
-    async def prune_bridges(self) -> None:
-        await self.conn.execute(SQL["prune_bridges"], timeout=self.hb)
 
     async def forget(self) -> None:
         """A clean stop: gone from sync.bridges at once."""

@@ -19,12 +19,13 @@ SQL = sqlfiles.Queries("hub/status.sql")
 
 
 async def depth(hub: asyncpg.Pool, drain: Drain, hub_peer: str, stall: float,
-                stale: float) -> None:
-    """Sample one direction's queue; a queue in the hub itself is counted live by
-    sync.status (never from a sample that may be stale)."""
+                stale: float) -> int:
+    """Sample one direction's queue (returns what is queued); a queue in the hub
+    itself is counted live by sync.status (never from a sample that may be stale)."""
     queued, oldest = await drain.depth()
     await hub.execute(SQL["report_depth"], drain.link.name, drain.src, queued, oldest,
                       drain.queue_peer == hub_peer, stall, stale)
+    return int(queued)
 
 
 async def error(hub: asyncpg.Pool, drain: Drain, text: str, kind: str | None,

@@ -165,7 +165,8 @@ class PgDrain(QueueDrain):
         await self._finish(batch_id, BatchRecord.from_row(row), Outcome(), count=False)
 
     async def drain_once(self) -> int:
-        """Apply one batch; returns the number of signals it consumed (0 = idle)."""
+        """Apply one batch; returns the number of changes it consumed (0 = idle: a
+        batch of canaries only is not traffic, so it leaves the direction quiet)."""
         batch_id = uuid.uuid4()
         signals = await self.source.fetch(
             SQL["claim"], self.link.name, self.src, self.link.batch_size, batch_id
@@ -178,7 +179,7 @@ class PgDrain(QueueDrain):
                 raise
             faults.hit("after_claim")
             await self._apply_and_finish(batch_id, signals)
-        return len(signals)
+        return sum(s["op"] != "C" for s in signals)
 
     async def _apply_and_finish(self, batch_id: uuid.UUID, signals: list) -> None:
         upserts, deletes = await self._read(signals)

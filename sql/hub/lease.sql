@@ -1,21 +1,34 @@
 -- Leadership of the bridge: the advisory lock, heartbeats in sync.bridges (engine/hub/lease.py).
 
 -- name: heartbeat
--- Hub: this bridge is alive, with the interval it beats at (gone after two missed).
-insert into sync.bridges (instance, host, pid, role, heartbeat_interval)
-values ($1, $2, $3, $4, make_interval(secs => $5))
-on conflict (instance) do update
-   set role = excluded.role, heartbeat = clock_timestamp(),
-       heartbeat_interval = excluded.heartbeat_interval
+-- Hub, once per heartbeat interval, the bridge's only statement while idle: this bridge
+-- is alive (gone after two missed beats); the depth samples of its quiet directions
+-- ($6: [{link, side}] woken by NOTIFY, nothing queued at their last sample, nothing
+-- claimed since) stay fresh; returns the paused links (sync.link_control), and a row
+-- with no link when the bridge has upkeep to do (so none of that is polled either).
+with beat as (
+    insert into sync.bridges (instance, host, pid, role, heartbeat_interval)
+    values ($1, $2, $3, $4, make_interval(secs => $5))
+    on conflict (instance) do update
+       set role = excluded.role, heartbeat = clock_timestamp(),
+           heartbeat_interval = excluded.heartbeat_interval
+), quiet as (
+    update sync.link_state s set sampled_at = clock_timestamp()
+      from jsonb_to_recordset($6::jsonb) q(link text, side text)
+     where s.link = q.link and s.source_side = q.side and s.queued = 0
+), gone as (  -- rows of bridges gone for a minute
+    delete from sync.bridges
+     where heartbeat < clock_timestamp() - greatest(interval '1 minute', 2 * heartbeat_interval)
+)
+select link, paused_reason from sync.link_control where paused_reason is not null
+union all  -- a row with no link: an operator asked for dead-letter retries or resolutions
+select null, null
+ where exists (select 1 from sync.dead_letter where status = 'retry')
+    or exists (select 1 from sync.conflicts where status = 'resolving')
 
 -- name: forget_bridge
 -- Hub: this bridge stops; it is gone at once, not after missed heartbeats.
 delete from sync.bridges where instance = $1
-
--- name: prune_bridges
--- Hub: rows of bridges gone for a minute.
-delete from sync.bridges
- where heartbeat < clock_timestamp() - greatest(interval '1 minute', 2 * heartbeat_interval)
 
 -- name: stale_leader
 -- Hub: the backend holding the bridge's advisory lock ($1) when no active bridge has
