@@ -1,6 +1,7 @@
 -- Per-link writes on a Postgres sink (engine/postgres/sql.py), rendered once per
 -- link side: the braced fields are filled by psycopg.sql; $1 is an asyncpg jsonb
 -- array of rows (values as text) or of keys, in sink names.
+-- An entry's description line is part of its statement: it holds no $, % or braces.
 
 -- name: upsert
 -- Insert or update the batch's rows; a row whose columns' texts are byte-for-byte unchanged is skipped.

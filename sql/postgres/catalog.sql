@@ -1,6 +1,7 @@
 -- Catalog reads of the Postgres tables a config names (engine/catalog.py,
 -- engine/validate.py). Fixed statements with psycopg %(name)s / %s parameters;
 -- the table comes as quoted qualified text (catalog.quote_qualified).
+-- An entry's description line is part of its statement: it holds no $, % or braces.
 
 -- name: table_columns
 -- Linked-table columns in ordinal order: name, type, nullable, domain base type, user type's definition (run with search_path = pg_catalog so user types come qualified).

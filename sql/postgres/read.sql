@@ -1,9 +1,10 @@
 -- Per-link reads of Postgres tables (engine/postgres/sql.py), rendered once per
 -- link side: the braced fields are filled by psycopg.sql (identifiers quoted by
 -- psycopg, objects built by sql.py); $n are asyncpg parameters.
+-- An entry's description line is part of its statement: it holds no $, % or braces.
 
 -- name: read_rows
--- Source rows for a batch of keys ($1 jsonb, source names): (row|null, key, ka) in sink and side-a names, the signal's key, the image.
+-- Source rows for a batch of keys (jsonb, source names): row or null, key and ka in sink and side-a names, the signal's key, the image.
 select case when t.{first_key} is null then null else {row} end as row,
        case when t.{first_key} is null then {key_signal} else {key_found} end as key,
        case when t.{first_key} is null then {ka_signal} else {ka_found} end as ka,
@@ -16,7 +17,7 @@ select case when t.{first_key} is null then null else {row} end as row,
 case when t.{first_key} is null then null else {image} end
 
 -- name: state_read
--- The sink's current rows ($1 jsonb keys, sink names) and last-synced images of link $2, named as on side a.
+-- The sink's current rows for a batch of keys (jsonb, sink names) and the link's last-synced images, named as on side a.
 select {ka_signal}::text as ka,
        case when t.{first_key} is null then null else {cur} end::text as cur,
        rs.image::text as last, coalesce(rs.known, true) as known
