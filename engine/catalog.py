@@ -10,6 +10,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from psycopg import sql
+
+from syncbridge.engine import sqlfiles
 from syncbridge.engine.config import ConfigError, Link, Side
 
 
@@ -59,49 +62,17 @@ class LinkShape:
         return self.a if side == "a" else self.b
 
 
-# Read with search_path = pg_catalog, so format_type() qualifies every type that is
-# not built in ("public.mood"): the bridge casts to these names in sessions whose
-# search_path may differ.
-PG_TABLE_SQL = """
-select a.attname, format_type(a.atttypid, a.atttypmod), not a.attnotnull,
-       case when ty.typtype = 'd' then format_type(ty.typbasetype, ty.typtypmod) end,
-       case et.typtype  -- a user type's definition (of an array's element type)
-       when 'd' then format_type(et.typbasetype, et.typtypmod)
-            || case when et.typnotnull then ' not null' else '' end
-            || coalesce((select ' ' || string_agg(pg_get_constraintdef(c.oid), ' '
-                                                  order by c.conname)
-                           from pg_constraint c where c.contypid = et.oid), '')
-       when 'c' then (select string_agg(f.attname || ' ' || format_type(f.atttypid, f.atttypmod),
-                                        ', ' order by f.attnum)
-                        from pg_attribute f
-                       where f.attrelid = et.typrelid and f.attnum > 0 and not f.attisdropped)
-       when 'e' then (select string_agg(quote_literal(e.enumlabel), ', '
-                                        order by e.enumsortorder)
-                        from pg_enum e where e.enumtypid = et.oid)
-       end
-  from pg_attribute a
-  join pg_type ty on ty.oid = a.atttypid
-  join pg_type et on et.oid = case when ty.typcategory = 'A' and ty.typelem <> 0
-                                   then ty.typelem else ty.oid end
- where a.attrelid = to_regclass(%(qualified)s) and a.attnum > 0 and not a.attisdropped
-   and a.attgenerated = ''
- order by a.attnum
-"""
-PG_PK_SQL = """
-select a.attname
-  from pg_index i
-  join lateral unnest(i.indkey) with ordinality k(attnum, ord) on true
-  join pg_attribute a on a.attrelid = i.indrelid and a.attnum = k.attnum
- where i.indrelid = to_regclass(%(qualified)s) and i.indisprimary
- order by k.ord
-"""
+SQL = sqlfiles.Queries("postgres/catalog.sql")
+
+
+def table_identifier(side: Side) -> sql.Identifier:
+    """The side's table as one qualified identifier, quoted by psycopg."""
+    return sql.Identifier(side.schema, side.table)
 
 
 def quote_qualified(side: Side) -> str:
-    def q(s: str) -> str:
-        return '"' + s.replace('"', '""') + '"'
-
-    return f"{q(side.schema)}.{q(side.table)}"
+    """The side's table as quoted text, for a `::regclass` or `to_regclass` parameter."""
+    return table_identifier(side).as_string(None)
 
 
 def read_pg_table(conn, side: Side) -> Table | None:
@@ -109,8 +80,10 @@ def read_pg_table(conn, side: Side) -> Table | None:
     qualified = quote_qualified(side)
     with conn.transaction():
         conn.execute("set local search_path = pg_catalog")
-        rows = conn.execute(PG_TABLE_SQL, {"qualified": qualified}).fetchall()
-        pk = tuple(r[0] for r in conn.execute(PG_PK_SQL, {"qualified": qualified}).fetchall())
+        # search_path = pg_catalog: format_type() then qualifies every type that is not
+        # built in ("public.mood"), as the bridge casts to it under any search_path
+        rows = conn.execute(SQL["table_columns"], {"qualified": qualified}).fetchall()
+        pk = tuple(r[0] for r in conn.execute(SQL["primary_key"], {"qualified": qualified}))
     if not rows:
         return None
     cols = {r[0]: Column(r[0], r[1], r[2], r[3], r[4]) for r in rows}

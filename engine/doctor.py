@@ -22,6 +22,9 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from psycopg import sql
+
+from syncbridge.engine import sqlfiles
 from syncbridge.engine.config import Config, Peer, Side
 
 ERROR, WARNING, OK = "error", "warning", "ok"
@@ -31,6 +34,7 @@ PG_MIN_VERSION = 150000  # the oldest the README claims and CI tests (.ci/pg-old
 PG_CONNECTIONS_NEEDED = 6
 MAX_CLOCK_SKEW = 5.0  # seconds between the bridge host and a SQL Server
 SQL_DRIVER_VER = 7  # ODBC SQLGetInfo InfoType (sql.h)
+SQL = sqlfiles.Queries("postgres/doctor.sql")
 
 
 @dataclass(frozen=True)
@@ -155,7 +159,8 @@ def _sqlserver(config: Config, peer: Peer, sides: dict[Side, _Use]) -> Iterator[
 
 
 def _pg_ident(*names: str) -> str:
-    return ".".join('"' + n.replace('"', '""') + '"' for n in names)
+    """A (qualified) name quoted as Postgres reads it, for the GRANT a check suggests."""
+    return sql.Identifier(*names).as_string(None)
 
 
 def _postgres(peer: Peer, sides: dict[Side, _Use]) -> Iterator[Check]:
@@ -163,13 +168,7 @@ def _postgres(peer: Peer, sides: dict[Side, _Use]) -> Iterator[Check]:
 
     with psycopg.connect(peer.dsn) as conn:
         conn.read_only = True
-        row = conn.execute(
-            "select current_setting('server_version_num')::int, current_setting('server_version'),"
-            " current_user, current_database(), current_setting('max_connections')::int,"
-            " (select count(*) from pg_stat_activity),"
-            " current_setting('superuser_reserved_connections')::int,"
-            " has_database_privilege(current_database(), 'CREATE'),"
-            " to_regnamespace('sync') is not null").fetchone()
+        row = conn.execute(SQL["server_facts"]).fetchone()
         num, version, user, db, max_conn, used, reserved, can_create, has_sync = row
         who = _pg_ident(user)
         yield Check(peer.name, OK, f"PostgreSQL {version}; user {user}; wal_level does not "
@@ -188,7 +187,7 @@ def _postgres(peer: Peer, sides: dict[Side, _Use]) -> Iterator[Check]:
                         f"GRANT CREATE ON DATABASE {_pg_ident(db)} TO {who};")
         for side, use in sides.items():
             table = _pg_ident(side.schema, side.table)
-            exists = conn.execute("select to_regclass(%s) is not null", (table,)).fetchone()[0]
+            exists = conn.execute(SQL["table_exists"], (table,)).fetchone()[0]
             if not exists:
                 yield Check(peer.name, ERROR, f"table {side.qualified} does not exist",
                             "create it (or fix the link's table name)")
@@ -196,7 +195,7 @@ def _postgres(peer: Peer, sides: dict[Side, _Use]) -> Iterator[Check]:
             want = (["TRIGGER", "SELECT"] if use.source else []) + (
                 ["SELECT", "INSERT", "UPDATE", "DELETE"] if use.sink else [])
             missing = [p for p in dict.fromkeys(want) if not conn.execute(
-                "select has_table_privilege(%s, %s)", (table, p)).fetchone()[0]]
+                SQL["table_privilege"], (table, p)).fetchone()[0]]
             if missing:
                 yield Check(peer.name, ERROR, f"{user} lacks {', '.join(missing)} on {table}",
                             f"GRANT {', '.join(missing)} ON TABLE {table} TO {who};")

@@ -5,10 +5,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import psycopg
-from psycopg import sql
 
+from syncbridge.engine.catalog import LinkShape, table_identifier
 from syncbridge.engine.config import Config
 from syncbridge.engine.postgres import base, capture, two_way
+from syncbridge.engine.postgres import sql as pg_sql
 from syncbridge.engine.validate import shapes, unfilled_columns
 
 
@@ -36,7 +37,7 @@ def install(config: Config, links: list[str] | None = None,
                     capture.install(conn, shape, side)
             yield f"{name}: capture installed on {s.peer} {s.qualified}"
         yield from two_way.user_triggers(config, shape)
-        if _two_way_postgres(config, shape):
+        if two_way_postgres(config, shape):
             yield from two_way.key_ranges(config, shape, fix_sequences)
             # capture is on before the base is read: a change made meanwhile is queued
             seeded = base.seed(config, shape)
@@ -49,20 +50,21 @@ def install(config: Config, links: list[str] | None = None,
                 yield note
 
 
-def _two_way_postgres(config: Config, shape) -> bool:
+def two_way_postgres(config: Config, shape: LinkShape) -> bool:
+    """Both sides on Postgres and changes both ways: the link keeps base images."""
     link = shape.link
     return link.direction == "both" and all(
         config.peers[link.side(s).peer].dialect == "postgres" for s in ("a", "b"))
 
 
-def _sink_note(config: Config, shape, src: str, dst: str) -> str | None:
+def _sink_note(config: Config, shape: LinkShape, src: str, dst: str) -> str | None:
     """Existing rows on the sink are not copied by capture: say what to run."""
     s = shape.link.side(src)
     if config.peers[s.peer].dialect != "postgres":
         return None
     with psycopg.connect(config.peers[s.peer].dsn) as conn:
-        has_rows = conn.execute(sql.SQL("select exists (select 1 from {}.{})").format(
-            sql.Identifier(s.schema), sql.Identifier(s.table))).fetchone()[0]
+        has_rows = conn.execute(pg_sql.READ.compose(
+            "has_rows", table=table_identifier(s))).fetchone()[0]
     if not has_rows:
         return None
     side = f" --side {src}" if src != shape.link.directions()[0][0] else ""  # default: a

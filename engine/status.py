@@ -20,6 +20,8 @@ from rich.table import Table
 from syncbridge.engine import sqlfiles
 from syncbridge.engine.postgres import session as pg_session
 
+SQL = sqlfiles.Queries("queries/status.sql")
+
 WIDTH = 100  # characters: the default table fits an 100-column terminal
 NARROW = ("link", "direction", "state", "queued", "lag", "applied_last_minute",
           "dead_letters", "open_conflicts", "last_error")
@@ -34,7 +36,7 @@ MAX_CELL = 60  # characters of one cell in --wide
 
 def rows(dsn: str) -> tuple[list[str], list[tuple]]:
     with pg_session.connect(dsn) as conn:  # the hub's own DateStyle may be one psycopg can't read
-        cur = conn.execute(sqlfiles.query("queries/status.sql", "status_all"))
+        cur = conn.execute(SQL["status_all"])
         return [d.name for d in cur.description], cur.fetchall()
 
 

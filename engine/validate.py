@@ -58,16 +58,6 @@ def shapes(config: Config, links: list[str] | None = None) -> dict[str, LinkShap
             c.close()
 
 
-# NOT NULL columns an INSERT must fill: no default, not identity, not generated.
-_MUST_FILL_SQL = """
-select a.attname
-  from pg_attribute a
- where a.attrelid = to_regclass(%s) and a.attnum > 0 and not a.attisdropped
-   and a.attnotnull and not a.atthasdef and a.attidentity = '' and a.attgenerated = ''
- order by a.attnum
-"""
-
-
 def unfilled_columns(config: Config, link_shapes: dict[str, LinkShape]) -> None:
     """A sink column that is NOT NULL without a default and that the link does not fill
     would dead-letter every insert: refuse it at install, naming the column."""
@@ -77,7 +67,7 @@ def unfilled_columns(config: Config, link_shapes: dict[str, LinkShape]) -> None:
             if config.peers[side.peer].dialect != "postgres":
                 continue
             with _pg_connect(config, side.peer) as conn:
-                rows = conn.execute(_MUST_FILL_SQL, (catalog.quote_qualified(side),))
+                rows = conn.execute(catalog.SQL["must_fill"], (catalog.quote_qualified(side),))
                 must = [r[0] for r in rows]
             missing = [c for c in must if c not in shape.cols(dst)]
             if missing:

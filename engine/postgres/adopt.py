@@ -19,7 +19,7 @@ from syncbridge.engine import sqlfiles
 from syncbridge.engine.catalog import LinkShape
 from syncbridge.engine.config import Config
 from syncbridge.engine.hub.report import SQL as STATUS
-from syncbridge.engine.install import _two_way_postgres
+from syncbridge.engine.install import two_way_postgres
 from syncbridge.engine.postgres import base, capture
 from syncbridge.engine.validate import shapes
 
@@ -44,7 +44,7 @@ def adopt(config: Config, links: list[str]) -> Iterator[str]:
             if config.peers[s.peer].dialect == "postgres":
                 with psycopg.connect(config.peers[s.peer].dsn) as conn:
                     capture.install(conn, shape, src)
-        if _two_way_postgres(config, shape):
+        if two_way_postgres(config, shape):
             yield base.seed(config, shape).report()
         with psycopg.connect(config.hub_peer.dsn, autocommit=True) as hub:
             was = hub.execute(sqlfiles.for_psycopg(STATUS["link_paused"]), (name,)).fetchone()

@@ -25,9 +25,10 @@ from syncbridge.engine import sqlfiles
 from syncbridge.engine.catalog import LinkShape
 from syncbridge.engine.config import Config
 from syncbridge.engine.postgres import session as pg_session
+from syncbridge.engine.postgres import sql as pg_sql
 from syncbridge.engine.postgres.drain import SQL as QUEUE
-from syncbridge.engine.postgres.sql import _coldefs, _obj, _q, _table, text_obj
 
+SQL = sqlfiles.Queries("postgres/base.sql")
 PAGE = 2000
 SHOWN = 10  # differing keys named in the report
 
@@ -55,22 +56,18 @@ class _Side:
 
     def __init__(self, shape: LinkShape, side: str) -> None:
         other = "b" if side == "a" else "a"
-        keys = shape.key_cols(side)
-        order = ", ".join(f"t.{_q(k)}" for k in keys)
-        row = f"select {_obj(shape.key_cols('a'), 't', keys)}::text as ka, " \
-              f"{_obj(shape.key_cols(other), 't', keys)}::text as other_key, " \
-              f"{text_obj(shape.cols('a'), 't', shape.cols(side))}::text as image, " \
-              f"{_obj(keys, 't', keys)}::text as own_key " \
-              f"from {_table(shape, side)} t "
-        after = ", ".join(f"p.{_q(k)}" for k in keys)
-        self.first = f"{row} order by {order} limit %s"
-        self.next = (f"{row}, jsonb_populate_record(null::{_table(shape, side)}, %s::jsonb) p "
-                     f"where ({order}) > ({after}) order by {order} limit %s")
-        join = " and ".join(f"t.{_q(k)} = k.{_q(k)}" for k in keys)
-        self.lookup = (f"select {_obj(shape.key_cols('a'), 't', keys)}::text as ka, "
-                       f"{text_obj(shape.cols('a'), 't', shape.cols(side))}::text as image "
-                       f"from jsonb_to_recordset(%s::jsonb) as k({_coldefs(shape, side)}) "
-                       f"join {_table(shape, side)} t on {join}")
+        keys, a_keys = shape.key_cols(side), shape.key_cols("a")
+        table = pg_sql.table_name(shape, side)
+        image = pg_sql.text_obj(shape.cols("a"), "t", shape.cols(side))
+        ka = pg_sql.typed_obj(a_keys, "t", keys)
+        page = dict(ka=ka, other_key=pg_sql.typed_obj(shape.key_cols(other), "t", keys),
+                    image=image, own_key=pg_sql.typed_obj(keys, "t", keys), table=table,
+                    order=pg_sql.columns("t", keys))
+        self.first = SQL.compose("first_page", **page)
+        self.next = SQL.compose("next_page", **page, after=pg_sql.columns("p", keys))
+        self.lookup = SQL.compose("lookup", ka=ka, image=image, table=table,
+                                  key_defs=pg_sql.key_defs(shape, side),
+                                  join=pg_sql.key_match("t", "k", keys))
 
 
 def _connect(config: Config, peer: str) -> psycopg.Connection:

@@ -11,9 +11,11 @@ import psycopg
 from psycopg import sql
 
 from syncbridge.engine import sqlfiles
-from syncbridge.engine.catalog import LinkShape
+from syncbridge.engine.catalog import LinkShape, quote_qualified, table_identifier
 from syncbridge.engine.config import Link
+from syncbridge.engine.postgres import sql as pg_sql
 
+SQL = sqlfiles.Queries("postgres/capture.sql")
 NOTIFY_CHANNEL = "syncbridge"
 _EVENTS = {
     "ins": ("INSERT", "referencing new table as new_rows"),
@@ -32,15 +34,8 @@ def origin_tag(link: Link, source_side: str) -> str:
     return f"{link.name}:{source_side}"
 
 
-def _key_expr(cols: list[str], alias: str) -> sql.Composable:
-    args = sql.SQL(", ").join(
-        sql.SQL("{}, {}.{}").format(sql.Literal(c), sql.Identifier(alias), sql.Identifier(c))
-        for c in cols
-    )
-    return sql.SQL("jsonb_build_object({})").format(args)
-
-
 def render_function(shape: LinkShape, side: str) -> sql.Composed:
+    """The capture function of one link side (sql/postgres/capture.sql)."""
     link = shape.link
     other = "b" if side == "a" else "a"
     keys = shape.key_cols(side)
@@ -51,51 +46,41 @@ def render_function(shape: LinkShape, side: str) -> sql.Composed:
         if link.notify
         else sql.SQL("")
     )
-    return sql.SQL(sqlfiles.text("postgres/capture.sql")).format(
-        fn=sql.Identifier(function_name(link, side)),
+    return SQL.compose(
+        "function",
+        fn=function_name(link, side),
         echo=sql.Literal(origin_tag(link, other)),
         link=sql.Literal(link.name),
         side=sql.Literal(side),
-        key_new=_key_expr(keys, "n"),
-        key_old=_key_expr(keys, "o"),
+        key_new=pg_sql.typed_obj(keys, "n", keys),
+        key_old=pg_sql.typed_obj(keys, "o", keys),
         notify=notify,
     )
 
 
-def _table(shape: LinkShape, side: str) -> sql.Composed:
-    s = shape.link.side(side)
-    return sql.SQL("{}.{}").format(sql.Identifier(s.schema), sql.Identifier(s.table))
-
-
-def _trigger(link: Link, side: str, event: str) -> sql.Identifier:
-    return sql.Identifier(f"syncbridge_{link.name}_{side}_{event}")
+def _trigger(link: Link, side: str, event: str) -> str:
+    return f"syncbridge_{link.name}_{side}_{event}"
 
 
 def install(conn: psycopg.Connection, shape: LinkShape, side: str) -> None:
     """Create (or replace) the capture function and triggers of one link side."""
     link = shape.link
-    table = _table(shape, side)
+    table = table_identifier(link.side(side))
     conn.execute(render_function(shape, side))
     for event, (verb, referencing) in _EVENTS.items():
-        level = "statement"
-        conn.execute(sql.SQL("drop trigger if exists {} on {}").format(
-            _trigger(link, side, event), table))
-        conn.execute(sql.SQL(
-            "create trigger {} after {} on {} {} for each {} execute function sync.{}()"
-        ).format(
-            _trigger(link, side, event), sql.SQL(verb), table, sql.SQL(referencing),
-            sql.SQL(level), sql.Identifier(function_name(link, side)),
-        ))
+        trigger = _trigger(link, side, event)
+        conn.execute(SQL.compose("drop_trigger", trigger=trigger, table=table))
+        conn.execute(SQL.compose("create_trigger", trigger=trigger, verb=sql.SQL(verb),
+                                 table=table, referencing=sql.SQL(referencing),
+                                 fn=function_name(link, side)))
 
 
 def uninstall(conn: psycopg.Connection, shape_or_link: LinkShape | Link, side: str) -> None:
     link = shape_or_link.link if isinstance(shape_or_link, LinkShape) else shape_or_link
     s = link.side(side)
-    table = sql.SQL("{}.{}").format(sql.Identifier(s.schema), sql.Identifier(s.table))
-    exists = conn.execute("select to_regclass(%s)", (f'"{s.schema}"."{s.table}"',)).fetchone()
+    exists = conn.execute(SQL["table_exists"], (quote_qualified(s),)).fetchone()
     if exists and exists[0]:
         for event in _EVENTS:
-            conn.execute(sql.SQL("drop trigger if exists {} on {}").format(
-                _trigger(link, side, event), table))
-    conn.execute(sql.SQL("drop function if exists sync.{}()").format(
-        sql.Identifier(function_name(link, side))))
+            conn.execute(SQL.compose("drop_trigger", trigger=_trigger(link, side, event),
+                                     table=table_identifier(s)))
+    conn.execute(SQL.compose("drop_function", fn=function_name(link, side)))

@@ -149,7 +149,7 @@ class PgDrain(QueueDrain):
         """Raise SchemaChanged when either linked table differs from the validated shape."""
         for side, pool in ((self.src, self.source), (self.dst, self.sink)):
             s = self.link.side(side)
-            table = pg_sql._table(self.shape, side)
+            table = pg_sql.table_name(self.shape, side).as_string(None)
             now = json.loads(await pool.fetchval(SQL["table_shape"], table) or "[]")
             detail = shape_change(expected_shape(self.shape.table(side)), now)
             if detail:

@@ -18,53 +18,73 @@ bytes is still skipped.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from psycopg import sql
 
-from syncbridge.engine.catalog import LinkShape
+from syncbridge.engine import sqlfiles
+from syncbridge.engine.catalog import LinkShape, table_identifier
 
 JSON_TYPES = ("json", "jsonb")
+APPLY = sqlfiles.Queries("postgres/apply.sql")
+READ = sqlfiles.Queries("postgres/read.sql")
+_PAIRS_PER_CALL = 50  # jsonb_build_object takes at most 100 arguments
 
 
-def _q(name: str) -> str:
-    return sql.Identifier(name).as_string(None)
+def table_name(shape: LinkShape, side: str) -> sql.Identifier:
+    """The qualified table of one side of a link."""
+    return table_identifier(shape.link.side(side))
 
 
-def _lit(text: str) -> str:
-    return sql.Literal(text).as_string(None)
-
-
-def _table(shape: LinkShape, side: str) -> str:
-    s = shape.link.side(side)
-    return f"{_q(s.schema)}.{_q(s.table)}"
-
-
-def _coldefs(shape: LinkShape, side: str) -> str:
+def key_defs(shape: LinkShape, side: str) -> sql.Composed:
+    """`key type, ...` of a side's key columns: the record of jsonb_to_recordset."""
     t = shape.table(side)
-    return ", ".join(f"{_q(c)} {t.columns[c].type}" for c in shape.key_cols(side))
+    return sql.SQL(", ").join(sql.SQL("{} {}").format(sql.Identifier(c), sql.SQL(t.columns[c].type))
+                              for c in shape.key_cols(side))
 
 
-def _build(pairs: list[str]) -> str:
-    """jsonb_build_object over 'name', value pairs, in chunks: a function takes 100 arguments."""
-    parts = [pairs[i: i + 50] for i in range(0, len(pairs), 50)]
-    return " || ".join("jsonb_build_object(" + ", ".join(p) + ")" for p in parts)
+def names(cols: Iterable[str]) -> sql.Composed:
+    """`col, ...`: an insert's column list or a conflict target."""
+    return sql.SQL(", ").join(map(sql.Identifier, cols))
 
 
-def _obj(names: list[str], alias: str, cols: list[str]) -> str:
+def columns(alias: str, cols: Iterable[str]) -> sql.Composed:
+    """`alias.col, ...`: a select list or a keyset tuple."""
+    return sql.SQL(", ").join(sql.Identifier(alias, c) for c in cols)
+
+
+def key_match(left: str, right: str, cols: Iterable[str]) -> sql.Composed:
+    """`left.col = right.col and ...`: a join on the key."""
+    return sql.SQL(" and ").join(sql.SQL("{} = {}").format(sql.Identifier(left, c),
+                                                            sql.Identifier(right, c))
+                                 for c in cols)
+
+
+def _build(pairs: list[sql.Composable]) -> sql.Composed:
+    """jsonb_build_object over 'name', value pairs, in chunks joined with ||."""
+    chunks = [pairs[i: i + _PAIRS_PER_CALL] for i in range(0, len(pairs), _PAIRS_PER_CALL)]
+    return sql.SQL(" || ").join(sql.SQL("jsonb_build_object({})").format(sql.SQL(", ").join(p))
+                                for p in chunks)
+
+
+def typed_obj(names: list[str], alias: str, cols: list[str]) -> sql.Composed:
     """A jsonb object of typed values (keys, and the SQL Server path, which converts them)."""
-    return _build([f"{_lit(n)}, {alias}.{_q(c)}" for n, c in zip(names, cols, strict=True)])
-
-
-def text_obj(names: list[str], alias: str, cols: list[str]) -> str:
-    """A jsonb object of the columns' text representations: exact, and NULL stays JSON null."""
-    return _build([f"{_lit(n)}, {alias}.{_q(c)}::text"
+    return _build([sql.SQL("{}, {}").format(sql.Literal(n), sql.Identifier(alias, c))
                    for n, c in zip(names, cols, strict=True)])
 
 
-def text_row(alias: str, cols: list[str]) -> str:
+def text_obj(names: list[str], alias: str, cols: list[str]) -> sql.Composed:
+    """A jsonb object of the columns' text representations: exact, and NULL stays JSON null."""
+    return _build([sql.SQL("{}, {}::text").format(sql.Literal(n), sql.Identifier(alias, c))
+                   for n, c in zip(names, cols, strict=True)])
+
+
+def text_row(alias: str, cols: list[str]) -> sql.Composed:
     """row(...) of the columns' texts compared byte for byte: the representation guard."""
-    return "row(" + ", ".join(f'{alias}.{_q(c)}::text collate "C"' for c in cols) + ")"
+    texts = sql.SQL(", ").join(sql.SQL('{}::text collate "C"').format(sql.Identifier(alias, c))
+                               for c in cols)
+    return sql.SQL("row({})").format(texts)
 
 
 @dataclass(frozen=True)
@@ -77,29 +97,27 @@ class PgLinkSql:
 
 
 def render(shape: LinkShape, source: str, sink: str) -> PgLinkSql:
-    src_keys, dst_keys = shape.key_cols(source), shape.key_cols(sink)
-    src_cols, dst_cols = shape.cols(source), shape.cols(sink)
-    join = " and ".join(f"t.{_q(s)} = k.{_q(s)}" for s in src_keys)
-    two_way = shape.link.direction == "both"
-    img = (f"case when t.{_q(src_keys[0])} is null then null "
-           f"else {text_obj(shape.cols('a'), 't', src_cols)} end" if two_way else "null::jsonb")
-    found = f"t.{_q(src_keys[0])} is null"
-    # a found row's key as the row holds it (a citext key's case, numeric scale), not as
-    # the signal spelled it: two signals of one row then name one sink row
-    read_rows = (
-        f"select case when {found} then null "
-        f"else {text_obj(dst_cols, 't', src_cols)} end as row, "
-        f"case when {found} then {_obj(dst_keys, 'k', src_keys)} "
-        f"else {_obj(dst_keys, 't', src_keys)} end as key, "
-        f"case when {found} then {_obj(shape.key_cols('a'), 'k', src_keys)} "
-        f"else {_obj(shape.key_cols('a'), 't', src_keys)} end as ka, "
-        f"{_obj(src_keys, 'k', src_keys)} as skey, {img} as img "
-        f"from jsonb_to_recordset($1::jsonb) as k({_coldefs(shape, source)}) "
-        f"left join {_table(shape, source)} t on {join}"
-    )
-    sink_table = _table(shape, sink)
-    return PgLinkSql(read_rows, _upsert(shape, sink), _delete(shape, sink),
-                     f"delete from {sink_table}", _state_read(shape, sink))
+    """The statements of one direction of a link, as text for asyncpg."""
+    return PgLinkSql(_read_rows(shape, source, sink), _upsert(shape, sink),
+                     _delete(shape, sink), APPLY.render("truncate", table=table_name(shape, sink)),
+                     _state_read(shape, sink))
+
+
+def _read_rows(shape: LinkShape, source: str, sink: str) -> str:
+    """A found row's key as the row holds it (a citext key's case, numeric scale), not as
+    the signal spelled it: two signals of one row then name one sink row."""
+    src_keys, dst_keys, a_keys = shape.key_cols(source), shape.key_cols(sink), shape.key_cols("a")
+    img: sql.Composable = sql.SQL("null::jsonb")
+    if shape.link.direction == "both":
+        img = READ.compose("row_image", first_key=src_keys[0],
+                           image=text_obj(shape.cols("a"), "t", shape.cols(source)))
+    return READ.render(
+        "read_rows", first_key=src_keys[0],
+        row=text_obj(shape.cols(sink), "t", shape.cols(source)),
+        key_signal=typed_obj(dst_keys, "k", src_keys), key_found=typed_obj(dst_keys, "t", src_keys),
+        ka_signal=typed_obj(a_keys, "k", src_keys), ka_found=typed_obj(a_keys, "t", src_keys),
+        skey=typed_obj(src_keys, "k", src_keys), img=img, key_defs=key_defs(shape, source),
+        table=table_name(shape, source), join=key_match("t", "k", src_keys))
 
 
 def _upsert(shape: LinkShape, sink: str) -> str:
@@ -110,44 +128,53 @@ def _upsert(shape: LinkShape, sink: str) -> str:
     column; json-family columns are read as text and cast, so their text is the
     value. Key columns are set too: 1.5 -> 1.50 or a citext case change is the same
     key to `=`, but not the same value."""
-    keys, cols = shape.key_cols(sink), shape.cols(sink)
-    table = shape.table(sink)
-    json_cols = {c for c in cols if table.columns[c].base in JSON_TYPES}
-    defs = ", ".join(f"{_q(c)} {'text' if c in json_cols else table.columns[c].type}"
-                     for c in cols)
-    select = ", ".join(f"r.{_q(c)}::{table.columns[c].type}" if c in json_cols
-                       else f"r.{_q(c)}" for c in cols)
-    sets = ", ".join(f"{_q(c)} = excluded.{_q(c)}" for c in cols)
-    action = (f"do update set {sets} "
-              f"where {text_row('t', cols)} is distinct from {text_row('excluded', cols)}")
-    return (
-        f"insert into {_table(shape, sink)} as t ({', '.join(_q(c) for c in cols)}) "
-        f"overriding system value "
-        f"select {select} from jsonb_array_elements($1::jsonb) as x(elem), "
-        f"jsonb_to_record(x.elem) as r({defs}) "
-        f"on conflict ({', '.join(_q(c) for c in keys)}) {action}"
-    )
+    cols, types = shape.cols(sink), shape.table(sink).columns
+    json_cols = {c for c in cols if types[c].base in JSON_TYPES}
+    defs = sql.SQL(", ").join(
+        sql.SQL("{} {}").format(sql.Identifier(c), sql.SQL("text" if c in json_cols
+                                                          else types[c].type))
+        for c in cols)
+    values = sql.SQL(", ").join(
+        sql.SQL("{}::{}").format(sql.Identifier("r", c), sql.SQL(types[c].type))
+        if c in json_cols else sql.Identifier("r", c) for c in cols)
+    sets = sql.SQL(", ").join(sql.SQL("{} = {}").format(sql.Identifier(c),
+                                                         sql.Identifier("excluded", c))
+                              for c in cols)
+    return APPLY.render(
+        "upsert", table=table_name(shape, sink), cols=names(cols), values=values, defs=defs,
+        keys=names(shape.key_cols(sink)),
+        sets=sets, current=text_row("t", cols), incoming=text_row("excluded", cols))
 
 
 def _delete(shape: LinkShape, sink: str) -> str:
-    keys = shape.key_cols(sink)
-    join = " and ".join(f"t.{_q(c)} = k.{_q(c)}" for c in keys)
-    return (f"delete from {_table(shape, sink)} t using jsonb_to_recordset($1::jsonb) "
-            f"as k({_coldefs(shape, sink)}) where {join}")
+    return APPLY.render("delete", table=table_name(shape, sink), key_defs=key_defs(shape, sink),
+                        join=key_match("t", "k", shape.key_cols(sink)))
 
 
 def _state_read(shape: LinkShape, sink: str) -> str:
     """The sink's current rows and last-synced images, both named as on side a."""
     keys, a_keys = shape.key_cols(sink), shape.key_cols("a")
-    join = " and ".join(f"t.{_q(c)} = k.{_q(c)}" for c in keys)
-    ka = _obj(a_keys, "k", keys)
-    return (
-        f"select {ka}::text as ka, case when t.{_q(keys[0])} is null then null "
-        f"else {text_obj(shape.cols('a'), 't', shape.cols(sink))} end::text as cur, "
-        f"rs.image::text as last, coalesce(rs.known, true) as known "
-        f"from jsonb_to_recordset($1::jsonb) as k({_coldefs(shape, sink)}) "
-        f"left join {_table(shape, sink)} t on {join} "
-        # the base is kept under the key as the sink row spells it
-        f"left join sync.row_state rs on rs.link = $2 and rs.key = "
-        f"case when t.{_q(keys[0])} is null then {ka} else {_obj(a_keys, 't', keys)} end"
-    )
+    return READ.render(
+        "state_read", first_key=keys[0], ka_signal=typed_obj(a_keys, "k", keys),
+        ka_found=typed_obj(a_keys, "t", keys), cur=text_obj(shape.cols("a"), "t", shape.cols(sink)),
+        key_defs=key_defs(shape, sink), table=table_name(shape, sink),
+        join=key_match("t", "k", keys))
+
+
+# Old text-returning names, kept only for modules outside this change that still build
+# SQL by hand (engine/postgres/drain.py: _table; engine/sqlserver/drain.py: all four).
+# Remove them when those modules use the composables above.
+def _q(name: str) -> str:
+    return sql.Identifier(name).as_string(None)
+
+
+def _table(shape: LinkShape, side: str) -> str:
+    return table_name(shape, side).as_string(None)
+
+
+def _coldefs(shape: LinkShape, side: str) -> str:
+    return key_defs(shape, side).as_string(None)
+
+
+def _obj(names: list[str], alias: str, cols: list[str]) -> str:
+    return typed_obj(names, alias, cols).as_string(None)

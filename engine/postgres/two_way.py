@@ -17,32 +17,23 @@ from collections.abc import Iterator
 import psycopg
 from psycopg import sql
 
-from syncbridge.engine.catalog import LinkShape
+from syncbridge.engine import sqlfiles
+from syncbridge.engine.catalog import LinkShape, quote_qualified
 from syncbridge.engine.config import Config
+from syncbridge.engine.postgres import sql as pg_sql
 
-SEQUENCE_SQL = """
-select s.seqincrement, s.seqstart, s.seqmin, s.seqmax, a.attidentity <> ''
-  from pg_attribute a
-  join pg_sequence s on s.seqrelid = pg_get_serial_sequence(%(table)s, a.attname)::regclass
- where a.attrelid = %(table)s::regclass and a.attname = %(column)s
-"""
-TRIGGERS_SQL = """
-select t.tgname from pg_trigger t
- where t.tgrelid = %s::regclass and not t.tgisinternal and t.tgname not like 'syncbridge\\_%%'
- order by t.tgname
-"""
+SQL = sqlfiles.Queries("postgres/two_way.sql")
 SKIP_BRIDGE = ("if current_setting('syncbridge.origin', true) <> '' then return new; end if;")
 
 
-def _qualified(shape: LinkShape, side: str) -> str:
-    s = shape.link.side(side)
-    return sql.SQL("{}.{}").format(sql.Identifier(s.schema), sql.Identifier(s.table)).as_string(
-        None)
-
-
 def _sequence(conn: psycopg.Connection, table: str, column: str) -> tuple | None:
-    row = conn.execute(SEQUENCE_SQL, {"table": table, "column": column}).fetchone()
+    row = conn.execute(SQL["sequence_of"], {"table": table, "column": column}).fetchone()
     return tuple(row) if row else None
+
+
+def _regclass(shape: LinkShape, side: str) -> str:
+    """A side's table as text for a ::regclass parameter."""
+    return quote_qualified(shape.link.side(side))
 
 
 def _overlap(a: tuple, b: tuple) -> bool:
@@ -63,7 +54,7 @@ def key_ranges(config: Config, shape: LinkShape, fix: bool) -> Iterator[str]:
     conns = {s: psycopg.connect(config.peers[link.side(s).peer].dsn, autocommit=True)
              for s in ("a", "b")}
     try:
-        seqs = {s: _sequence(conns[s], _qualified(shape, s), col[s]) for s in ("a", "b")}
+        seqs = {s: _sequence(conns[s], _regclass(shape, s), col[s]) for s in ("a", "b")}
         if not (seqs["a"] and seqs["b"] and _overlap(seqs["a"], seqs["b"])):
             return
         if not fix:
@@ -73,8 +64,8 @@ def key_ranges(config: Config, shape: LinkShape, fix: bool) -> Iterator[str]:
                    "conflict). Remedy: `syncbridge install --fix-sequences` (side a odd, side b "
                    "even), disjoint ranges, or uuid keys")
             return
-        top = max(conns[s].execute(sql.SQL("select coalesce(max({}), 0) from {}").format(
-            sql.Identifier(col[s]), sql.SQL(_qualified(shape, s)))).fetchone()[0]
+        top = max(conns[s].execute(SQL.compose(
+            "key_top", column=col[s], table=pg_sql.table_name(shape, s))).fetchone()[0]
             for s in ("a", "b"))
         for s, parity in (("a", 1), ("b", 0)):
             restart = top + 1 + ((top + 1) % 2 != parity)
@@ -88,16 +79,14 @@ def key_ranges(config: Config, shape: LinkShape, fix: bool) -> Iterator[str]:
 
 def _restart(conn: psycopg.Connection, shape: LinkShape, side: str, column: str,
              identity: bool, restart: int) -> None:
-    table = sql.SQL(_qualified(shape, side))
+    """Restart a key's identity or serial sequence at `restart`, stepping by 2."""
+    value = sql.Literal(restart)
     if identity:
-        conn.execute(sql.SQL("alter table {} alter column {} set increment by 2 "
-                             "set start with {} restart with {}").format(
-            table, sql.Identifier(column), sql.Literal(restart), sql.Literal(restart)))
+        conn.execute(SQL.compose("identity_restart", table=pg_sql.table_name(shape, side),
+                                 column=column, restart=value))
         return
-    seq = conn.execute("select pg_get_serial_sequence(%s, %s)",
-                       (_qualified(shape, side), column)).fetchone()[0]
-    conn.execute(sql.SQL("alter sequence {} increment by 2 start with {} restart with {}")
-                 .format(sql.SQL(seq), sql.Literal(restart), sql.Literal(restart)))
+    seq = conn.execute(SQL["serial_sequence"], (_regclass(shape, side), column)).fetchone()
+    conn.execute(SQL.compose("sequence_restart", sequence=(seq[0], seq[1]), restart=value))
 
 
 def user_triggers(config: Config, shape: LinkShape) -> Iterator[str]:
@@ -107,7 +96,7 @@ def user_triggers(config: Config, shape: LinkShape) -> Iterator[str]:
         if config.peers[s.peer].dialect != "postgres":
             continue
         with psycopg.connect(config.peers[s.peer].dsn, autocommit=True) as conn:
-            names = [r[0] for r in conn.execute(TRIGGERS_SQL, (_qualified(shape, dst),))]
+            names = [r[0] for r in conn.execute(SQL["user_triggers"], (_regclass(shape, dst),))]
         if names:
             yield (f"warning: {shape.link.name}: {s.qualified} on {s.peer} has trigger(s) "
                    f"{', '.join(names)} that also fire on the bridge's writes; if one changes "

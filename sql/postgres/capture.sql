@@ -1,10 +1,14 @@
 -- Capture trigger function for one side of one link (rendered per link by
--- engine/capture.py with psycopg.sql; the braced names are quoted identifiers
+-- engine/postgres/capture.py with psycopg.sql; the braced names are quoted identifiers
 -- or literals). Statement-level: one INSERT ... SELECT from the transition
 -- table and at most one pg_notify per statement, whatever the row count.
 -- SECURITY DEFINER so application roles need no grant on sync.queue.
 -- Writes carrying the origin of this link's other side are the bridge's own
 -- applies: they are not signalled back (echo suppression).
+-- An entry's description line is part of its statement: it holds no $, % or braces.
+
+-- name: function
+-- The capture function of one link side: queue the keys a statement touched, notify once.
 create or replace function sync.{fn}() returns trigger
 language plpgsql security definer
 set search_path = pg_catalog, pg_temp
@@ -35,3 +39,20 @@ begin
     return null;
 end
 $body$;
+
+-- name: drop_trigger
+-- Drop one capture trigger of a table, if it is there.
+drop trigger if exists {trigger} on {table}
+
+-- name: create_trigger
+-- One statement-level capture trigger of one event, with its transition tables.
+create trigger {trigger} after {verb} on {table} {referencing}
+   for each statement execute function sync.{fn}()
+
+-- name: drop_function
+-- Drop the capture function of one link side, if it is there.
+drop function if exists sync.{fn}()
+
+-- name: table_exists
+-- Whether the table is there at all (a side may have been dropped before uninstall).
+select to_regclass(%s)

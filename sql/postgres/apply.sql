@@ -1,0 +1,24 @@
+-- Per-link writes on a Postgres sink (engine/postgres/sql.py), rendered once per
+-- link side: the braced fields are filled by psycopg.sql; $1 is an asyncpg jsonb
+-- array of rows (values as text) or of keys, in sink names.
+-- An entry's description line is part of its statement: it holds no $, % or braces.
+
+-- name: upsert
+-- Insert or update the batch's rows; a row whose columns' texts are byte-for-byte unchanged is skipped.
+insert into {table} as t ({cols})
+overriding system value
+select {values}
+  from jsonb_array_elements($1::jsonb) as x(elem),
+       jsonb_to_record(x.elem) as r({defs})
+    on conflict ({keys}) do update set {sets}
+ where {current} is distinct from {incoming}
+
+-- name: delete
+-- Delete the rows of a batch of keys.
+delete from {table} t
+ using jsonb_to_recordset($1::jsonb) as k({key_defs})
+ where {join}
+
+-- name: truncate
+-- Empty the sink table: its source was truncated.
+delete from {table}

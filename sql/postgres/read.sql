@@ -1,0 +1,33 @@
+-- Per-link reads of Postgres tables (engine/postgres/sql.py), rendered once per
+-- link side: the braced fields are filled by psycopg.sql (identifiers quoted by
+-- psycopg, objects built by sql.py); $n are asyncpg parameters.
+-- An entry's description line is part of its statement: it holds no $, % or braces.
+
+-- name: read_rows
+-- Source rows for a batch of keys (jsonb, source names): row or null, key and ka in sink and side-a names, the signal's key, the image.
+select case when t.{first_key} is null then null else {row} end as row,
+       case when t.{first_key} is null then {key_signal} else {key_found} end as key,
+       case when t.{first_key} is null then {ka_signal} else {ka_found} end as ka,
+       {skey} as skey, {img} as img
+  from jsonb_to_recordset($1::jsonb) as k({key_defs})
+  left join {table} t on {join}
+
+-- name: row_image
+-- A found row's image in side-a names, null for a missing row (two-way links).
+case when t.{first_key} is null then null else {image} end
+
+-- name: state_read
+-- The sink's current rows for a batch of keys (jsonb, sink names) and the link's last-synced images, named as on side a.
+select {ka_signal}::text as ka,
+       case when t.{first_key} is null then null else {cur} end::text as cur,
+       rs.image::text as last, coalesce(rs.known, true) as known
+  from jsonb_to_recordset($1::jsonb) as k({key_defs})
+  left join {table} t on {join}
+  -- the base is kept under the key as the sink row spells it
+  left join sync.row_state rs
+    on rs.link = $2
+   and rs.key = case when t.{first_key} is null then {ka_signal} else {ka_found} end
+
+-- name: has_rows
+-- Does the table hold any row (install says then what to backfill).
+select exists (select 1 from {table})
