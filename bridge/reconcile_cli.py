@@ -11,8 +11,12 @@ import asyncio
 import json
 import sys
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from syncbridge.engine.config import Config, ConfigError, load
+
+if TYPE_CHECKING:  # the engine modules are imported by the command that needs them
+    from syncbridge.engine.reconcile.results import Diff
 
 Add = Callable[..., argparse.ArgumentParser]
 
@@ -62,7 +66,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 SHOW_VALUE = 40  # characters of each side's value shown per differing column
 
 
-def _diff_order(d) -> tuple[str, str]:
+def _diff_order(d: Diff) -> tuple[str, str]:
     return d.kind, json.dumps(d.key_a or d.key_b or d.detail, sort_keys=True, default=str)
 
 
@@ -71,7 +75,7 @@ def _short(value: object) -> str:
     return text if len(text) <= SHOW_VALUE else text[: SHOW_VALUE - 1] + "…"
 
 
-def _diff_line(d) -> str:
+def _diff_line(d: Diff) -> str:
     """kind, key (keys in sorted order) and, per differing column, a's and b's values."""
     key = json.dumps(d.key_a or d.key_b or d.detail, sort_keys=True, default=str,
                      ensure_ascii=False)

@@ -16,7 +16,7 @@ import pytest
 from rigs import link, make_rig
 from syncbridge.bridge.bench.rig import wait_until
 from syncbridge.engine.config import ConfigError
-from syncbridge.engine.reconcile import check, repair
+from syncbridge.engine.reconcile import check, ranges, repair
 from syncbridge.engine.validate import shapes
 
 TYPES = """
@@ -66,7 +66,7 @@ def _check(rig, names=None, settle: float = 10.0, chunk_rows: int = 500):
 
 @pytest.fixture
 def small_leaves(monkeypatch):
-    monkeypatch.setattr(check, "LEAF_ROWS", 40)  # make ranges bisect several levels
+    monkeypatch.setattr(ranges, "LEAF_ROWS", 40)  # make ranges bisect several levels
 
 
 @pytest.fixture

@@ -41,8 +41,7 @@ MAX_PENDING = 3_000  # backfill signals of a link side in the queue at once: ~3 
 THROTTLE_POLL = 0.01  # seconds between queue-depth checks while throttled (one cheap count)
 
 
-def Q(name: str) -> str:  # noqa: N802 - reads like a table of named statements
-    return sqlfiles.query("queries/reconcile.sql", name)
+SQL = sqlfiles.Queries("queries/reconcile.sql")
 
 
 @dataclass
@@ -83,7 +82,7 @@ class _Pager:
         t = shape.table(side)
         self.keys = shape.key_cols(side)
         self.types = [t.columns[k].type for k in self.keys]
-        self.table = sql.SQL("{}.{}").format(sql.Identifier(s.schema), sql.Identifier(s.table))
+        self.table = (s.schema, s.table)
         self.cols = sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(k))
                                        for k in self.keys)
         # the operator's condition is SQL by design (like psql); only '%' needs escaping
@@ -103,15 +102,16 @@ class _Pager:
     def page(self, after: bool) -> sql.Composed:
         obj = sql.SQL("jsonb_build_object({})").format(sql.SQL(", ").join(
             sql.SQL("{}, t.{}").format(sql.Literal(k), sql.Identifier(k)) for k in self.keys))
-        return sql.SQL(Q("backfill_page")).format(
-            key_cols=self.cols, table=self.table, where=self.where(after), key_obj=obj,
+        return SQL.compose(
+            "backfill_page", key_cols=self.cols, table=self.table, where=self.where(after),
+            key_obj=obj,
             key_text=sql.SQL(", ").join(sql.SQL("t.{}::text").format(sql.Identifier(k))
                                         for k in self.keys),
             key_cols_desc=sql.SQL(", ").join(sql.SQL("t.{} desc").format(sql.Identifier(k))
                                              for k in self.keys))
 
     def count(self) -> sql.Composed:
-        return sql.SQL(Q("backfill_count")).format(table=self.table, where=self.where(False))
+        return SQL.compose("count_rows", table=self.table, where=self.where(False))
 
 
 class Progress:
@@ -155,7 +155,7 @@ def _wait_for_room(conn: psycopg.Connection, run: Run, max_pending: int, chunk: 
                    stop: threading.Event | None) -> bool:
     """Block while too many backfill signals are still queued; False when stopped."""
     while True:
-        pending = conn.execute(Q("backfill_pending"), {"link": run.link, "side": run.side}
+        pending = conn.execute(SQL["backfill_pending"], {"link": run.link, "side": run.side}
                                ).fetchone()[0]
         if pending + chunk <= max_pending:
             return True
@@ -168,11 +168,11 @@ def _open_run(conn: psycopg.Connection, link: str, side: str, filt: str, restart
               request_id: str | None) -> Run:
     args = {"link": link, "side": side, "filter": filt}
     if restart:
-        conn.execute(Q("backfill_abandon"), args)
-    row = None if request_id else conn.execute(Q("backfill_open"), args).fetchone()
+        conn.execute(SQL["backfill_abandon"], args)
+    row = None if request_id else conn.execute(SQL["backfill_open"], args).fetchone()
     if row is None:
         run = Run(request_id or str(uuid.uuid4()), link, side, filt)
-        conn.execute(Q("backfill_upsert"), run.params())
+        conn.execute(SQL["backfill_upsert"], run.params())
         return run
     return Run(str(row[0]), link, side, filt, row[1], row[2], row[3], resumed=True)
 
@@ -231,8 +231,8 @@ def backfill(config: Config, shape: LinkShape, side: str | None = None, where: s
                 run.signalled += n
                 if n < chunk:
                     run.status = "finished"
-                conn.execute(Q("backfill_upsert"), run.params())
-                conn.execute("select pg_notify('syncbridge', %s)", (f"{link}:{side}",))
+                conn.execute(SQL["backfill_upsert"], run.params())
+                conn.execute(sqlfiles.for_psycopg(SQL["notify"]), (f"{link}:{side}",))
             faults.hit("backfill_chunk")
             mirror.write(run)
             bar.update(run.signalled, final=run.status == "finished")
@@ -257,7 +257,7 @@ def _keys_chunk(conn: psycopg.Connection, run: Run, listed: list[dict[str, Any]]
     start = int((run.last_key or ["0"])[0])
     part = listed[start: start + chunk]
     if part:
-        conn.execute(Q("backfill_keys"), {"link": run.link, "side": run.side,
+        conn.execute(SQL["backfill_keys"], {"link": run.link, "side": run.side,
                                           "keys": json.dumps(part)})
     run.last_key = [str(start + len(part))]
     return len(part)
@@ -281,7 +281,7 @@ class _HubMirror:
 
     def write(self, run: Run) -> None:
         if self.conn is not None:
-            self.conn.execute(Q("backfill_upsert"), run.params())
+            self.conn.execute(SQL["backfill_upsert"], run.params())
 
 
 class _Null:

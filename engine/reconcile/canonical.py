@@ -45,9 +45,16 @@ import datetime as dt
 import json
 import re
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from decimal import Decimal
 from typing import Any
+
+from psycopg import sql
+
+from syncbridge.engine import sqlfiles
+from syncbridge.engine.sqlserver.sql import qi
+
+SQL = sqlfiles.Queries("reconcile/sqlserver.sql")  # T-SQL: identifiers are [bracketed]
 
 SEP = "\x1e"  # between fields; never ambiguous thanks to the length prefix
 NULL = "N"
@@ -193,10 +200,6 @@ def tsql_row_hash64(row_expr: str) -> str:
     return f"CAST(SUBSTRING(HASHBYTES('MD5', {row_expr}), 1, 8) AS bigint)"
 
 
-def tsql_ident(name: str) -> str:
-    return "[" + name.replace("]", "]]") + "]"
-
-
 def tsql_chunk_checksum(schema: str, table: str, columns: Sequence[tuple[str, str]],
                         key: Sequence[str], lower: bool, upper: bool) -> str:
     """The chunk checksum statement for a SQL Server side (pyodbc `?` parameters).
@@ -204,20 +207,16 @@ def tsql_chunk_checksum(schema: str, table: str, columns: Sequence[tuple[str, st
     columns are (name, class) in pair order; the key range is (lower, upper] over
     the key columns as a row comparison spelled out (T-SQL has no row values), so
     each bound binds k1, k1, k2, k1, k2, k3, ... (the prefix of every OR term).
+    Identifiers are bracket-quoted by engine/sqlserver's `qi` (psycopg's
+    Identifier would double-quote them), then spliced into the template as SQL.
     """
-    fields = [(tsql_ident(c), k) for c, k in columns]
-    row = tsql_row(fields)
-    where = []
-    if lower:
-        where.append(_tsql_row_compare([tsql_ident(k) for k in key], ">"))
-    if upper:
-        where.append(_tsql_row_compare([tsql_ident(k) for k in key], "<="))
-    sql = (f"SELECT COUNT_BIG(*) AS n, "
-           f"SUM(CAST({tsql_row_hash64(row)} AS decimal(38, 0))) AS h "
-           f"FROM {tsql_ident(schema)}.{tsql_ident(table)}")
-    if where:
-        sql += " WHERE " + " AND ".join(where)
-    return sql
+    row = tsql_row([(qi(c), k) for c, k in columns])
+    where = [_tsql_row_compare([qi(k) for k in key], op)
+             for present, op in ((lower, ">"), (upper, "<=")) if present]
+    return SQL.render(
+        "chunk_checksum", hash64=sql.SQL(tsql_row_hash64(row)),
+        table=sql.SQL(".").join([sql.SQL(qi(schema)), sql.SQL(qi(table))]),
+        where=sql.SQL(" WHERE " + " AND ".join(where) if where else ""))
 
 
 def _tsql_row_compare(cols: list[str], op: str) -> str:
@@ -266,7 +265,7 @@ def _numeric(v: Any) -> str:
     return format(d.normalize(), "f")
 
 
-def _float(digits: int):
+def _float(digits: int) -> Callable[[float], str]:
     def render(v: float) -> str:
         if v != v:
             return "NaN"

@@ -21,8 +21,7 @@ from syncbridge.engine.config import Config, ConfigError
 SIGNAL_CHUNK = 1_000  # keys per insert into the source queue
 
 
-def Q(name: str) -> str:  # noqa: N802 - reads like a table of named statements
-    return sqlfiles.query("queries/reconcile.sql", name)
+SQL = sqlfiles.Queries("queries/reconcile.sql")
 
 
 @dataclass
@@ -73,14 +72,14 @@ def repair(config: Config, link: str, prefer: str | None = None,
     other = config.links[link].side("b" if side == "a" else "a")
     target = f"{other.peer} {other.qualified}"
     with psycopg.connect(config.hub_peer.dsn, autocommit=True) as hub:
-        last = hub.execute(sqlfiles.for_psycopg(Q("last_link_check")), (link,)).fetchone()
+        last = hub.execute(sqlfiles.for_psycopg(SQL["last_link_check"]), (link,)).fetchone()
         if last is None:
             return Repair(None, side, 0, f"{link}: never checked; run `syncbridge check {link}`")
         run_id, verdict, _ = last
         if verdict != "different":
             return Repair(run_id, side, 0, f"{link}: last check (run {run_id}) was {verdict}; "
                                            "nothing to repair")
-        diffs = hub.execute(sqlfiles.for_psycopg(Q("check_diffs")), (run_id,)).fetchall()
+        diffs = hub.execute(sqlfiles.for_psycopg(SQL["check_diffs"]), (run_id,)).fetchall()
         keys = [json.loads(d[1] if side == "a" else d[2]) for d in diffs]
         actions: dict[str, list[dict]] = {}
         for (kind, *_), key in zip(diffs, keys, strict=True):
@@ -94,7 +93,7 @@ def repair(config: Config, link: str, prefer: str | None = None,
                                            f"from side {side} (check run {run_id}) would "
                                            f"signal {len(keys)} key(s); " + effect, actions)
         _signal(config, link, side, keys)
-        hub.execute(sqlfiles.for_psycopg(Q("mark_repaired")), (run_id,))
+        hub.execute(sqlfiles.for_psycopg(SQL["mark_repaired"]), (run_id,))
     return Repair(run_id, side, len(keys),
                   f"{link}: signalled {len(keys)} key(s) of side {side} from check run "
                   f"{run_id}; " + effect, actions)
@@ -106,7 +105,7 @@ def _signal(config: Config, link: str, side: str, keys: list[dict]) -> None:
     with psycopg.connect(dsn, autocommit=True) as conn:
         for i in range(0, len(keys), SIGNAL_CHUNK):
             with conn.transaction():
-                conn.execute(sqlfiles.for_psycopg(Q("signal_keys")),
+                conn.execute(sqlfiles.for_psycopg(SQL["signal_keys"]),
                              (link, side, "syncbridge:repair",
                               json.dumps(keys[i: i + SIGNAL_CHUNK])))
-                conn.execute(sqlfiles.for_psycopg(Q("notify")), (f"{link}:{side}",))
+                conn.execute(sqlfiles.for_psycopg(SQL["notify"]), (f"{link}:{side}",))

@@ -20,9 +20,12 @@ from typing import Any
 
 import asyncpg
 
+from syncbridge.engine import sqlfiles
 from syncbridge.engine.config import Config, ConfigError, seconds
 from syncbridge.engine.reconcile import backfill, check, repair
 from syncbridge.engine.validate import shapes
+
+SQL = sqlfiles.Queries("queries/reconcile.sql")
 
 log = logging.getLogger("syncbridge.reconcile")
 
@@ -65,10 +68,10 @@ async def _round(config: Config, plan: dict[str, tuple[float, bool]], link_shape
     try:
         due = []
         for name, (every, auto) in plan.items():
-            last = await hub.fetchval(check.Q("last_check_time"), name)
+            last = await hub.fetchval(SQL["last_check_time"], name)
             if last is None or time.time() - last.timestamp() >= every:
                 due.append((name, auto))
-        requests = await hub.fetch(check.Q("resync_requests"))
+        requests = await hub.fetch(SQL["resync_requests"])
     finally:
         await hub.close()
     for name, auto in due:

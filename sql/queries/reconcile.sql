@@ -1,6 +1,6 @@
 -- Reconciliation: backfill, check, repair (asyncpg $n parameters unless noted).
--- Entries with {braces} are templates rendered per link side with
--- psycopg.sql (identifiers quoted, canonical expressions from engine/canonical.py).
+-- Entries with {braces} are templates rendered per link side with psycopg.sql
+-- (identifiers quoted, canonical expressions from engine/reconcile/canonical.py).
 
 -- name: chunk_checksum
 -- Row count and the sum of 64 bits of md5(canonical row text) over one key range.
@@ -58,6 +58,10 @@ select $1, d.kind, d.key_a, d.key_b, d.columns, d.detail
   from jsonb_to_recordset($2::jsonb)
        as d(kind text, key_a jsonb, key_b jsonb, columns text[], detail jsonb)
 
+-- name: rule_rows
+-- A [[rules]] query's violating rows, each as one jsonb text.
+select to_jsonb(r)::text as row from ({rule}) r
+
 -- name: last_link_check
 -- Hub: the latest finished check of one link.
 select id, verdict, repaired_at from sync.check_runs
@@ -109,8 +113,8 @@ select count(*) as n,
          order by {key_cols_desc} limit 1) as last_key
   from page
 
--- name: backfill_count
--- Source: how many keys the backfill will signal (for the progress bar).
+-- name: count_rows
+-- Rows of a link side's table (filtered or not): backfill's total, check's recount.
 select count(*) from {table} t {where}
 
 -- name: backfill_keys
