@@ -203,15 +203,61 @@ def _parser() -> argparse.ArgumentParser:
                        help="listen port (env SYNCBRIDGE_WEBHOOK_PORT)")
     add("demo", cmd_demo, "two embedded databases kept in step, end to end").add_argument(
         "--keep", action="store_true", help="leave the embedded server and its files at the end")
-    bench = add("bench", cmd_bench, "measure throughput, latency and capture overhead")
-    from syncbridge.bridge.bench import core as bench_mod
-
-    bench_mod.add_arguments(bench)
+    _bench_arguments(add("bench", cmd_bench, "measure throughput, latency and capture overhead"))
     from syncbridge.bridge import reconcile_cli  # backfill, check, repair, bench-check
 
     reconcile_cli.register(add)
+    _bench_check_arguments(sub.choices["bench-check"])
     add("doctor", cmd_doctor, "check every peer is ready (read-only); exit 0 when it is")
     return p
+
+
+# The benchmarks' options are declared here, not in bridge/bench/: building the parser (every
+# `syncbridge` command, `--help` included) must not import the benchmark modules.
+
+
+def _bench_arguments(p: argparse.ArgumentParser) -> None:
+    """Options of `syncbridge bench` (bridge/bench/core.py; --compare: bench/logical.py)."""
+    p.add_argument("--dsn-a", help="source database (default: embedded PostgreSQL)")
+    p.add_argument("--dsn-b", help="target database (default: embedded PostgreSQL)")
+    p.add_argument("--only", default="bulk,latency,catchup,overhead",
+                   help="comma-separated parts: bulk, latency, catchup, overhead, "
+                        "webhooks (signed requests through the webhook app)")
+    p.add_argument("--concurrency", type=int, default=32, help="webhooks: parallel senders")
+    p.add_argument("--direction", choices=("a_to_b", "both"), default="a_to_b",
+                   help="link direction (both = with conflict checking)")
+    p.add_argument("--rows", type=int, default=100_000, help="rows for bulk and catch-up")
+    p.add_argument("--rate", type=int, default=200, help="latency: transactions per second")
+    p.add_argument("--seconds", type=float, default=30, help="latency: duration")
+    p.add_argument("--overhead-seconds", type=int, default=5, help="each pgbench run")
+    p.add_argument("--runs", type=int, default=1, help="repeat and report the median")
+    p.add_argument("--no-notify", action="store_true", help="link with NOTIFY off (polling)")
+    p.add_argument("--batch-size", type=int, default=1000, help="signals per batch")
+    p.add_argument("--durable", action="store_true",
+                   help="embedded server with fsync and synchronous_commit on (default: off)")
+    p.add_argument("--compare", choices=("logical",),
+                   help="run the workloads on syncbridge and on native logical replication "
+                        "and print both with the ratio (ignores --only)")
+    p.add_argument("--json", metavar="FILE", help="--compare: write the figures as JSON")
+    p.add_argument("--idle-seconds", type=float, default=10,
+                   help="--compare: idle window for counting statements in the server log")
+
+
+def _bench_check_arguments(p: argparse.ArgumentParser) -> None:
+    """Options of `syncbridge bench-check` (bridge/bench/check.py)."""
+    from syncbridge.engine.reconcile.backfill import CHUNK, MAX_PENDING
+
+    p.add_argument("--dsn-a", help="source database (default: embedded PostgreSQL)")
+    p.add_argument("--dsn-b", help="target database (default: embedded PostgreSQL)")
+    p.add_argument("--only", default="check,check_diff,backfill",
+                   help="comma-separated parts: check, check_diff, backfill")
+    p.add_argument("--rows", type=int, default=1_000_000, help="rows in bench_items")
+    p.add_argument("--diffs", type=int, default=100, help="check_diff: differences made")
+    p.add_argument("--rate", type=int, default=50, help="backfill: live transactions per second")
+    p.add_argument("--runs", type=int, default=3, help="repeat and report the median")
+    p.add_argument("--chunk", type=int, default=CHUNK, help="backfill: keys per chunk")
+    p.add_argument("--max-pending", type=int, default=MAX_PENDING,
+                   help="backfill: queued backfill signals allowed at once")
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:

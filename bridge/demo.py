@@ -23,36 +23,10 @@ from pathlib import Path
 import psycopg
 
 from syncbridge.bridge.bench.rig import Rig
-from syncbridge.engine import status
+from syncbridge.engine import sqlfiles, status
 from syncbridge.engine.embedded import EmbeddedPostgres
 
-SCHEMA = """
-create table patients (
-    id          uuid primary key,
-    mrn         text not null unique,
-    full_name   text not null,
-    birth_date  date,
-    balance     numeric(12,2),
-    allergies   jsonb,
-    photo       bytea,
-    active      boolean not null default true,
-    updated_at  timestamptz not null default now()
-);
-create table appointments (
-    clinic_code text not null,
-    slot_no     integer not null,
-    patient_id  uuid not null references patients (id) on delete cascade,
-    starts_at   timestamptz not null,
-    minutes     smallint not null,
-    notes       text,
-    primary key (clinic_code, slot_no)
-);
-create table audit_notes (
-    id          bigint primary key,
-    body        text not null,
-    created_at  timestamp not null default now()
-);
-"""
+SQL = sqlfiles.Queries("demo/demo.sql")
 
 LINKS = [
     {"name": "patients", "a": {"peer": "a", "table": "patients"},
@@ -68,19 +42,9 @@ TABLES = {"patients": ["id"], "appointments": ["clinic_code", "slot_no"], "audit
 P1, P2, P3 = ("0b9c1e5e-3f1a-4c2e-9a51-000000000001", "0b9c1e5e-3f1a-4c2e-9a51-000000000002",
               "0b9c1e5e-3f1a-4c2e-9a51-000000000003")
 
-# rows the portal held before the link existed: capture never saw them, backfill sends them
-LEGACY = ("insert into patients (id, mrn, full_name, balance) select "
-          "('0b9c1e5e-3f1a-4c2e-9a51-1' || lpad(g::text, 11, '0'))::uuid, 'OLD-' || g, "
-          "'Legacy patient ' || g, g * 1.50 from generate_series(1, 25) g")
-
 PORTAL_WRITES = [
-    ("insert into patients (id, mrn, full_name, birth_date, balance, allergies, photo) values "
-     f"('{P1}', 'MRN-001', 'Zoë Ångström', '1980-02-29', 1234.56, "
-     "'{\"penicillin\": \"severe\", \"tags\": [1, 2.50, null]}', '\\x00ff10'),"
-     f"('{P2}', 'MRN-002', '李小龍', null, null, null, null)"),
-    ("insert into appointments values "
-     f"('NORTH', 1, '{P1}', '2026-12-01 09:00:00.123456+01', 30, 'first visit ✓'),"
-     f"('NORTH', 2, '{P2}', '2026-12-01 10:00+00', 15, null)"),
+    SQL["portal_patients"],
+    SQL["portal_appointments"],
     "insert into audit_notes (id, body) select g, 'note ' || g from generate_series(1, 50) g",
 ]
 CLINIC_WRITES = [
@@ -109,8 +73,8 @@ def create_databases(admin_dsn: str, names: list[str]) -> None:
 
 def run(rig: Rig) -> bool:
     for side in ("a", "b"):
-        rig.execute(side, SCHEMA)
-    rig.execute("a", LEGACY)
+        rig.execute(side, SQL["schema"])
+    rig.execute("a", SQL["legacy"])
     for line in rig.setup():
         _say("  " + line)
     rig.start_bridge()

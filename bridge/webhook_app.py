@@ -9,6 +9,12 @@ The only write is one call of `sync.enqueue_webhook_v1` (dedupe record +
 queue row + NOTIFY in one statement), so no answer leaves anything half-written.
 Logs carry source, topic, event id and outcome; never a secret, a signature
 or a body.
+
+Where things are: signatures, event ids and topics are checked in
+engine/webhooks/verify.py; payload -> row mapping in engine/webhooks/map.py;
+queued events are applied, and dead-lettered when they cannot be, by the
+bridge's drain in engine/webhooks/apply.py (its docstring follows a dead
+letter from sync.dead_letter to its retry).
 """
 
 from __future__ import annotations
@@ -27,11 +33,12 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from syncbridge.engine import sqlfiles
 from syncbridge.engine.config import Config
 from syncbridge.engine.errors import sqlstate
-from syncbridge.engine.sqlfiles import query
-from syncbridge.engine.webhooks.config import Source, WebhookConfig, parse_webhooks
+from syncbridge.engine.webhooks.config import parse_webhooks
 from syncbridge.engine.webhooks.map import map_event
+from syncbridge.engine.webhooks.model import Source, WebhookConfig
 from syncbridge.engine.webhooks.verify import (
     EventError,
     SignatureError,
@@ -41,6 +48,7 @@ from syncbridge.engine.webhooks.verify import (
 )
 
 log = logging.getLogger("syncbridge.webhooks")
+SQL = sqlfiles.Queries("queries/webhooks.sql")
 
 
 class _TooLarge(Exception):
@@ -133,7 +141,7 @@ async def _enqueue(state: _State, source: Source, event_id: str, topic: str, lin
     assert state.pool is not None
     async with asyncio.timeout(state.webhooks.db_timeout):
         async with state.pool.acquire() as conn:
-            return await conn.fetchval(query("queries/webhooks.sql", "enqueue"),
+            return await conn.fetchval(SQL["enqueue"],
                                        source.name, event_id, topic, link, side, key, payload)
 
 

@@ -24,45 +24,18 @@ from typing import Any
 
 import psycopg
 
-from syncbridge.bridge.bench.core import PAYLOAD, SCHEMA
+from syncbridge.bridge.bench.core import SCHEMA, with_payload
 from syncbridge.bridge.bench.rig import Rig, wait_until
 from syncbridge.bridge.demo import create_databases
+from syncbridge.engine import sqlfiles
 from syncbridge.engine.embedded import EmbeddedPostgres
 from syncbridge.engine.reconcile import backfill, check
 from syncbridge.engine.validate import shapes
 
 LIVE_IDS = 10_000_001  # bench_seq starts here: live rows are told apart from backfilled ones
-LOAD = ("insert into bench_items (id, account_id, status, amount, payload, updated_at) "
-        "select g, mod(g, 1000), 'new', mod(g, 100000) / 100.0, " + PAYLOAD.format(g="g") +
-        ", '2026-01-01 00:00+00'::timestamptz + g * interval '1 millisecond' "
-        "from generate_series(1, %s) g")
-ARRIVALS = """
-create table bench_arrivals (id bigint, written_at timestamptz, arrived_at timestamptz);
-create function bench_arrival() returns trigger language plpgsql as $$
-begin
-    insert into bench_arrivals
-    select n.id, n.updated_at, clock_timestamp() from new_rows n where n.id >= 10000001;
-    return null;
-end $$;
-create trigger bench_arrival_ins after insert on bench_items
-    referencing new table as new_rows for each statement execute function bench_arrival();
-"""
+SQL = sqlfiles.Queries("bench/check.sql")
 LINK = {"name": "bench_items", "a": {"peer": "a", "table": "bench_items"},
         "b": {"peer": "b", "table": "bench_items"}, "key": ["id"], "direction": "a_to_b"}
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dsn-a", help="source database (default: embedded PostgreSQL)")
-    p.add_argument("--dsn-b", help="target database (default: embedded PostgreSQL)")
-    p.add_argument("--only", default="check,check_diff,backfill",
-                   help="comma-separated parts: check, check_diff, backfill")
-    p.add_argument("--rows", type=int, default=1_000_000, help="rows in bench_items")
-    p.add_argument("--diffs", type=int, default=100, help="check_diff: differences made")
-    p.add_argument("--rate", type=int, default=50, help="backfill: live transactions per second")
-    p.add_argument("--runs", type=int, default=3, help="repeat and report the median")
-    p.add_argument("--chunk", type=int, default=backfill.CHUNK, help="backfill: keys per chunk")
-    p.add_argument("--max-pending", type=int, default=backfill.MAX_PENDING,
-                   help="backfill: queued backfill signals allowed at once")
 
 
 def _say(msg: str) -> None:
@@ -82,11 +55,11 @@ class BenchCheck:
         for side in ("a", "b"):
             self.rig.execute(side, SCHEMA)
             started = time.monotonic()
-            self.rig.execute(side, LOAD, (self.args.rows,))
+            self.rig.execute(side, with_payload("load", queries=SQL), (self.args.rows,))
             self.rig.execute(side, "vacuum analyze bench_items")
             _say(f"loaded {self.args.rows:,} rows into side {side} "
                  f"in {time.monotonic() - started:.1f}s")
-        self.rig.execute("b", ARRIVALS)
+        self.rig.execute("b", SQL["arrivals"])
         self.rig.setup()
         self.shapes = shapes(self.config, ["bench_items"])
 

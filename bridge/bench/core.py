@@ -27,61 +27,19 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
 from syncbridge.bridge.bench.rig import Rig, wait_until
+from syncbridge.engine import sqlfiles
 
-SCHEMA = """
-create table bench_items (
-    id         bigint primary key,
-    account_id int not null,
-    status     text not null,
-    amount     numeric(12,2) not null,
-    payload    jsonb not null,
-    updated_at timestamptz not null default clock_timestamp()
-);
-create sequence bench_seq start 10000001;
-"""
-ARRIVALS = """
-create table bench_arrivals (id bigint, written_at timestamptz, arrived_at timestamptz);
-create function bench_arrival() returns trigger language plpgsql as $$
-begin
-    insert into bench_arrivals select n.id, n.updated_at, clock_timestamp() from new_rows n;
-    return null;
-end $$;
-create trigger bench_arrival_ins after insert on bench_items
-    referencing new table as new_rows for each statement execute function bench_arrival();
-create trigger bench_arrival_upd after update on bench_items
-    referencing new table as new_rows for each statement execute function bench_arrival();
-"""
-# ~200 bytes of jsonb per row
-PAYLOAD = ("jsonb_build_object('sku', 'SKU-' || {g}, 'qty', mod({g}, 17), 'tags', "
-           "jsonb_build_array('red', 'large', 'gift'), 'note', repeat('x', 120))")
-INSERT_100 = ("insert into bench_items (id, account_id, status, amount, payload) "
-              "select g, mod(g, 1000), 'new', mod(g, 100000) / 100.0, " + PAYLOAD.format(g="g") +
-              " from generate_series(%s::bigint, %s::bigint) g")
+SQL = sqlfiles.Queries("bench/core.sql")
+SCHEMA = SQL["schema"]
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dsn-a", help="source database (default: embedded PostgreSQL)")
-    p.add_argument("--dsn-b", help="target database (default: embedded PostgreSQL)")
-    p.add_argument("--only", default="bulk,latency,catchup,overhead",
-                   help="comma-separated parts: bulk, latency, catchup, overhead, "
-                        "webhooks (signed requests through the webhook app)")
-    p.add_argument("--concurrency", type=int, default=32, help="webhooks: parallel senders")
-    p.add_argument("--direction", choices=("a_to_b", "both"), default="a_to_b",
-                   help="link direction (both = with conflict checking)")
-    p.add_argument("--rows", type=int, default=100_000, help="rows for bulk and catch-up")
-    p.add_argument("--rate", type=int, default=200, help="latency: transactions per second")
-    p.add_argument("--seconds", type=float, default=30, help="latency: duration")
-    p.add_argument("--overhead-seconds", type=int, default=5, help="each pgbench run")
-    p.add_argument("--runs", type=int, default=1, help="repeat and report the median")
-    p.add_argument("--no-notify", action="store_true", help="link with NOTIFY off (polling)")
-    p.add_argument("--batch-size", type=int, default=1000, help="signals per batch")
-    p.add_argument("--durable", action="store_true",
-                   help="embedded server with fsync and synchronous_commit on (default: off)")
-    from syncbridge.bridge.bench import logical as bench_logical  # --compare logical, --json
-
-    bench_logical.add_arguments(p)
+def with_payload(name: str, g: str = "g", queries: sqlfiles.Queries = SQL) -> str:
+    """The template `name` (of sql/bench/core.sql unless `queries` says otherwise), its
+    {payload} the ~200-byte jsonb of row number `g` (an SQL expression, e.g. a column)."""
+    return queries.render(name, payload=SQL.compose("payload", g=sql.SQL(g)))
 
 
 class Bench:
@@ -96,20 +54,15 @@ class Bench:
 
     def setup(self) -> None:
         for side in ("a", "b"):
-            self.rig.execute(side, "drop table if exists bench_items cascade; "
-                                   "drop sequence if exists bench_seq; "
-                                   "drop table if exists bench_arrivals; " + SCHEMA)
-        self.rig.execute("b", ARRIVALS)
+            self.rig.execute(side, SQL["drop"])
+            self.rig.execute(side, SCHEMA)
+        self.rig.execute("b", SQL["arrivals"])
         self.rig.setup()
 
     def reset(self) -> None:
         self.rig.stop_bridge()
         for side in ("a", "b"):
-            # row_state too: tables emptied behind the bridge's back would otherwise make
-            # every re-inserted row of a two-way link a (correctly detected) conflict
-            self.rig.execute(side, "truncate bench_items; delete from sync.queue; "
-                                   "delete from sync.applied_batches; delete from sync.row_state; "
-                                   "delete from sync.conflicts")
+            self.rig.execute(side, SQL["reset"])
         self.rig.execute("b", "truncate bench_arrivals")
 
     def _target_count(self) -> int:
@@ -124,9 +77,10 @@ class Bench:
     def _write_rows(self, n: int) -> float:
         """n rows in transactions of 100; returns the time of the first commit."""
         first = 0.0
+        insert = with_payload("insert_100")
         with psycopg.connect(self.rig.dsn["a"], autocommit=True) as c:
             for lo in range(1, n + 1, 100):
-                c.execute(INSERT_100, (lo, min(lo + 99, n)))
+                c.execute(insert, (lo, min(lo + 99, n)))
                 first = first or time.monotonic()
         return first
 
@@ -151,9 +105,7 @@ class Bench:
 
     def latency(self) -> dict[str, float]:
         self.reset()
-        self.rig.execute("a", f"insert into bench_items (id, account_id, status, amount, payload)"
-                              f" select g, 1, 'seed', 1, {PAYLOAD.format(g='g')} "
-                              "from generate_series(1, 1000) g")
+        self.rig.execute("a", with_payload("seed_latency"))
         self._start_bridge_and_wait()
         wait_until(lambda: self._target_count() >= 1000, 60, "seed rows")
         self.rig.execute("b", "truncate bench_arrivals")
@@ -177,14 +129,13 @@ class Bench:
         rnd = random.Random(7)
         next_id = 2_000_000
         sent = 0
+        insert = with_payload("paced_insert", "%s::bigint")
         with psycopg.connect(self.rig.dsn["a"], autocommit=True) as c:
             start = time.monotonic()
             while (elapsed := time.monotonic() - start) < seconds:
                 if rnd.random() < 0.7:
                     next_id += 1
-                    c.execute("insert into bench_items (id, account_id, status, amount, payload) "
-                              f"select %s, 2, 'new', 9.99, {PAYLOAD.format(g='%s::bigint')}",
-                              (next_id, next_id, next_id))
+                    c.execute(insert, (next_id, next_id, next_id))
                 else:
                     c.execute("update bench_items set status = 'paid', "
                               "updated_at = clock_timestamp() where id = %s",
@@ -204,9 +155,7 @@ class Bench:
 
     def overhead(self) -> dict[str, float]:
         self.reset()
-        self.rig.execute("a", f"insert into bench_items (id, account_id, status, amount, payload)"
-                              f" select g, mod(g, 1000), 'seed', 1, {PAYLOAD.format(g='g')} "
-                              "from generate_series(1, 100000) g")
+        self.rig.execute("a", with_payload("seed_overhead"))
         out: dict[str, float] = {}
         modes = [("none", None), ("capture", True), ("capture_no_notify", False)]
         for mode, notify in modes:
@@ -238,8 +187,7 @@ class Bench:
 
     def _pgbench(self, kind: str, clients: int) -> float:
         script = {
-            "insert": "insert into bench_items (id, account_id, status, amount, payload) "
-                      "select nextval('bench_seq'), 3, 'new', 1.5, " + PAYLOAD.format(g="1") + ";",
+            "insert": with_payload("pgbench_insert", "1"),
             "update": "\\set rid random(1, 100000)\nupdate bench_items set status = 'upd', "
                       "updated_at = clock_timestamp() where id = :rid;",
         }[kind]

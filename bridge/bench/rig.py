@@ -1,4 +1,10 @@
-"""Two Postgres databases, a config, and a bridge process: shared by demo, bench and tests.
+"""The shared local lab: two Postgres databases, a config, and a bridge process.
+
+This is the local two-cluster rig used by `syncbridge demo` (bridge/demo.py),
+the benchmarks (bridge/bench/core.py, check.py, logical.py) and the test suite:
+tests import it too (tests/rigs.py, tests/heal_support.py and many test files
+use `Rig`, `wait_until`, `toml_value`, `toml_links`), so its API is stable —
+change a name or a signature here only together with every caller.
 
 The bridge always runs as a separate `syncbridge run` process here, exactly
 as an operator runs it, so that killing it is a real crash.

@@ -27,24 +27,14 @@ from typing import Any
 import asyncpg
 import httpx
 
+from syncbridge.engine import sqlfiles
 from syncbridge.engine.config import Config, parse
 
 SOURCE = "bench"  # webhook source name used by the bench
 SECRET_ENV = "SYNCBRIDGE_BENCH_SECRET"
 STARTUP_TIMEOUT = 15.0  # seconds for uvicorn to answer /healthz
 
-SETUP_SQL = """
-create schema if not exists syncbridge_bench;
-create table if not exists syncbridge_bench.events (
-    id bigint primary key, body text, updated_at timestamptz)
-"""
-CLEANUP_SQL = """
-drop schema if exists syncbridge_bench cascade;
-delete from sync.queue where op = 'W' and source = 'bench';
-delete from sync.webhook_events where source = 'bench';
-delete from sync.webhook_counters where source = 'bench';
-delete from sync.dead_letter where link = 'syncbridge_bench'
-"""
+SQL = sqlfiles.Queries("bench/webhooks.sql")
 
 
 def bench_config(dsn: str) -> Config:
@@ -84,15 +74,15 @@ async def _bench(dsn: str, seconds: float, concurrency: int) -> dict[str, Any]:
     try:
         if not await conn.fetchval("select to_regproc('sync.enqueue_webhook_v1') is not null"):
             raise RuntimeError("the hub has no webhook schema: run `syncbridge migrate` first")
-        await conn.execute(CLEANUP_SQL)
-        await conn.execute(SETUP_SQL)
+        await conn.execute(SQL["cleanup"])
+        await conn.execute(SQL["setup"])
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
         env = dict(os.environ, SYNCBRIDGE_BENCH_DSN=dsn, SYNCBRIDGE_BENCH_PORT=str(port))
         child = subprocess.Popen(
             [sys.executable, "-c",
-             "from syncbridge.engine.webhook_bench import serve_from_env; serve_from_env()"],
+             "from syncbridge.bridge.bench.webhooks import serve_from_env; serve_from_env()"],
             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             url = f"http://127.0.0.1:{port}"
@@ -109,7 +99,7 @@ async def _bench(dsn: str, seconds: float, concurrency: int) -> dict[str, Any]:
         return result
     finally:
         with contextlib.suppress(Exception):
-            await conn.execute(CLEANUP_SQL)
+            await conn.execute(SQL["cleanup"])
         await conn.close()
 
 

@@ -8,6 +8,17 @@ a crash before the hub commit replays the batch, which is harmless because
 every apply is state-based: an upsert of the event's row, guarded by the
 version field, or a delete. Rows are written with
 `syncbridge.origin = webhook:<source>` so capture carries them onward.
+
+Lifecycle of a webhook dead letter (an event that cannot be applied: no
+mapping now, a missing field, a bad value, a constraint):
+- written here, by `_finish` running `dead_letter` of sql/queries/webhooks.sql:
+  a sync.dead_letter row keyed {source, event_id}, and the payload kept on its
+  sync.webhook_events dedupe record;
+- retried by an operator with `sync.retry_webhook_v1(source, event_id)` or
+  `sync.retry_dead()` (migrations/postgres/0008_webhook_dead_letters.sql),
+  which queue the event again as op 'W' and close the dead letter; this drain
+  then applies it, or reopens the dead letter if it fails again;
+- documented for operators in docs/webhooks.md ("Dead letters").
 """
 
 from __future__ import annotations
@@ -21,18 +32,19 @@ from typing import Any
 import asyncpg
 from psycopg import sql
 
+from syncbridge.engine import sqlfiles
 from syncbridge.engine.catalog import quote_qualified
 from syncbridge.engine.config import Config, Side
 from syncbridge.engine.errors import describe, is_row_error, is_transient, sqlstate
-from syncbridge.engine.sqlfiles import query
-from syncbridge.engine.webhooks.config import TopicMap, WebhookConfig, parse_webhooks
+from syncbridge.engine.webhooks.config import parse_webhooks
 from syncbridge.engine.webhooks.map import MappedEvent, map_event
+from syncbridge.engine.webhooks.model import TopicMap, WebhookConfig
 from syncbridge.engine.webhooks.verify import EventError
 
 log = logging.getLogger("syncbridge.webhooks")
 
 BATCH_SIZE = 500  # events per hub transaction; locks are held while a remote sink applies
-Q = "queries/webhooks.sql"
+SQL = sqlfiles.Queries("queries/webhooks.sql")
 
 
 @dataclass
@@ -53,7 +65,7 @@ async def drain_webhook_events(hub: asyncpg.Pool, pools: dict[str, asyncpg.Pool]
     """
     wh = parse_webhooks(config, secrets=False)
     async with hub.acquire() as hconn, hconn.transaction():
-        events = await hconn.fetch(query(Q, "claim"), batch_size)
+        events = await hconn.fetch(SQL["claim"], batch_size)
         if not events:
             return 0
         out = _Outcomes()
@@ -97,7 +109,7 @@ async def _apply_group(conn: asyncpg.Connection, wh: WebhookConfig,
     origin = None
     for ev, tmap, side in group:
         if side not in tables:
-            cols = await conn.fetch(query(Q, "columns"), quote_qualified(side))
+            cols = await conn.fetch(SQL["columns"], quote_qualified(side))
             tables[side] = {r[0] for r in cols} or None
         try:
             mapped = map_event(wh.sources[ev["source"]], tmap, json.loads(ev["payload"]))
@@ -136,43 +148,33 @@ def _ids(*names: str) -> sql.Composable:
     return sql.SQL(", ").join(sql.Identifier(n) for n in names)
 
 
+def _guard(name: str, tmap: TopicMap) -> sql.Composable:
+    """The version guard `name` of sql/queries/webhooks.sql, or nothing without a version."""
+    if not tmap.version:
+        return sql.SQL("")
+    return SQL.compose(name, version=tmap.column_of(tmap.version))
+
+
 async def _upsert(conn: asyncpg.Connection, side: Side, tmap: TopicMap,
                   mapped: MappedEvent) -> bool:
     """Insert or update the event's row; False when the stored row is newer (stale)."""
-    table = sql.Identifier(side.schema, side.table)
     cols = list(mapped.row)
     rest = [c for c in cols if c not in mapped.key] or list(mapped.key)[:1]
-    guard = sql.SQL("")
-    if tmap.version:
-        v = sql.Identifier(tmap.column_of(tmap.version))
-        guard = sql.SQL(" where cur.{v} is null or cur.{v} <= excluded.{v}").format(v=v)
-    stmt = sql.SQL(
-        "insert into {t} as cur ({cols}) select {cols} from jsonb_populate_record(null::{t}, $1)"
-        " on conflict ({keys}) do update set {sets}{guard} returning 1"
-    ).format(t=table, cols=_ids(*cols), keys=_ids(*mapped.key), guard=guard,
-             sets=sql.SQL(", ").join(sql.SQL("{c} = excluded.{c}").format(c=sql.Identifier(c))
-                                     for c in rest))
-    return await conn.fetchval(stmt.as_string(), json.dumps(mapped.row)) is not None
+    sets = sql.SQL(", ").join(sql.SQL("{c} = excluded.{c}").format(c=sql.Identifier(c))
+                              for c in rest)
+    stmt = SQL.render("upsert", table=(side.schema, side.table), cols=_ids(*cols),
+                      keys=_ids(*mapped.key), sets=sets, guard=_guard("upsert_guard", tmap))
+    return await conn.fetchval(stmt, json.dumps(mapped.row)) is not None
 
 
 async def _delete(conn: asyncpg.Connection, side: Side, tmap: TopicMap,
                   mapped: MappedEvent) -> bool:
     """Delete the event's row; False when a newer version of it is stored (stale)."""
-    table = sql.Identifier(side.schema, side.table)
     match = sql.SQL(" and ").join(sql.SQL("cur.{c} = ev.{c}").format(c=sql.Identifier(c))
                                   for c in mapped.key)
-    guard = sql.SQL("")
-    if tmap.version:
-        v = sql.Identifier(tmap.column_of(tmap.version))
-        guard = sql.SQL(" and (ev.{v} is null or cur.{v} is null or cur.{v} <= ev.{v})").format(
-            v=v)
-    stmt = sql.SQL(
-        "with ev as (select * from jsonb_populate_record(null::{t}, $1)),"
-        " gone as (delete from {t} as cur using ev where {match}{guard} returning 1)"
-        " select (select count(*) from gone) = 0"
-        " and exists (select 1 from {t} as cur, ev where {match})"
-    ).format(t=table, match=match, guard=guard)
-    return not await conn.fetchval(stmt.as_string(), json.dumps(mapped.row))
+    stmt = SQL.render("delete", table=(side.schema, side.table), match=match,
+                      guard=_guard("delete_guard", tmap))
+    return not await conn.fetchval(stmt, json.dumps(mapped.row))
 
 
 async def _finish(hconn: asyncpg.Connection, events: list[asyncpg.Record],
@@ -187,16 +189,16 @@ async def _finish(hconn: asyncpg.Connection, events: list[asyncpg.Record],
             # the error may quote row values (PII): it goes to sync.dead_letter, not the log
             log.warning("source=%s event=%s dead-lettered, see sync.dead_letter", ev["source"],
                         ev["event_id"])
-        await hconn.execute(query(Q, "dead_letter"), *cols)
+        await hconn.execute(SQL["dead_letter"], *cols)
     dead = Counter(ev["source"] for ev, _ in out.dead)
     sources = sorted(set(out.applied) | set(out.stale) | set(dead))
-    await hconn.execute(query(Q, "count"), sources, [out.applied[s] for s in sources],
+    await hconn.execute(SQL["count"], sources, [out.applied[s] for s in sources],
                         [out.stale[s] for s in sources], [dead[s] for s in sources])
-    await hconn.execute(query(Q, "delete_claimed"), [ev["id"] for ev in events])
+    await hconn.execute(SQL["delete_claimed"], [ev["id"] for ev in events])
 
 
 async def prune_webhook_events(hub: asyncpg.Pool, config: Config) -> int:
     """Forget dedupe records past [webhooks] retention_days; call it hourly or so."""
     days = parse_webhooks(config, secrets=False).retention_days
     async with hub.acquire() as conn:
-        return await conn.fetchval(query(Q, "prune"), days)
+        return await conn.fetchval(SQL["prune"], days)

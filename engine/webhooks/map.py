@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from syncbridge.engine.webhooks.config import DEFAULT_ROOT, Source, TopicMap
+from syncbridge.engine.webhooks.model import DEFAULT_ROOT, Source, TopicMap
 from syncbridge.engine.webhooks.verify import EventError, lookup
 
 _ABSENT = object()

@@ -1,5 +1,9 @@
 """Who sent a webhook, and which event it is: signatures, event ids, topics.
 
+The one place webhook signatures are checked: bridge/webhook_app.py calls
+`verify` on every request before anything is parsed or stored, then
+`parse_body` and `identify`.
+
 Every check runs on the raw body before it is parsed, and every comparison is
 `hmac.compare_digest`, so neither a parser nor timing tells an attacker
 anything. Provider schemes (verified against their docs, see docs/webhooks.md):
@@ -30,7 +34,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from syncbridge.engine.webhooks.config import Source
+from syncbridge.engine.webhooks.model import Source
 
 MAX_EVENT_ID = 200  # characters; longer ids are hashed so the dedupe index stays small
 

@@ -1,4 +1,6 @@
--- Runtime SQL of the webhook app and the webhook drain (engine/webhook_apply.py).
+-- Runtime SQL of the webhook app and the webhook drain (engine/webhooks/apply.py),
+-- and the webhook dead letters: written by `dead_letter` below, retried by
+-- sync.retry_webhook_v1 / sync.retry_dead (migrations/postgres/0008_webhook_dead_letters.sql).
 
 -- name: enqueue
 -- Dedupe and queue one verified event; true = queued, false = duplicate.
@@ -57,3 +59,25 @@ select a.attname, format_type(a.atttypid, a.atttypmod)
 -- name: prune
 -- Forget dedupe records older than the retention period.
 select sync.prune_webhook_events_v1(make_interval(days => $1))
+
+-- name: upsert
+-- Template: insert or update one event's row from its JSON; no row returned = a newer row is stored (stale).
+insert into {table} as cur ({cols})
+select {cols} from jsonb_populate_record(null::{table}, $1)
+    on conflict ({keys}) do update set {sets} {guard}
+returning 1
+
+-- name: upsert_guard
+-- Template fragment of upsert: only a row at the same or an older version is overwritten.
+where cur.{version} is null or cur.{version} <= excluded.{version}
+
+-- name: delete
+-- Template: delete one event's row; true = stale (nothing deleted while the row still exists).
+with ev as (select * from jsonb_populate_record(null::{table}, $1)),
+     gone as (delete from {table} as cur using ev where {match} {guard} returning 1)
+select (select count(*) from gone) = 0
+   and exists (select 1 from {table} as cur, ev where {match})
+
+-- name: delete_guard
+-- Template fragment of delete: only a row at the same or an older version is deleted.
+and (ev.{version} is null or cur.{version} is null or cur.{version} <= ev.{version})
