@@ -11,7 +11,8 @@ from __future__ import annotations
 import fnmatch
 from dataclasses import dataclass, field
 
-from syncbridge.engine.config import WEBHOOK_DEFAULTS, Side
+from syncbridge.engine.config import Side
+from syncbridge.engine.config_file import WEBHOOK_DEFAULTS
 
 PROVIDERS = ("shopify", "thinkific", "supabase", "hmac", "standard")
 
