@@ -67,6 +67,7 @@ class Bridge(Upkeep):
         self.control = asyncio.Event()  # sync.link_control changed
         self.paused: dict[str, str] = {}  # link -> reason
         self.upkeep = asyncio.Event()  # dead-letter retries / resolutions wait (heartbeat)
+        self.resyncs = asyncio.Event()  # sync.resync() requests wait (heartbeat)
         self.quiet: set[tuple[str, str]] = set()  # directions idle since their last wake
         self.depths: dict[tuple[str, str], int] = {}  # queued at each direction's last sample
         self.ticks: dict[str, float] = {}  # loop -> last tick (monotonic)
@@ -271,6 +272,7 @@ class Bridge(Upkeep):
         self._set_paused(paused)
         if upkeep:
             self.upkeep.set()
+            self.resyncs.set()
 
     async def _fence(self) -> None:
         """Before a batch: if the leadership was last confirmed two heartbeats ago (the

@@ -31,6 +31,7 @@ class Upkeep(Draining):
     """The stats and webhook loops of a term (the drains are Draining's)."""
 
     metrics: metrics.Metrics
+    resyncs: asyncio.Event
 
     async def _stats_loop(self) -> None:
         hub = self.pools[self.config.hub]
@@ -99,7 +100,8 @@ class Upkeep(Draining):
         from syncbridge.engine.reconcile.schedule import background_checks
 
         await asyncio.gather(self._webhook_loop(),
-                             background_checks(self.config, self.halt, self.shapes))
+                             background_checks(self.config, self.halt, self.shapes,
+                                               self.resyncs))
 
     async def _webhook_loop(self) -> None:
         """Webhook events queued on the hub: applied to their mapped tables."""

@@ -16,7 +16,7 @@ import pytest
 
 from heal_support import Clusters, arrives, make, state, status, until
 from rigs import link, make_rig
-from syncbridge.bridge.bench.logical import STATEMENT_LINE, Server
+from syncbridge.bridge.bench.native import STATEMENT_LINE, Server
 from syncbridge.bridge.bench.rig import wait_until
 
 # the target: a gone bridge shown gone within 2 heartbeats (2 s each)

@@ -12,7 +12,6 @@ it. The bridge's daemon runs `background_checks` as one of its extra loops.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import threading
 import time
@@ -29,7 +28,7 @@ SQL = sqlfiles.Queries("queries/reconcile.sql")
 
 log = logging.getLogger("syncbridge.reconcile")
 
-TICK = 5.0  # seconds between looks at schedules and resync requests
+TICK = 5.0  # seconds between looks for resync requests when no bridge heartbeat wakes us
 __all__ = ["background_checks", "schedules", "seconds"]
 
 
@@ -40,38 +39,59 @@ def schedules(config: Config) -> dict[str, tuple[float, bool]]:
 
 
 async def background_checks(config: Config, stop_event: asyncio.Event,
-                            link_shapes: dict | None = None) -> None:
+                            link_shapes: dict | None = None,
+                            wake: asyncio.Event | None = None) -> None:
     """Run due checks (and auto repairs) and requested resyncs until stop_event is set.
 
-    A failed round is logged and retried next tick: reconciliation must never
-    stop the bridge from syncing.
+    Quiet while idle: it sleeps until the next check is due, and looks for
+    sync.resync() requests when `wake` is set (the bridge's heartbeat sees them);
+    without `wake` it looks every TICK. A failed round is logged and retried next
+    tick: reconciliation must never stop the bridge from syncing.
     """
     plan = schedules(config)
     if link_shapes is None:  # the bridge passes the shapes it validated at start
         link_shapes = await asyncio.to_thread(shapes, config)
     stop_flag = threading.Event()
+    look = True  # resync requests left by an earlier run: look once at the start
     try:
         while not stop_event.is_set():
+            wait = TICK
             try:
-                await _round(config, plan, link_shapes, stop_flag)
+                wait = await _round(config, plan, link_shapes, stop_flag, look)
             except Exception as e:  # noqa: BLE001 - logged; the next tick retries
                 log.warning("event=reconcile_failed error=%s: %s", type(e).__name__, e)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop_event.wait(), TICK)
+            if wake is None:
+                wait = min(wait, TICK)
+            waits = [stop_event.wait()] + ([wake.wait()] if wake is not None else [])
+            tasks = [asyncio.ensure_future(w) for w in waits]
+            try:
+                await asyncio.wait(tasks, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for t in tasks:
+                    t.cancel()
+            look = wake is None or wake.is_set()
+            if wake is not None:
+                wake.clear()
     finally:
         stop_flag.set()
 
 
 async def _round(config: Config, plan: dict[str, tuple[float, bool]], link_shapes: dict,
-                 stop: threading.Event) -> None:
+                 stop: threading.Event, look: bool) -> float:
+    """Due checks, then (if `look`) resync requests; seconds until the next check is due."""
+    if not plan and not look:
+        return float("inf")
     hub = await asyncpg.connect(config.hub_peer.dsn, timeout=10)
+    due, next_in = [], float("inf")
     try:
-        due = []
         for name, (every, auto) in plan.items():
             last = await hub.fetchval(SQL["last_check_time"], name)
-            if last is None or time.time() - last.timestamp() >= every:
+            left = every - (time.time() - last.timestamp()) if last is not None else 0.0
+            if left <= 0:
                 due.append((name, auto))
-        requests = await hub.fetch(SQL["resync_requests"])
+                left = every
+            next_in = min(next_in, left)
+        requests = await hub.fetch(SQL["resync_requests"]) if look else []
     finally:
         await hub.close()
     for name, auto in due:
@@ -79,6 +99,7 @@ async def _round(config: Config, plan: dict[str, tuple[float, bool]], link_shape
     for req_id, link, side in requests:
         if link in link_shapes:
             await _resync(config, link_shapes[link], side, req_id, stop)
+    return next_in
 
 
 async def _check_and_repair(config: Config, shape: Any, auto: bool) -> None:

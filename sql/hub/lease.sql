@@ -21,10 +21,11 @@ with beat as (
      where heartbeat < clock_timestamp() - greatest(interval '1 minute', 2 * heartbeat_interval)
 )
 select link, paused_reason from sync.link_control where paused_reason is not null
-union all  -- a row with no link: an operator asked for dead-letter retries or resolutions
-select null, null
+union all  -- a row with no link: an operator asked for dead-letter retries, resolutions
+select null, null  -- or a resync
  where exists (select 1 from sync.dead_letter where status = 'retry')
     or exists (select 1 from sync.conflicts where status = 'resolving')
+    or exists (select 1 from sync.backfill_runs where status = 'requested')
 
 -- name: forget_bridge
 -- Hub: this bridge stops; it is gone at once, not after missed heartbeats.
