@@ -13,16 +13,19 @@ import statistics
 import threading
 import time
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import psycopg
 
-from rigs import link
-from syncbridge.bridge.bench.rig import Rig
+from rigs import Rig, link
 from syncbridge.engine.embedded import EmbeddedPostgres
 
 SCHEMA = "create table items (id int primary key, v text not null);"
+# issue 13: a gone bridge shown gone within 2 heartbeats (2 s each), judged by the hub's
+# clock (state_after), so a slow poll from a loaded machine cannot fail it
+GONE_WITHIN = 5.0
 FAST = {"fallback_poll": 1.0}  # every test may set more
 
 
@@ -80,6 +83,33 @@ def status(rig: Rig, direction: str = "a_to_b") -> dict[str, Any]:
 
 def state(rig: Rig) -> str | None:
     return status(rig).get("state")
+
+
+def hub_now(rig: Rig) -> datetime:
+    """The hub's clock: the clock sync.status judges heartbeats and stalls by."""
+    return rig.query("a", "select clock_timestamp()")[0][0]
+
+
+def state_after(rig: Rig, since: datetime, seconds: float, want: str) -> tuple[str, float | None]:
+    """The state sync.status shows once the hub's clock is `seconds` past `since`, and
+    how far past `since` (hub clock) it was first read as `want` (None: never).
+
+    A bound that is the feature ("shown gone within two heartbeats") is judged here by
+    the hub's own clock, not by how fast this process gets to poll on a loaded machine:
+    the view is read at or after the bound, so a slow poll cannot fail it."""
+    first = None
+    while True:
+        with contextlib.suppress(psycopg.OperationalError):
+            with psycopg.connect(rig.dsn["a"], autocommit=True) as c:
+                past, got = c.execute(
+                    "select extract(epoch from clock_timestamp() - %s)::float8, "
+                    "(select state from sync.status where link = 'items' "
+                    "and direction = 'a_to_b')", (since,)).fetchone()
+            if got == want and first is None:
+                first = past
+            if past >= seconds:
+                return got, first
+        time.sleep(0.05)
 
 
 def until(pred: Callable[[], bool], timeout: float, what: str, every: float = 0.05) -> float:

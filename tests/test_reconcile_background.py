@@ -12,8 +12,8 @@ import re
 
 import psycopg
 
-from rigs import link
-from syncbridge.bridge.bench.rig import Rig, wait_until
+from rigs import Rig, link
+from syncbridge.bridge.bench.rig import wait_until
 from syncbridge.engine.reconcile import schedule as reconcile
 
 SCHEMA = "create table items (id int primary key, v text);"
