@@ -154,6 +154,7 @@ class Writer:
 
     def __init__(self, dsn: str, start: int = 1_000_000) -> None:
         self.dsn, self.next = dsn, start
+        self.committed = 0  # inserts that returned: a round waits for some before its fault
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
 
@@ -165,6 +166,7 @@ class Writer:
                 lo, self.next = self.next, self.next + 10  # a commit whose ack was lost
                 conn.execute("insert into items select g, 'w' from generate_series(%s, %s) g",
                              (lo, lo + 9))            # must not be retried as a duplicate
+                self.committed += 1
             except psycopg.Error:  # the server restarts under us: reconnect
                 conn = None
                 self.stop.wait(0.05)
@@ -174,6 +176,11 @@ class Writer:
     def __enter__(self) -> Writer:
         self.thread.start()
         return self
+
+    def wrote(self, commits: int = 3) -> None:
+        """Until `commits` more inserts have committed: the fault lands among writes."""
+        target = self.committed + commits
+        until(lambda: self.committed >= target, 60, f"{commits} more writer commits")
 
     def __exit__(self, *exc: object) -> None:
         self.stop.set()

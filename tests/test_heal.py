@@ -111,9 +111,9 @@ def test_sink_crash_restart_under_writes(clusters, tmp_path):
         rig.start_bridge()
         arrives(rig, 1)
         times = []
-        with Writer(rig.dsn["a"]):
+        with Writer(rig.dsn["a"]) as writer:
             for i in range(ROUNDS):
-                time.sleep(0.5)  # writes land before the crash
+                writer.wrote()  # writes land before the crash (was a 0.5 s sleep)
                 crash_restart(clusters.sink, down=1.0)
                 times.append(flowing(rig))  # the writer keeps signals coming
                 arrives(rig, 10 + i)
@@ -130,9 +130,9 @@ def test_hub_crash_restart(clusters, tmp_path):
         rig.start_bridge()
         arrives(rig, 1)
         times = []
-        with Writer(rig.dsn["a"]):
+        with Writer(rig.dsn["a"]) as writer:
             for i in range(ROUNDS):
-                time.sleep(0.5)
+                writer.wrote()
                 crash_restart(clusters.hub, down=1.0)
                 times.append(flowing(rig))  # the writer keeps signals coming
                 arrives(rig, 10 + i)
