@@ -13,16 +13,19 @@ import statistics
 import threading
 import time
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import psycopg
 
-from rigs import link
-from syncbridge.bridge.bench.rig import Rig
+from rigs import Rig, link
 from syncbridge.engine.embedded import EmbeddedPostgres
 
 SCHEMA = "create table items (id int primary key, v text not null);"
+# issue 13: a gone bridge shown gone within 2 heartbeats (2 s each), judged by the hub's
+# clock (state_after), so a slow poll from a loaded machine cannot fail it
+GONE_WITHIN = 5.0
 FAST = {"fallback_poll": 1.0}  # every test may set more
 
 
@@ -82,6 +85,33 @@ def state(rig: Rig) -> str | None:
     return status(rig).get("state")
 
 
+def hub_now(rig: Rig) -> datetime:
+    """The hub's clock: the clock sync.status judges heartbeats and stalls by."""
+    return rig.query("a", "select clock_timestamp()")[0][0]
+
+
+def state_after(rig: Rig, since: datetime, seconds: float, want: str) -> tuple[str, float | None]:
+    """The state sync.status shows once the hub's clock is `seconds` past `since`, and
+    how far past `since` (hub clock) it was first read as `want` (None: never).
+
+    A bound that is the feature ("shown gone within two heartbeats") is judged here by
+    the hub's own clock, not by how fast this process gets to poll on a loaded machine:
+    the view is read at or after the bound, so a slow poll cannot fail it."""
+    first = None
+    while True:
+        with contextlib.suppress(psycopg.OperationalError):
+            with psycopg.connect(rig.dsn["a"], autocommit=True) as c:
+                past, got = c.execute(
+                    "select extract(epoch from clock_timestamp() - %s)::float8, "
+                    "(select state from sync.status where link = 'items' "
+                    "and direction = 'a_to_b')", (since,)).fetchone()
+            if got == want and first is None:
+                first = past
+            if past >= seconds:
+                return got, first
+        time.sleep(0.05)
+
+
 def until(pred: Callable[[], bool], timeout: float, what: str, every: float = 0.05) -> float:
     """Poll pred() until true; returns the seconds it took (TimeoutError past timeout)."""
     start = time.monotonic()
@@ -124,6 +154,7 @@ class Writer:
 
     def __init__(self, dsn: str, start: int = 1_000_000) -> None:
         self.dsn, self.next = dsn, start
+        self.committed = 0  # inserts that returned: a round waits for some before its fault
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
 
@@ -135,6 +166,7 @@ class Writer:
                 lo, self.next = self.next, self.next + 10  # a commit whose ack was lost
                 conn.execute("insert into items select g, 'w' from generate_series(%s, %s) g",
                              (lo, lo + 9))            # must not be retried as a duplicate
+                self.committed += 1
             except psycopg.Error:  # the server restarts under us: reconnect
                 conn = None
                 self.stop.wait(0.05)
@@ -144,6 +176,11 @@ class Writer:
     def __enter__(self) -> Writer:
         self.thread.start()
         return self
+
+    def wrote(self, commits: int = 3) -> None:
+        """Until `commits` more inserts have committed: the fault lands among writes."""
+        target = self.committed + commits
+        until(lambda: self.committed >= target, 60, f"{commits} more writer commits")
 
     def __exit__(self, *exc: object) -> None:
         self.stop.set()

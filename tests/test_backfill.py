@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from rigs import link, make_rig
-from syncbridge.bridge.bench.rig import Rig, wait_until
+from rigs import Rig, link, make_rig
+from syncbridge.bridge.bench.rig import wait_until
 from syncbridge.engine.config import ConfigError
 from syncbridge.engine.install import install
 from syncbridge.engine.reconcile import backfill

@@ -18,8 +18,8 @@ from concurrent.futures import ThreadPoolExecutor
 import psycopg
 import pytest
 
-from rigs import link
-from syncbridge.bridge.bench.rig import Rig, wait_until
+from rigs import Rig, link
+from syncbridge.bridge.bench.rig import wait_until
 from syncbridge.engine.embedded import EmbeddedPostgres
 
 SCHEMA = "create table items (id int primary key, v int not null, note text);"

@@ -10,8 +10,7 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg
 import pytest
 
-from rigs import link, make_rig
-from syncbridge.bridge.bench.rig import Rig
+from rigs import Rig, link, make_rig
 from syncbridge.bridge.cli import EXIT_DATABASE, EXIT_ERROR, main
 
 

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from rigs import link
-from syncbridge.bridge.bench.rig import Rig
+from rigs import Rig, link
 from syncbridge.bridge.cli import main
 from syncbridge.engine.config import ConfigError, parse
 from syncbridge.engine.validate import shapes

@@ -148,7 +148,7 @@ def test_kill_while_resolving_loses_and_doubles_nothing(new_db, tmp_path):
     try:
         _concurrent_edits(rig)
         proc = rig.start_bridge({"SYNCBRIDGE_FAULT": "after_sink_commit:1"})
-        assert proc.wait(30) == -signal.SIGKILL
+        assert proc.wait(60) == -signal.SIGKILL  # its start and the first batch
         rig.start_bridge()
         rig.wait_equal({"people": ["id"]})
         rig.wait_drained()

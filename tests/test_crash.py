@@ -52,7 +52,7 @@ def test_kill_at_a_fault_point_then_restart(new_db, tmp_path, point):
         rig.execute("a", f"insert into items select g, 'v' || g, g / 7.0 "
                          f"from generate_series(1, {ROWS}) g")
         first = rig.start_bridge({"SYNCBRIDGE_FAULT": f"{point}:5"})
-        assert first.wait(60) == -signal.SIGKILL
+        assert first.wait(120) == -signal.SIGKILL  # its start and five claims
         claimed = rig.query("a", "select count(*) from sync.queue where batch_id is not null")[0][0]
         assert claimed > 0, "the kill should leave a claimed, unfinished batch behind"
         rig.start_bridge()
@@ -77,7 +77,7 @@ def test_random_kills_during_a_large_load(new_db, tmp_path):
             rig.start_bridge()
             # kill once the sink has taken some batches but before it is done
             before = _sink_totals(rig)[0]
-            wait_until(lambda b=before: _sink_totals(rig)[0] > b, 30, "a batch to land")
+            wait_until(lambda b=before: _sink_totals(rig)[0] > b, 60, "a batch to land")
             rig.stop_bridge(signal.SIGKILL)
         rig.start_bridge()
         rig.wait_equal({"items": ["id"]}, 60)

@@ -17,15 +17,18 @@ import time
 import pytest
 
 from heal_support import (
+    GONE_WITHIN,
     Clusters,
     Proxy,
     Writer,
     arrives,
     crash_restart,
     flowing,
+    hub_now,
     make,
     report,
     state,
+    state_after,
     status,
     until,
 )
@@ -75,17 +78,26 @@ def test_failed_apply_is_retried_as_the_same_batch(clusters, tmp_path):
         end $$;
         create trigger fail_first after insert on items
             for each statement execute function fail_first();""")
+    # every batch id a claim hands out, logged on the source as it happens: was polled
+    # from sync.queue, where the failing batch stays claimed for as little as ~0.1 s
+    rig.execute("a", """
+        create table public.claims (batch_id uuid not null);
+        create function public.log_claim() returns trigger language plpgsql as $$
+        begin
+            insert into public.claims values (new.batch_id);
+            return null;
+        end $$;
+        create trigger log_claim after update of batch_id on sync.queue for each row
+            when (new.batch_id is not null and new.batch_id is distinct from old.batch_id)
+            execute function public.log_claim();""")
     try:
         rig.start_bridge()
         rig.execute("a", "insert into items values (1, 'x')")
-        claimed = []
-        until(lambda: claimed.extend(rig.query("a", "select distinct batch_id from sync.queue "
-                                                    "where batch_id is not null")) or claimed,
-              10, "the batch to be claimed")
-        until(lambda: rig.query("b", "select count(*) from items")[0][0] == 1, 15,
+        until(lambda: rig.query("b", "select count(*) from items")[0][0] == 1, 60,
               "the row, applied by the running bridge")
+        claimed = rig.query("a", "select distinct batch_id from public.claims")
         assert rig.query("b", "select batch_id from sync.applied_batches") == claimed, \
-            "the batch that failed is the batch that was applied"
+            "the batch that failed is the batch that was applied, and the only one claimed"
         assert rig.query("b", "select last_value from fail_first")[0][0] >= 4
         _converged(rig)
         assert status(rig)["retries"] >= 3 and status(rig)["last_error"] is None
@@ -99,9 +111,9 @@ def test_sink_crash_restart_under_writes(clusters, tmp_path):
         rig.start_bridge()
         arrives(rig, 1)
         times = []
-        with Writer(rig.dsn["a"]):
+        with Writer(rig.dsn["a"]) as writer:
             for i in range(ROUNDS):
-                time.sleep(0.5)  # writes land before the crash
+                writer.wrote()  # writes land before the crash (was a 0.5 s sleep)
                 crash_restart(clusters.sink, down=1.0)
                 times.append(flowing(rig))  # the writer keeps signals coming
                 arrives(rig, 10 + i)
@@ -118,9 +130,9 @@ def test_hub_crash_restart(clusters, tmp_path):
         rig.start_bridge()
         arrives(rig, 1)
         times = []
-        with Writer(rig.dsn["a"]):
+        with Writer(rig.dsn["a"]) as writer:
             for i in range(ROUNDS):
-                time.sleep(0.5)
+                writer.wrote()
                 crash_restart(clusters.hub, down=1.0)
                 times.append(flowing(rig))  # the writer keeps signals coming
                 arrives(rig, 10 + i)
@@ -137,7 +149,7 @@ def test_listen_backend_terminated(clusters, tmp_path):
     rig = make(clusters, tmp_path, {"fallback_poll": 30.0})
     try:
         rig.start_bridge()
-        until(lambda: _listening(rig), 15, "LISTEN")
+        until(lambda: _listening(rig), 60, "LISTEN")  # the bridge's start, too
         arrives(rig, 1)
         times = []
         for i in range(ROUNDS):
@@ -165,7 +177,7 @@ def test_drain_connections_terminated(clusters, tmp_path):
             assert _terminate(rig, side, "syncbridge") >= 1
             times.append(arrives(rig, 10 + i))
         _assert_heal("pg_terminate_backend of drain connections", times)
-        until(lambda: status(rig)["last_error"] is None, 5, "last_error cleared")
+        until(lambda: status(rig)["last_error"] is None, 30, "last_error cleared")
     finally:
         rig.close()
 
@@ -196,17 +208,18 @@ def test_sigstop_longer_than_the_heartbeat(clusters, tmp_path):
         arrives(rig, 1)
         times, gone = [], []
         for i in range(ROUNDS):
-            until(lambda: state(rig) == "idle", 10, "idle")
+            until(lambda: state(rig) == "idle", 30, "idle")
             proc.send_signal(signal.SIGSTOP)
-            stopped = time.monotonic()
-            try:
-                until(lambda: state(rig) == "no bridge", 5 + MARGIN, "no bridge")
-                gone.append(time.monotonic() - stopped)
+            stopped = hub_now(rig)
+            try:  # the bound is the feature: read by the hub's clock, not our polling
+                shown, took = state_after(rig, stopped, GONE_WITHIN, "no bridge")
+                assert shown == "no bridge", f"{GONE_WITHIN}s after SIGSTOP: {shown!r}"
+                gone.append(took)
             finally:
                 proc.send_signal(signal.SIGCONT)
             cont = time.monotonic()
             arrives(rig, 10 + i)
-            until(lambda: state(rig) == "idle", 10, "idle after SIGCONT")
+            until(lambda: state(rig) == "idle", 30, "idle after SIGCONT")
             times.append(time.monotonic() - cont)
         report("SIGSTOP shown as 'no bridge'", gone)
         _assert_heal("SIGSTOP of the bridge, then SIGCONT", times)
@@ -229,11 +242,11 @@ def test_proxy_drops_and_stalls_the_sink_connections(clusters, tmp_path):
         _assert_heal("proxy drops every sink connection (RST)", drops)
         stalls = []
         for i in range(ROUNDS):
-            until(lambda: state(rig) == "idle", 10, "idle")
+            until(lambda: state(rig) == "idle", 30, "idle")
             proxy.stall()
             try:
                 rig.execute("a", "insert into items values (%s, 'stalled')", (100 + i,))
-                until(lambda: state(rig) == "stalled", 2.0 + 5 + MARGIN, "stalled")
+                until(lambda: state(rig) == "stalled", 30, "stalled")  # stall_after 2 s
             finally:
                 proxy.resume()
             resumed = time.monotonic()

@@ -44,7 +44,7 @@ def test_metrics_match_sync_status_and_healthz_flips_when_a_loop_is_stuck(new_db
                     "fallback_poll": 1.0, "canary_interval": 60.0})  # one canary, then quiet
     try:
         rig.start_bridge()
-        until(lambda: _health(url) == 200, 20, "/healthz 200")
+        until(lambda: _health(url) == 200, 60, "/healthz 200")  # the bridge's start
         rig.execute("a", "insert into items select g, 'x' from generate_series(1, 50) g")
         rig.wait_equal({"items": ["id"]})
         arrives(rig, 1000)
@@ -61,7 +61,7 @@ def test_metrics_match_sync_status_and_healthz_flips_when_a_loop_is_stuck(new_db
                     and m[("syncbridge_canary_lag_seconds", lab)] > 0)
 
         try:
-            until(agrees, 10, "/metrics to agree with sync.status")
+            until(agrees, 30, "/metrics to agree with sync.status")
         except TimeoutError:
             print({k: v for k, v in _metrics(url).items() if ("link", "items") in k[1]},
                   status(rig))
@@ -73,12 +73,12 @@ def test_metrics_match_sync_status_and_healthz_flips_when_a_loop_is_stuck(new_db
         with psycopg.connect(rig.dsn["b"]) as blocker:
             blocker.execute("lock table items in access exclusive mode")
             rig.execute("a", "insert into items values (-1, 'stuck')")
-            took = until(lambda: _health(url) == 503, 10, "/healthz 503")
+            took = until(lambda: _health(url) == 503, 30, "/healthz 503")
             print(f"healthz: 503 {took:.2f}s after the loop got stuck (loop_stuck_after 2 s)")
             body = httpx.get(url + "/healthz", timeout=5).json()
             assert "items:a->b" in body["stuck"], body  # the direction whose batch hangs
             blocker.rollback()
-        until(lambda: _health(url) == 200, 10, "/healthz 200 again")
+        until(lambda: _health(url) == 200, 30, "/healthz 200 again")
         assert httpx.get(url + "/nope", timeout=5).status_code == 404
     finally:
         rig.close()
@@ -90,11 +90,11 @@ def test_a_standby_is_healthy_and_says_so(new_db, tmp_path):
     rig = make_rig(new_db, tmp_path, SCHEMA, [link("items", "items", ["id"], "a_to_b")])
     try:
         rig.start_bridge()  # the active one, without metrics
-        until(lambda: status(rig).get("state") == "idle", 20, "an active bridge")
+        until(lambda: status(rig).get("state") == "idle", 60, "an active bridge")
         rig.config_path.write_text(rig.config_path.read_text().replace(
             "[bridge]\n", f'[bridge]\nmetrics = "127.0.0.1:{port}"\n'))
         rig.start_bridge()
-        until(lambda: _health(url) == 200, 20, "/healthz 200 from the standby")
+        until(lambda: _health(url) == 200, 60, "/healthz 200 from the standby")
         assert httpx.get(url + "/healthz", timeout=5).json()["role"] == "standby"
         m = _metrics(url)
         assert m[("syncbridge_bridge_role", (("role", "standby"),))] == 1.0

@@ -9,8 +9,7 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg
 import pytest
 
-from rigs import link
-from syncbridge.bridge.bench.rig import Rig
+from rigs import Rig, link
 
 ROLE = "syncbridge"
 

@@ -166,7 +166,7 @@ def test_repair_respects_a_one_way_link_and_makes_the_next_check_clean(rig, smal
     assert rig.query("a", "select count(*) from sync.queue where side = 'a'") == [(31,)]
     assert rig.query("b", "select count(*) from sync.queue") == [(0,)]
     rig.start_bridge()
-    rig.wait_drained()
+    rig.wait_drained(60)  # the bridge's start, too
     [res] = _check(rig)
     assert res.verdict == "equal", res.diffs
     assert rig.rows("b", "things", ["id"])[0][0] == 1  # the b-only row is gone: a won
@@ -180,8 +180,7 @@ def test_changes_in_flight_are_waited_for_not_reported(rig):
     NO_BRIDGE_GRACE, which made this test depend on how fast a bridge starts)."""
     rig.execute("a", "select sync.pause('things', 'held by the test')")
     rig.start_bridge()
-    wait_until(lambda: rig.query("a", "select count(*) from sync.bridges where role = "
-                                      "'active'")[0][0] == 1, 30, "an active bridge")
+    _active_bridge(rig)
     with psycopg.connect(rig.dsn["a"], autocommit=True) as c:
         c.execute("update things set label = 'in flight' where id % 100 = 0")
         c.execute("delete from things where id between 500 and 505")
@@ -209,8 +208,16 @@ def test_changes_in_flight_are_waited_for_not_reported(rig):
     assert applied is not None and finished > applied, (finished, applied)
 
 
+def _active_bridge(rig) -> None:
+    """Wait for the started bridge to lead: a check that runs before it beats waits for
+    queued keys only NO_BRIDGE_GRACE, then reports them as in flight."""
+    wait_until(lambda: rig.query("a", "select count(*) from sync.bridges where role = "
+                                      "'active'")[0][0] == 1, 60, "an active bridge")
+
+
 def test_concurrent_writes_during_a_check_are_not_reported(rig, small_leaves):
     rig.start_bridge()
+    _active_bridge(rig)  # was: the check could start first (the CI flake's twin)
     stop = threading.Event()
 
     def writer() -> None:

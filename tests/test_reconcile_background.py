@@ -12,8 +12,8 @@ import re
 
 import psycopg
 
-from rigs import link
-from syncbridge.bridge.bench.rig import Rig, wait_until
+from rigs import Rig, link
+from syncbridge.bridge.bench.rig import wait_until
 from syncbridge.engine.reconcile import schedule as reconcile
 
 SCHEMA = "create table items (id int primary key, v text);"
@@ -34,6 +34,10 @@ def test_scheduled_check_repairs_and_resync_backfills(new_db, tmp_path):
         wait_until(lambda: rig.equal("items", ["id"]), 60, "the resync to copy every row")
         wait_until(lambda: rig.query("a", "select status, signalled from sync.backfill_runs")
                    == [("finished", 500)], 30, "the resync run to be recorded as finished")
+        # finished = every key signalled, not applied; and the first scheduled check may
+        # have repaired (and so equalled) the tables before the resync began. Signals still
+        # queued would overwrite the drift below with a's rows, and no check would find it
+        rig.wait_drained()
         with psycopg.connect(rig.dsn["b"], autocommit=True) as c:
             c.execute("update items set v = 'drift' where id <= 5")
         found = ("select id from sync.check_runs where name = 'items' and verdict = 'different' "

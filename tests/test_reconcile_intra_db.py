@@ -7,7 +7,8 @@ import asyncio
 import psycopg
 import pytest
 
-from syncbridge.bridge.bench.rig import Rig, wait_until
+from rigs import Rig
+from syncbridge.bridge.bench.rig import wait_until
 from syncbridge.engine.reconcile import check, repair
 from syncbridge.engine.validate import shapes
 

@@ -21,8 +21,8 @@ def test_poison_row_is_isolated_dead_lettered_and_retried(new_db, tmp_path):
         rig.start_bridge()
         rig.execute("a", "insert into items select g, case when g = 500 then 'bad' else 'ok' end "
                          "from generate_series(1, 1000) g")
-        wait_until(lambda: rig.query("b", "select count(*) from items")[0][0] == 999, 30,
-                   "the 999 good rows")
+        wait_until(lambda: rig.query("b", "select count(*) from items")[0][0] == 999, 60,
+                   "the 999 good rows")  # the bridge's start, too
         rig.wait_drained()
         dead = rig.query("a", "select link, source_side, key, error, status from sync.dead_letter")
         assert len(dead) == 1
@@ -31,13 +31,13 @@ def test_poison_row_is_isolated_dead_lettered_and_retried(new_db, tmp_path):
         # one batch, not a row-by-row replay
         batches = rig.query("b", "select count(*), sum(upserts) from sync.applied_batches")
         assert batches == [(1, 999)]
-        wait_until(lambda: rig.query("a", "select dead_letters from sync.status")[0][0] == 1, 10,
+        wait_until(lambda: rig.query("a", "select dead_letters from sync.status")[0][0] == 1, 30,
                    "sync.status to count the dead letter")
         rig.execute("b", "alter table items drop constraint no_bad_values")
         assert rig.query("a", "select sync.retry_dead('items')") == [(1,)]
         rig.wait_equal({"items": ["id"]})
         wait_until(lambda: rig.query("a", "select status from sync.dead_letter")[0][0] == "closed",
-                   10, "the dead letter to close")
+                   30, "the dead letter to close")
     finally:
         rig.close()
 
@@ -71,9 +71,9 @@ def test_standby_takes_over_when_the_active_bridge_dies(new_db, tmp_path):
     rig = make_rig(new_db, tmp_path, SCHEMA, [link("items", "items", ["id"])])
     try:
         first = rig.start_bridge()
-        wait_until(lambda: _role(rig, first.pid) == "active", 30, "first bridge active")
+        wait_until(lambda: _role(rig, first.pid) == "active", 60, "first bridge active")
         second = rig.start_bridge()
-        wait_until(lambda: _role(rig, second.pid) == "standby", 30, "second bridge standby")
+        wait_until(lambda: _role(rig, second.pid) == "standby", 60, "second bridge standby")
         wait_until(lambda: rig.query("a", "select count(*) from sync.status where bridges "
                                           "like %s and bridges like %s",
                                      (f"active %:{first.pid} %", f"%standby %:{second.pid} %"))
@@ -100,7 +100,7 @@ def test_sigterm_during_a_batch_exits_zero_and_loses_nothing(new_db, tmp_path):
         rig.execute("a", "insert into items select g, 'v' from generate_series(1, 20000) g")
         rig.start_bridge()
         wait_until(lambda: rig.query("b", "select count(*) from sync.applied_batches")[0][0] > 0,
-                   30, "the first batch")
+                   60, "the first batch")  # the bridge's start, too
         assert rig.stop_bridge(signal.SIGTERM, timeout=30) == 0
         assert "event=stopped" in rig.log_text()
         rig.start_bridge()

@@ -65,7 +65,7 @@ def test_bridge_sends_ready_watchdog_and_stopping(new_db, tmp_path):
         rig.start_bridge({"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "1000000"})
         wait_until(lambda: received("READY=1"), 30, "READY=1")
         assert any("STATUS=active" in m for m in got)
-        wait_until(lambda: received("WATCHDOG=1"), 10, "WATCHDOG=1")
+        wait_until(lambda: received("WATCHDOG=1"), 30, "WATCHDOG=1")
         assert rig.stop_bridge() == 0
         wait_until(lambda: received("STOPPING=1"), 10, "STOPPING=1")
     finally:
