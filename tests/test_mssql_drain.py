@@ -26,20 +26,21 @@ import asyncpg
 import psycopg
 import pytest
 
-from syncbridge.engine import catalog, config, errors
+from syncbridge.engine import catalog, config, errors, faults, sqlfiles
 from syncbridge.engine.catalog import LinkShape
 from syncbridge.engine.migrate import migrate
 from syncbridge.engine.postgres import capture
+from syncbridge.engine.postgres import sql as pg_sql
+from syncbridge.engine.sqlserver import capture as ctcap
+from syncbridge.engine.sqlserver import changes as chg
+from syncbridge.engine.sqlserver import convert, ct_to_pg, pg_to_ct
 from syncbridge.engine.sqlserver import drain as mssql_drain
 from syncbridge.engine.sqlserver import peer as mp
 from syncbridge.engine.sqlserver import types as mssql_types
-from syncbridge.engine.sqlserver.drain import (
-    CtToPgDrain,
-    PgToCtDrain,
-    make_drain,
-    pg_object,
-    pg_value,
-)
+from syncbridge.engine.sqlserver.convert import pg_object, pg_value
+from syncbridge.engine.sqlserver.ct_to_pg import CtToPgDrain
+from syncbridge.engine.sqlserver.drain import make_drain
+from syncbridge.engine.sqlserver.pg_to_ct import PgToCtDrain
 
 LINK = "items"
 # (column, Postgres type, SQL Server type); id and k2 are the key.
@@ -159,15 +160,15 @@ class FakeMssql:
         self.polls += 1
         return self.version, self.min_valid, self.altered
 
-    async def read_changes(self, shape: LinkShape, side: str, cursor: mp.CtCursor | None,
+    async def read_changes(self, shape: LinkShape, side: str, cursor: chg.CtCursor | None,
                            ctx: bytes, *, after: dict[str, Any] | None = None,
-                           upto: int | None = None, limit: int = 0) -> mp.ChangeSet:
+                           upto: int | None = None, limit: int = 0) -> chg.ChangeSet:
         self.reads += 1
         upto = self.version if upto is None else upto
-        new = mp.CtCursor(upto, self.identity)
+        new = chg.CtCursor(upto, self.identity)
         if (cursor is None or cursor.version < self.min_valid or cursor.version > self.version
                 or cursor.db_identity != self.identity):
-            return mp.ChangeSet([], [], new, True)
+            return chg.ChangeSet([], [], new, True)
         ups, dels = [], []
         # like the adapter: key order, changes in (cursor, upto], after the previous page
         kcols = shape.key_cols(side)
@@ -183,7 +184,7 @@ class FakeMssql:
                 dels.append(dict(zip(kcols, key, strict=True)))
         more = (dict(zip(kcols, page[-1], strict=True))
                 if self.page_size and len(page) == self.page_size else None)
-        return mp.ChangeSet(ups, dels, new, False, more, self.min_valid)
+        return chg.ChangeSet(ups, dels, new, False, more, self.min_valid)
 
     async def read_keys_page(self, shape: LinkShape, side: str, after: dict[str, Any] | None,
                              limit: int = 1000, *, values: bool = False,
@@ -214,10 +215,11 @@ class FakeMssql:
     async def apply_batch(self, shape: LinkShape, side: str, batch_id: uuid.UUID,
                           upserts: list[dict[str, Any]], deletes: list[dict[str, Any]],
                           ctx: bytes, *, signals: int | None = None,
-                          cursor: mp.CtCursor | None = None) -> mp.ApplyCounts:
+                          cursor: chg.CtCursor | None = None) -> mp.ApplyCounts:
         table = shape.table(side)
-        rows = mp._encode(table, shape.cols(side), upserts)  # BadRow, as the adapter raises
-        dels = mp._encode(table, shape.key_cols(side), deletes)
+        # BadRow, as the adapter raises
+        rows = convert.encode_rows(table, shape.cols(side), upserts)
+        dels = convert.encode_rows(table, shape.key_cols(side), deletes)
         self.apply_calls += 1
         if batch_id in self.applied_ids:
             raise FakeOdbcError("23000", "Violation of PRIMARY KEY constraint (2627)")
@@ -225,8 +227,8 @@ class FakeMssql:
             if self.key(row) in self.reject:
                 raise self.reject[self.key(row)]
         # "commit"
-        self.sent.append({"batch": batch_id, "rows": json.loads(mp._json(rows)),
-                          "dels": json.loads(mp._json(dels)), "ctx": ctx})
+        self.sent.append({"batch": batch_id, "rows": json.loads(convert.json_text(rows)),
+                          "dels": json.loads(convert.json_text(dels)), "ctx": ctx})
         counts = [0, 0, 0]
         for row in upserts:
             counts[0 if self.key(row) in self.rows else 1] += 1
@@ -356,7 +358,7 @@ def test_pg_values_round_trip_through_postgres(portal) -> None:
         types = [shape.a.columns[c].type for c in cols]
         row = ms_row(1)
         payload = "[" + pg_object(cols, [row[c] for c in cols], types) + "]"
-        sql = mssql_drain.pg_sql.render(shape, "b", "a").upsert
+        sql = pg_sql.render(shape, "b", "a").upsert
         await pool.execute(sql, payload)
         assert_same((await pg_rows(pool))[(U[1], 1)], row)
 
@@ -430,20 +432,24 @@ def test_ct_cursor_and_rows_commit_together(portal, monkeypatch) -> None:
         fake.write(ms_row(1))
 
         # a failure inside the sink transaction: neither the row nor the cursor lands
-        real_m = mssql_drain.M
-        monkeypatch.setattr(mssql_drain, "M", lambda n: "select broken(" if
-                            n == "ct_cursor_write" else real_m(n))
+        real = ct_to_pg.SQL
+
+        class Broken:
+            def __getitem__(self, name: str) -> str:
+                return "select broken(" if name == "ct_cursor_write" else real[name]
+
+        monkeypatch.setattr(ct_to_pg, "SQL", Broken())
         with pytest.raises(asyncpg.PostgresError):
             await d.drain_once()
         assert await pg_rows(pool) == {} and await cursor_of(pool) == start
-        monkeypatch.setattr(mssql_drain, "M", real_m)
+        monkeypatch.setattr(ct_to_pg, "SQL", real)
 
         # a crash right after the sink commit: both are there, nothing is read twice
         def crash(point: str) -> None:
             if point == "after_sink_commit":
                 raise RuntimeError("killed")
 
-        monkeypatch.setattr(mssql_drain.faults, "hit", crash)
+        monkeypatch.setattr(faults, "hit", crash)
         with pytest.raises(RuntimeError):
             await d.drain_once()
         monkeypatch.undo()
@@ -471,7 +477,7 @@ def test_ct_large_change_sets_commit_in_chunks_with_the_cursor_last(portal, monk
             if len(commits) == 2:
                 raise RuntimeError("killed after the second chunk")
 
-        monkeypatch.setattr(mssql_drain.faults, "hit", crash)
+        monkeypatch.setattr(faults, "hit", crash)
         with pytest.raises(RuntimeError):
             await d.drain_once()
         monkeypatch.undo()
@@ -587,7 +593,7 @@ def test_pg_to_ct_claims_applies_exactly_and_finishes(portal) -> None:
         assert await queued(pool) == 0
         assert set(fake.rows) == {(U[i], i) for i in range(1, 4)}
         sent = fake.sent[-1]
-        assert sent["ctx"] == mp.echo_context(LINK), "tagged so this link's CT read skips it"
+        assert sent["ctx"] == ctcap.echo_context(LINK), "tagged so this link's CT read skips it"
         c = {c: f"c{i}" for i, c in enumerate(shape.cols("b"))}
         obj = next(o for o in sent["rows"] if o[c["k2"]] == "1")
         assert obj[c["amount"]] == "12345678901234.123456"
@@ -622,7 +628,8 @@ def test_pg_to_ct_claims_applies_exactly_and_finishes(portal) -> None:
 
 def test_pg_to_ct_recovery_asks_the_sink(portal) -> None:
     async def body(pool: asyncpg.Pool, shape: LinkShape, fake: FakeMssql) -> None:
-        from syncbridge.engine.postgres.drain import Q
+        def Q(name: str) -> str:  # noqa: N802 - bridge.sql by name, as the drains read it
+            return sqlfiles.query("queries/bridge.sql", name)
 
         d = pg_drain(pool, shape, fake)
         await pg_insert(pool, 1)
@@ -633,7 +640,7 @@ def test_pg_to_ct_recovery_asks_the_sink(portal) -> None:
         await pool.fetch(Q("claim"), LINK, "a", 100, done)
         await fake.apply_batch(shape, "b", done, [{c: v for c, v in ms_row(2).items()
                                                    if c != "parent"} | {"parent": None}], [],
-                               mp.echo_context(LINK))
+                               ctcap.echo_context(LINK))
         calls = fake.apply_calls
         assert await d.recover() == 2
         assert fake.apply_calls == calls + 1, "only the unapplied batch is applied"
@@ -667,7 +674,7 @@ def test_pg_to_ct_bad_rows_isolated_and_fk_deferred(portal) -> None:
             await pg_insert(pool, i, score=float("nan") if i == 3 else 0.5)
         fake.reject[(U[5], 5)] = FakeOdbcError(
             "23000", "[23000] Violation of UNIQUE KEY constraint 'uq'. (2627)")
-        fake.reject[(U[6], 6)] = mp.BadRow(0, "name", "refused by the adapter")
+        fake.reject[(U[6], 6)] = convert.BadRow(0, "name", "refused by the adapter")
         fake.reject[(U[7], 7)] = FakeOdbcError(
             "23000", "[23000] The INSERT statement conflicted with the FOREIGN KEY constraint "
             "\"fk\". (547)")
@@ -740,10 +747,10 @@ def test_odbc_errors_are_classified_without_pyodbc() -> None:
     assert errors.is_transient(FakeOdbcError("40001", "deadlock victim (1205)"))
     assert not errors.is_transient(FakeOdbcError("23000", "duplicate (2627)"))
     assert not errors.is_transient(ValueError("08S01"))
-    assert mssql_drain._mssql_row_error(FakeOdbcError("23000", "duplicate (2627)"))
-    assert mssql_drain._mssql_row_error(mp.BadRow(0, "x", "NaN"))
-    assert not mssql_drain._mssql_row_error(FakeOdbcError("42S02", "Invalid object (208)"))
-    assert not mssql_drain._mssql_row_error(FakeOdbcError("08S01", "link failure"))
+    assert pg_to_ct.row_error(FakeOdbcError("23000", "duplicate (2627)"))
+    assert pg_to_ct.row_error(convert.BadRow(0, "x", "NaN"))
+    assert not pg_to_ct.row_error(FakeOdbcError("42S02", "Invalid object (208)"))
+    assert not pg_to_ct.row_error(FakeOdbcError("08S01", "link failure"))
 
 
 def test_the_daemon_drains_both_directions_through_make_drain(portal, monkeypatch) -> None:
@@ -816,13 +823,14 @@ async def _status_rows(pool: asyncpg.Pool) -> bool:
 
 
 def test_ct_an_unsendable_value_dead_letters_its_row_only(portal) -> None:
-    """Item 1: the adapter hands over mp.Unsendable for a value Postgres cannot hold (a NUL
+    """Item 1: the adapter hands over convert.Unsendable for a value Postgres cannot hold (a NUL
     read from SQL Server); that row is parked with the reason and the rest flows."""
     async def body(pool: asyncpg.Pool, shape: LinkShape, fake: FakeMssql) -> None:
         d = ct_drain(pool, shape, fake)
         await d.drain_once()
         fake.write(ms_row(1))
-        fake.write(ms_row(2, name=mp.Unsendable("Postgres text cannot hold the NUL character")))
+        fake.write(ms_row(2, name=convert.Unsendable(
+            "Postgres text cannot hold the NUL character")))
         fake.write(ms_row(3))
         await d.drain_once()
         assert {k[1] for k in await pg_rows(pool)} == {1, 3}

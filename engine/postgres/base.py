@@ -26,7 +26,7 @@ from syncbridge.engine.catalog import LinkShape
 from syncbridge.engine.config import Config
 from syncbridge.engine.postgres import session as pg_session
 from syncbridge.engine.postgres.drain import Q
-from syncbridge.engine.postgres.sql import _coldefs, _obj, _q, _table, text_obj
+from syncbridge.engine.postgres.sql import _q, _table, key_coldefs, text_obj, typed_obj
 
 PAGE = 2000
 SHOWN = 10  # differing keys named in the report
@@ -57,19 +57,19 @@ class _Side:
         other = "b" if side == "a" else "a"
         keys = shape.key_cols(side)
         order = ", ".join(f"t.{_q(k)}" for k in keys)
-        row = f"select {_obj(shape.key_cols('a'), 't', keys)}::text as ka, " \
-              f"{_obj(shape.key_cols(other), 't', keys)}::text as other_key, " \
+        row = f"select {typed_obj(shape.key_cols('a'), 't', keys)}::text as ka, " \
+              f"{typed_obj(shape.key_cols(other), 't', keys)}::text as other_key, " \
               f"{text_obj(shape.cols('a'), 't', shape.cols(side))}::text as image, " \
-              f"{_obj(keys, 't', keys)}::text as own_key " \
+              f"{typed_obj(keys, 't', keys)}::text as own_key " \
               f"from {_table(shape, side)} t "
         after = ", ".join(f"p.{_q(k)}" for k in keys)
         self.first = f"{row} order by {order} limit %s"
         self.next = (f"{row}, jsonb_populate_record(null::{_table(shape, side)}, %s::jsonb) p "
                      f"where ({order}) > ({after}) order by {order} limit %s")
         join = " and ".join(f"t.{_q(k)} = k.{_q(k)}" for k in keys)
-        self.lookup = (f"select {_obj(shape.key_cols('a'), 't', keys)}::text as ka, "
+        self.lookup = (f"select {typed_obj(shape.key_cols('a'), 't', keys)}::text as ka, "
                        f"{text_obj(shape.cols('a'), 't', shape.cols(side))}::text as image "
-                       f"from jsonb_to_recordset(%s::jsonb) as k({_coldefs(shape, side)}) "
+                       f"from jsonb_to_recordset(%s::jsonb) as k({key_coldefs(shape, side)}) "
                        f"join {_table(shape, side)} t on {join}")
 
 

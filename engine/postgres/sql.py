@@ -40,7 +40,7 @@ def _table(shape: LinkShape, side: str) -> str:
     return f"{_q(s.schema)}.{_q(s.table)}"
 
 
-def _coldefs(shape: LinkShape, side: str) -> str:
+def key_coldefs(shape: LinkShape, side: str) -> str:
     t = shape.table(side)
     return ", ".join(f"{_q(c)} {t.columns[c].type}" for c in shape.key_cols(side))
 
@@ -51,7 +51,7 @@ def _build(pairs: list[str]) -> str:
     return " || ".join("jsonb_build_object(" + ", ".join(p) + ")" for p in parts)
 
 
-def _obj(names: list[str], alias: str, cols: list[str]) -> str:
+def typed_obj(names: list[str], alias: str, cols: list[str]) -> str:
     """A jsonb object of typed values (keys, and the SQL Server path, which converts them)."""
     return _build([f"{_lit(n)}, {alias}.{_q(c)}" for n, c in zip(names, cols, strict=True)])
 
@@ -89,12 +89,12 @@ def render(shape: LinkShape, source: str, sink: str) -> PgLinkSql:
     read_rows = (
         f"select case when {found} then null "
         f"else {text_obj(dst_cols, 't', src_cols)} end as row, "
-        f"case when {found} then {_obj(dst_keys, 'k', src_keys)} "
-        f"else {_obj(dst_keys, 't', src_keys)} end as key, "
-        f"case when {found} then {_obj(shape.key_cols('a'), 'k', src_keys)} "
-        f"else {_obj(shape.key_cols('a'), 't', src_keys)} end as ka, "
-        f"{_obj(src_keys, 'k', src_keys)} as skey, {img} as img "
-        f"from jsonb_to_recordset($1::jsonb) as k({_coldefs(shape, source)}) "
+        f"case when {found} then {typed_obj(dst_keys, 'k', src_keys)} "
+        f"else {typed_obj(dst_keys, 't', src_keys)} end as key, "
+        f"case when {found} then {typed_obj(shape.key_cols('a'), 'k', src_keys)} "
+        f"else {typed_obj(shape.key_cols('a'), 't', src_keys)} end as ka, "
+        f"{typed_obj(src_keys, 'k', src_keys)} as skey, {img} as img "
+        f"from jsonb_to_recordset($1::jsonb) as k({key_coldefs(shape, source)}) "
         f"left join {_table(shape, source)} t on {join}"
     )
     sink_table = _table(shape, sink)
@@ -133,21 +133,21 @@ def _delete(shape: LinkShape, sink: str) -> str:
     keys = shape.key_cols(sink)
     join = " and ".join(f"t.{_q(c)} = k.{_q(c)}" for c in keys)
     return (f"delete from {_table(shape, sink)} t using jsonb_to_recordset($1::jsonb) "
-            f"as k({_coldefs(shape, sink)}) where {join}")
+            f"as k({key_coldefs(shape, sink)}) where {join}")
 
 
 def _state_read(shape: LinkShape, sink: str) -> str:
     """The sink's current rows and last-synced images, both named as on side a."""
     keys, a_keys = shape.key_cols(sink), shape.key_cols("a")
     join = " and ".join(f"t.{_q(c)} = k.{_q(c)}" for c in keys)
-    ka = _obj(a_keys, "k", keys)
+    ka = typed_obj(a_keys, "k", keys)
     return (
         f"select {ka}::text as ka, case when t.{_q(keys[0])} is null then null "
         f"else {text_obj(shape.cols('a'), 't', shape.cols(sink))} end::text as cur, "
         f"rs.image::text as last, coalesce(rs.known, true) as known "
-        f"from jsonb_to_recordset($1::jsonb) as k({_coldefs(shape, sink)}) "
+        f"from jsonb_to_recordset($1::jsonb) as k({key_coldefs(shape, sink)}) "
         f"left join {_table(shape, sink)} t on {join} "
         # the base is kept under the key as the sink row spells it
         f"left join sync.row_state rs on rs.link = $2 and rs.key = "
-        f"case when t.{_q(keys[0])} is null then {ka} else {_obj(a_keys, 't', keys)} end"
+        f"case when t.{_q(keys[0])} is null then {ka} else {typed_obj(a_keys, 't', keys)} end"
     )

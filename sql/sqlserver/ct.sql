@@ -1,6 +1,6 @@
 -- T-SQL the bridge sends to a SQL Server peer: change tracking setup, the
 -- snapshot read of changes, the set-based apply and its bookkeeping.
--- Rendered by engine/mssql_sql.py: {placeholders} are filled only with
+-- Rendered by engine/sqlserver/sql.py (render_tsql): {placeholders} are filled only with
 -- bracket-quoted identifiers (qi(): ']' doubled), validated type names, or
 -- lists built from them; every value travels as a `?` parameter. Every
 -- statement ends with ';' (WITH CHANGE_TRACKING_CONTEXT needs it before).
