@@ -102,5 +102,8 @@ def all_statements(shape: LinkShape, side: str, db: str = "clinic") -> dict[str,
         rows_for_keys=openjson.rows_for_keys(shape, side),
         apply=openjson.apply(shape, side),
         apply_identity_cursor=openjson.apply(shape, side, identity_insert=True, with_cursor=True),
+        apply_two_way=openjson.apply(shape, side, with_state=True),
+        state_read=openjson.state_read(shape, side),
+        state_write=tsql.state_write(),
     )
     return out

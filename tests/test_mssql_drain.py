@@ -117,6 +117,8 @@ class FakeMssql:
         self.table_now: catalog.Table | None = None  # what read_table returns after it
         self.page_size = 0  # > 0: read_changes pages like the adapter (CHANGE_PAGE_ROWS)
         self.page_reads: list[bool] = []  # sink= of each read_keys_page (item 2: writer)
+        self.bases: dict[str, tuple[str | None, bool]] = {}  # a-key (sorted JSON) -> base
+        self.resends: list[str] = []  # [sync].[resend] keys of this side
 
     def key(self, row: dict[str, Any]) -> tuple:
         return tuple(row[k] for k in self.shape.key_cols(self.side))
@@ -243,6 +245,46 @@ class FakeMssql:
             self.fail_after_commit -= 1
             raise FakeOdbcError("08S01", "Communication link failure")
         return mp.ApplyCounts(*counts)
+
+    # two-way links: [sync].[row_state] and [sync].[resend] of this peer
+
+    async def apply_two_way(self, shape: LinkShape, side: str, batch_id: uuid.UUID,
+                            keys: list[tuple[str, dict[str, Any]]], settle: Any, ctx: bytes, *,
+                            signals: int) -> mp.ApplyCounts:
+        """Like the adapter: rows and bases read first (under lock: nothing runs in
+        between here), settle decides, then rows, bases and resends commit together."""
+        found = []
+        for ka, k in keys:
+            row = self.rows.get(self.key(k))
+            base = self.bases.get(json.dumps(json.loads(ka), sort_keys=True))
+            found.append(chg.SinkState(dict(row) if row else None,
+                                       base[0] if base else None,
+                                       base[1] if base else True, base is not None))
+        batch = await settle(found)
+        counts = await self.apply_batch(shape, side, batch_id, list(batch.upserts),
+                                        list(batch.deletes), ctx, signals=signals)
+        self.set_bases(batch.states)
+        self.resends += [k for k in batch.resend if k not in self.resends]
+        return counts
+
+    def set_bases(self, states: Any) -> None:
+        for ka, image in states:
+            self.bases[json.dumps(json.loads(ka), sort_keys=True)] = (image, True)
+
+    async def write_states(self, link: str, states: Any) -> None:
+        self.set_bases(states)
+
+    async def execute(self, name: str, *params: Any) -> list[Any]:
+        if name == "state_forget":
+            self.bases.clear()
+        elif name == "resend_read":
+            return [(k,) for k in self.resends[: params[0]]]
+        elif name == "resend_done":
+            done = set(json.loads(params[2]))
+            self.resends = [k for k in self.resends if k not in done]
+        elif name == "resend_request":
+            self.resends += [k for k in json.loads(params[2]) if k not in self.resends]
+        return []
 
     async def close(self) -> None:
         pass
@@ -709,7 +751,7 @@ def test_pg_to_ct_bad_rows_isolated_and_fk_deferred(portal) -> None:
 # --- the factory and the error plumbing -----------------------------------------------------------
 
 
-def test_make_drain_builds_one_peer_per_name_and_warns_for_two_way(portal, caplog) -> None:
+def test_make_drain_builds_one_peer_per_name(portal, caplog) -> None:
     async def body(pool: asyncpg.Pool, shape: LinkShape, fake: FakeMssql) -> None:
         cfg = config.parse(raw_config("postgresql://unused"))
         peers: dict[str, Any] = {}
@@ -720,8 +762,8 @@ def test_make_drain_builds_one_peer_per_name_and_warns_for_two_way(portal, caplo
         assert list(peers) == ["clinic"] and ab.mssql is ba.mssql
         assert ba.poll_interval == config.DEFAULTS["ct_poll_interval"]
         assert ab.name == "items:a->b" and ba.name == "items:b->a"
-        warnings = [r for r in caplog.records if "no_conflict_check" in r.getMessage()]
-        assert len(warnings) == 1
+        assert ab.two_way and ba.two_way, "two-way links are conflict-checked (issue 18/15)"
+        assert not [r for r in caplog.records if "no_conflict_check" in r.getMessage()]
 
         raw = raw_config("postgresql://unused")
         raw["peers"]["portal"] = {"dialect": "sqlserver", "dsn": "mssql://x/y"}
@@ -733,11 +775,11 @@ def test_make_drain_builds_one_peer_per_name_and_warns_for_two_way(portal, caplo
     run(portal, body)
 
 
-def test_manual_conflicts_are_refused_on_two_way_links_with_sql_server() -> None:
-    raw = raw_config("postgresql://unused")
-    raw["links"][0]["conflict"] = "manual"
-    with pytest.raises(config.ConfigError, match="manual"):
-        config.parse(raw)
+def test_every_policy_is_accepted_on_two_way_links_with_sql_server() -> None:
+    for policy in ("manual", "merge", "b_wins", "function:public.pick"):
+        raw = raw_config("postgresql://unused")
+        raw["links"][0]["conflict"] = policy
+        assert config.parse(raw).links[LINK].conflict == policy
     raw["links"][0]["direction"] = "a_to_b"
     config.parse(raw)
 

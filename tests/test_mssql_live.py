@@ -418,7 +418,7 @@ def test_bridge_process_syncs_postgres_and_sql_server_both_ways(
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
         log_text = log_path.read_text(errors="replace")
-        assert "event=no_conflict_check" in log_text and "event=resync" in log_text
+        assert "event=resync" in log_text and "event=conflict " not in log_text
     finally:
         if proc.poll() is None:
             proc.kill()

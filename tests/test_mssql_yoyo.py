@@ -166,7 +166,7 @@ def test_apply_and_rollback_issue_only_tsql(backend: Any) -> None:
     migrations = read_migrations(str(ROOT / "migrations" / "sqlserver"))
     b.apply_migrations(b.to_apply(migrations))
     assert {"_yoyo_migration", "_yoyo_log", "_yoyo_version", "yoyo_lock"} <= world.tables
-    assert len(world.applied) == 2  # 0001_bridge_objects, 0002_restore_record
+    assert len(world.applied) == 3  # 0001_bridge_objects, 0002_restore_record, 0003_two_way_state
     b.rollback_migrations(b.to_rollback(migrations))
     assert world.applied == []
     log = [" ".join(s.split()) for s in world.log]

@@ -152,3 +152,31 @@ def _named(table: Table, cols: list[str], rows: list[Any]) -> list[dict[str, Any
         {c: convert.from_mssql(v, table.columns[c].type) for c, v in zip(cols, row, strict=True)}
         for row in rows
     ]
+
+
+class SinkState(NamedTuple):
+    """A two-way SQL Server sink's side of one key, read under lock before the apply."""
+
+    row: dict[str, Any] | None  # the current row (this side's names, to_postgres values)
+    base: str | None  # the base image text (a-named Postgres texts); None = absent / none
+    known: bool  # False: the base is unknown (install found the sides differing)
+    based: bool  # a base entry exists for the key
+
+
+def read_state(cn: Any, shape: LinkShape, side: str, meta: TableMeta,
+               keys: Sequence[tuple[str, dict[str, Any]]], link: str) -> list[SinkState]:
+    """Current rows and bases of (a-key text, key values) pairs, in order, WITHOUT commit:
+    the locks it takes hold until the apply batch that follows commits."""
+    table = shape.table(side)
+    cols, kcols = shape.cols(side), shape.key_cols(side)
+    payload = convert.json_text([
+        {"n": n, "ka": ka, **{f"c{i}": convert.to_transport(k[c], table.columns[c].type)
+                              for i, c in enumerate(kcols)}}
+        for n, (ka, k) in enumerate(keys)])
+    rows = first_result(cn.cursor().execute(
+        openjson.state_read(shape, side, meta.collations).sql, payload, link))
+    found: list[SinkState] = []
+    for r in rows:
+        row = _named(table, cols, [r[5:]])[0] if r[1] else None
+        found.append(SinkState(row, r[2], bool(r[3]) if r[4] else True, bool(r[4])))
+    return found

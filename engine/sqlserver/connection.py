@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -163,10 +163,37 @@ class Conn:
         self._opener = opener
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"mssql-{name}")
         self.cn: Any = None
+        self._lock: tuple[asyncio.AbstractEventLoop, asyncio.Lock] | None = None
+
+    def _guard(self) -> asyncio.Lock:
+        """One caller at a time per connection (a transaction held across calls must not
+        see another drain's statement in between); one lock per event loop."""
+        loop = asyncio.get_running_loop()
+        if self._lock is None or self._lock[0] is not loop:
+            self._lock = (loop, asyncio.Lock())
+        return self._lock[1]
 
     async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        async with self._guard():
+            return await self._exec(fn, *args)
+
+    async def _exec(self, fn: Callable[..., Any], *args: Any) -> Any:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, self._call, fn, args)
+
+    @contextlib.asynccontextmanager
+    async def held(self) -> AsyncIterator[Callable[..., Awaitable[Any]]]:
+        """This connection for several calls of ONE transaction (read, decide, write):
+        yields a `run` that no other caller interleaves with; the transaction is rolled
+        back when the block fails (the last call commits it on success)."""
+        async with self._guard():
+            try:
+                yield self._exec
+            except BaseException:
+                if self.cn is not None:
+                    with contextlib.suppress(Exception):
+                        await self._exec(_rollback)
+                raise
 
     def _call(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
         if self.cn is None:
@@ -198,4 +225,8 @@ class Conn:
             await self.run(_close)
             self.cn = None
         self._pool.shutdown(wait=False)
+
+
+def _rollback(cn: Any) -> None:
+    cn.rollback()
 

@@ -22,6 +22,7 @@ from syncbridge.engine.postgres.drain import Outcome
 from syncbridge.engine.sqlserver import convert
 from syncbridge.engine.sqlserver.changes import CtCursor
 from syncbridge.engine.sqlserver.peer import MssqlPeer
+from syncbridge.engine.sqlserver.two_way import state_entry
 
 log = logging.getLogger("syncbridge.mssql_drain")
 SQL = sqlfiles.Queries("queries/mssql_bridge.sql")
@@ -47,6 +48,7 @@ def sweep_sql(shape: LinkShape, sink: str) -> SweepSql:
     fields = {
         "table": (s.schema, s.table),
         "key_obj": sql.SQL(pg_sql.typed_obj(keys, "t", keys)),
+        "ka_obj": sql.SQL(pg_sql.typed_obj(shape.key_cols("a"), "t", keys)),
         "order": sql.SQL(", ").join(sql.Identifier("t", k) for k in keys),
         "after": sql.SQL(", ").join(sql.Identifier("a", k) for k in keys),
         "defs": sql.SQL(pg_sql.key_coldefs(shape, sink)),
@@ -84,9 +86,12 @@ class CtRecovery:
     _dst_keys: list[str]
     _dst_key_types: list[str]
 
+    two_way: bool
+
     async def _apply(self, upserts: Sequence[dict[str, Any]], deletes: Sequence[dict[str, Any]],
                      cursor: CtCursor | None, *, signals: int | None = None,
-                     close: Sequence[str] = ()) -> Outcome:
+                     close: Sequence[str] = (), forced: set[str] = frozenset(),
+                     unknown_base: bool = False) -> Outcome:
         raise NotImplementedError
 
     def _observe(self, version: int | None, cursor: CtCursor | None) -> None:
@@ -115,6 +120,29 @@ class CtRecovery:
         await self._apply(present, gone, None, close=texts)
         return len(texts)
 
+    async def _resend(self) -> int:
+        """Keys the SQL Server side queued in [sync].[resend] (its row won a conflict, a
+        merged row was written there, or an operator chose it): read their current rows
+        and apply them unchecked, then drop the entries (a crash re-sends: harmless)."""
+        rows = await self.mssql.execute("resend_read", RETRY_KEYS, self.link.name, self.src)
+        if not rows:
+            return 0
+        texts = [r[0] for r in rows]
+        parsed = [convert.loads(t) for t in texts]
+        src_table = self.shape.table(self.src)
+        keys = [{k: convert.for_mssql(p.get(k), src_table.columns[k].type) for k in self._src_keys}
+                for p in parsed]
+        present = await self.mssql.read_rows(self.shape, self.src, keys)
+        have = {convert.norm(convert.pg_object(self._src_keys, [r[k] for k in self._src_keys],
+                                               self._dst_key_types)) for r in present}
+        gone = [p for t, p in zip(texts, parsed, strict=True) if convert.norm(t) not in have]
+        forced = have | {convert.norm(t) for t in texts}
+        await self._apply(present, gone, None, forced=forced)
+        await self.mssql.execute("resend_done", self.link.name, self.src,
+                                 convert.json_text(texts))
+        log.info("event=resent link=%s keys=%d", self.name, len(texts))
+        return len(texts)
+
     # resync
 
     def _resync_reason(self, cursor: CtCursor | None, new: CtCursor) -> str:
@@ -141,7 +169,8 @@ class CtRecovery:
                                                    self.page_rows, values=True)
             if not page:
                 break
-            await self._apply(page, [], None)
+            # a first run has no bases yet: a row that differs takes this one (no_base)
+            await self._apply(page, [], None, unknown_base=cursor is None)
             sent += len(page)
             after = {k: page[-1][k] for k in self._src_keys}
             if len(page) < self.page_rows:
@@ -181,9 +210,15 @@ class CtRecovery:
                                   self._dst_key_types) for r in present])
             async with self.sink.acquire() as conn, conn.transaction():
                 await conn.execute(BRIDGE_SQL["set_origin"], self.origin)
-                status = await conn.execute(self.sweep_sql.delete, convert.json_array(texts), have,
-                                            self.link.name, self.dst)
-            deleted += int(status.split()[-1])
+                gone = [r["ka"] for r in await conn.fetch(
+                    self.sweep_sql.delete, convert.json_array(texts), have, self.link.name,
+                    self.dst)]
+                if self.two_way and gone:  # absent on both sides now: that is their base
+                    await conn.execute(BRIDGE_SQL["state_write"], self.link.name,
+                                       convert.json_array(state_entry(k, None) for k in gone))
+            if self.two_way and gone:
+                await self.mssql.write_states(self.link.name, [(k, None) for k in gone])
+            deleted += len(gone)
             after = texts[-1]
             if len(rows) < self.page_rows:
                 return deleted

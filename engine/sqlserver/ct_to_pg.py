@@ -39,7 +39,9 @@ from syncbridge.engine.sqlserver import convert
 from syncbridge.engine.sqlserver.capture import echo_context
 from syncbridge.engine.sqlserver.changes import CtCursor
 from syncbridge.engine.sqlserver.ct_resync import PAGE_ROWS, CtRecovery, sweep_sql
+from syncbridge.engine.sqlserver.ct_settle import PgSinkSettle, Settled
 from syncbridge.engine.sqlserver.peer import MssqlPeer
+from syncbridge.engine.sqlserver.two_way import PgRows, Settler
 
 log = logging.getLogger("syncbridge.mssql_drain")
 SQL = sqlfiles.Queries("queries/mssql_bridge.sql")
@@ -48,7 +50,7 @@ BRIDGE_SQL = sqlfiles.Queries("queries/bridge.sql")  # statements shared with Pg
 CURSOR_IDLE_STORE = 60.0  # seconds; an empty window moves the stored cursor at most this often
 
 
-class CtToPgDrain(CtRecovery):
+class CtToPgDrain(CtRecovery, PgSinkSettle):
     """Moves one link's changes from a SQL Server (change tracking) side to a Postgres side."""
 
     def __init__(self, shape: LinkShape, source_side: str, mssql: MssqlPeer,
@@ -84,6 +86,11 @@ class CtToPgDrain(CtRecovery):
         self._cursor_at: dt.datetime | None = None  # sink's updated_at of the stored cursor
         self._warned_at = -3600.0
         self._altered: Any = None  # modify_date of the source table at the first poll
+        # two-way links: conflict checks against the Postgres sink's sync.row_state
+        self.two_way = self.link.direction == "both"
+        self.pg_rows = PgRows(shape, self.dst)
+        self.settler = Settler(self.link, self.src, hub, self.name)
+        self.to_sink = {ca: (ca if self.dst == "a" else cb) for ca, cb in shape.pairs}
 
     @property
     def name(self) -> str:
@@ -128,6 +135,8 @@ class CtToPgDrain(CtRecovery):
         page by page within one version window (the cursor is stored with the last page)."""
         await self._load_meta()
         n = await self._retry_dead()
+        if self.two_way:
+            n += await self._resend()
         cursor = await self._cursor()
         version, min_valid, altered = await self.mssql.poll_version(self.link.side(self.src))
         await self._check_schema(altered)
@@ -245,11 +254,15 @@ class CtToPgDrain(CtRecovery):
 
     async def _apply(self, upserts: Sequence[dict[str, Any]], deletes: Sequence[dict[str, Any]],
                      cursor: CtCursor | None, *, signals: int | None = None,
-                     close: Sequence[str] = ()) -> Outcome:
-        """Deletes, upserts, the batch record and (if given) the new cursor: one transaction."""
+                     close: Sequence[str] = (), forced: set[str] = frozenset(),
+                     unknown_base: bool = False) -> Outcome:
+        """Deletes, upserts, the batch record and (if given) the new cursor: one transaction.
+        Two-way links settle each row first (ct_settle); `forced` (normalized source keys)
+        are applied unchecked, and the SQL Server side's bases follow the commit."""
         out = Outcome()
         ups, dels = self._items(upserts, deletes, out)
         batch_id = uuid.uuid4()
+        settled = Settled()
         if cursor is not None:
             # the source's restore record first (issue 18 item 13): ahead of the sink's
             # cursor after a crash here is harmless, behind it only after a restore
@@ -257,11 +270,16 @@ class CtToPgDrain(CtRecovery):
             self._stored_at = time.monotonic()
         async with self.sink.acquire() as conn, conn.transaction():
             await conn.execute(BRIDGE_SQL["set_origin"], self.origin)
+            if self.two_way:
+                ups, dels, settled = await self._settle(conn, ups, dels, set(forced), out,
+                                                        unknown_base)
             # deletes first: a changed key frees unique values before the new row arrives
             out.deletes = await apply_set(conn, self.sql.delete, dels, out,
                                           lambda i, e: self._problem(i.source_key, e))
             out.upserts = await apply_set(conn, self.sql.upsert, ups, out,
                                           lambda i, e: self._problem(i.source_key, e))
+            if self.two_way:
+                await self._remember(conn, out, settled, batch_id)
             record = out.record()
             if upserts or deletes or signals:  # for a bare cursor move the cursor is the record
                 await conn.execute(
@@ -279,10 +297,12 @@ class CtToPgDrain(CtRecovery):
                 await target.execute(BRIDGE_SQL["dead_letter"], self.link.name, self.src,
                                      record["dead"])
         faults.hit("after_sink_commit")
+        if settled.states:  # the SQL Server side's copy of the bases (see ct_settle)
+            await self.mssql.write_states(self.link.name, settled.states)
         if out.upserts + out.deletes or upserts or deletes:
             await self.hub.execute(BRIDGE_SQL["report_batch"], self.link.name, self.src,
                                    out.upserts + out.deletes)
-        done = [i.source_key for i in out.applied]
+        done = [i.source_key for i in out.applied] + settled.skipped
         if done and (self.open_dead_letters or close):
             await self.hub.execute(BRIDGE_SQL["close_dead_letters"], self.link.name, self.src, done)
         return out

@@ -5,12 +5,10 @@ side records: `ct_to_pg.CtToPgDrain` (SQL Server source, change tracking in,
 Postgres sink) and `pg_to_ct.PgToCtDrain` (Postgres source, sync.queue in, SQL
 Server sink). Values travel as engine/sqlserver/convert.py says.
 
-Two-way links with a SQL Server side have NO conflict check (no sync.row_state
-comparison): each direction applies the current row, so when both sides change
-one key between two drains, the direction drained last wins and both sides
-converge on that row. The bridge logs a warning at start for such links, and
-`conflict = "manual"` is refused by the config (docs/sqlserver.md).
-SQL Server <-> SQL Server links are not supported yet (`make_drain` refuses).
+Two-way links with a SQL Server side are conflict-checked like Postgres links
+(two_way.py, ct_settle.py): each sink keeps the bases in the transaction that
+applies the rows. SQL Server <-> SQL Server links are not supported yet
+(`make_drain` refuses).
 """
 
 from __future__ import annotations
@@ -50,11 +48,6 @@ def make_drain(shape: LinkShape, src: str, dst: str, config: Config,
             mssql[name].poll_max_age = 0.5 * config.setting("ct_poll_interval")
         return mssql[name]
 
-    if link.direction == "both" and (src, dst) == link.directions()[0]:
-        log.warning(
-            "event=no_conflict_check link=%s policy=%s detail=\"two-way links with a SQL "
-            "Server side are not conflict-checked: when both sides change a key between two "
-            "drains, the side drained last wins (docs/sqlserver.md)\"", link.name, link.conflict)
     if peers[src].dialect == "sqlserver":
         return CtToPgDrain(shape, src, peer(src), pools[peers[dst].name], hub, max_attempts,
                            poll_interval=config.setting("ct_poll_interval"),

@@ -25,7 +25,7 @@ from syncbridge.engine.sqlserver.sql import (
 )
 
 APPLY_PARAMS = ("ctx", "rows", "dels", "batch", "link", "source_side", "signals", "version",
-                "db_identity")
+                "db_identity", "states", "resend")
 
 
 def rows_for_keys(shape: LinkShape, side: str,
@@ -124,13 +124,15 @@ def _apply_stage(table: Table, cols: list[str], nk: int,
 def apply(shape: LinkShape, side: str, *, identity_insert: bool = False,
           with_cursor: bool = False,
           collations: Mapping[str, str] | None = None,
-          identity: frozenset[str] = frozenset()) -> Rendered:
+          identity: frozenset[str] = frozenset(), with_state: bool = False) -> Rendered:
     """The whole apply batch for one chunk, to run in one pyodbc transaction (§2.1).
 
     Parameters (APPLY_PARAMS): ctx (echo context), rows (JSON array of
     {"c0":..} in cols order), dels (JSON array of key objects), batch, link,
     source_side, signals, version and db_identity (the CT cursor of a SQL
-    Server source, only stored when with_cursor; pass None otherwise).
+    Server source, only stored when with_cursor; pass None otherwise), states
+    and resend (two-way links, written when with_state: the bases of the keys
+    settled and the keys to send back; see apply_state / apply_resend).
     Returns one result set: updated, inserted, deleted.
 
     Order: DELETE, UPDATE, INSERT, as the Postgres sink does: a key change is a
@@ -170,6 +172,26 @@ def apply(shape: LinkShape, side: str, *, identity_insert: bool = False,
         parts.append(render("identity_off", table=name))
     if with_cursor:
         parts.append(SQL["apply_cursor"])
+    if with_state:
+        parts += [SQL["apply_state"], SQL["apply_resend"]]
     parts.append(SQL["apply_record"])
     parts.append(SQL["apply_counts"])
     return Rendered("\n".join(parts), APPLY_PARAMS)
+
+
+def state_read(shape: LinkShape, side: str,
+               collations: Mapping[str, str] | None = None) -> Rendered:
+    """The current rows and bases of @keys ([{"n": i, "ka": a-key text, "c0": ..}]), locked
+    until the apply batch that follows in the same transaction commits (two-way sinks).
+    Result columns: n, sb_present, base image, known, sb_based, then `shape.cols(side)`."""
+    table = shape.table(side)
+    keys, cols = shape.key_cols(side), shape.cols(side)
+    return Rendered(
+        render("state_read", present=qi(keys[0]),
+               select_list=", ".join(read_expr("t", c, table.columns[c].type) for c in cols),
+               table=qualified(table.schema, table.name),
+               json_keys=_json_with(table, keys, strict=True),
+               key_join=_positional_join(table, "t", "k", keys, collations)),
+        ("keys", "link"),
+    )
+

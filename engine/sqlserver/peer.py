@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, NamedTuple
 
 from syncbridge.engine.catalog import LinkShape, Table
@@ -58,6 +58,22 @@ class ApplyCounts(NamedTuple):
     updated: int
     inserted: int
     deleted: int
+
+
+class TwoWayBatch(NamedTuple):
+    """What one batch writes at a SQL Server sink: rows, gone keys and, for a two-way
+    link, the bases of the keys it settled and the keys whose row goes back."""
+
+    upserts: Sequence[dict[str, Any]]
+    deletes: Sequence[dict[str, Any]]
+    states: Sequence[tuple[str, str | None]] = ()  # (a-key text, image text or None)
+    resend: Sequence[str] = ()  # key texts in this side's names
+
+
+def _states(states: Sequence[tuple[str, str | None]]) -> str:
+    """@states: one entry per key (the last wins; two would fail the primary key)."""
+    last = dict(states)
+    return convert.json_text([{"key": k, "image": v} for k, v in last.items()])
 
 
 class MssqlPeer:
@@ -290,17 +306,67 @@ class MssqlPeer:
         returned. One transaction (XACT_ABORT ON): all of it or none of it. A
         value that cannot travel raises BadRow before anything is sent.
         """
+        batch = TwoWayBatch(upserts, deletes)
+        sql, params = self._batch(shape, side, batch_id, batch, ctx, signals, cursor, False)
+        return await self.writer.run(self._apply, sql, params)
+
+    async def apply_two_way(self, shape: LinkShape, side: str, batch_id: uuid.UUID,
+                            keys: Sequence[tuple[str, dict[str, Any]]],
+                            settle: Callable[[list[changes.SinkState]], Awaitable[TwoWayBatch]],
+                            ctx: bytes, *, signals: int) -> ApplyCounts:
+        """A two-way link's batch in ONE writer transaction: read the sink rows and bases
+        of `keys` ((a-key text, key values) pairs) under UPDLOCK, HOLDLOCK; let `settle`
+        decide (conflicts.decide) what to write; then apply that with the bases and the
+        keys to send back, record the batch, commit. No write to these keys can come in
+        between the read and the apply, and the base moves with the rows it describes."""
+        table = shape.table(side)
+        meta = self._meta.get((table.schema, table.name)) or TableMeta()
+        async with self.writer.held() as run:
+            found = await run(changes.read_state, shape, side, meta, keys, shape.link.name)
+            batch = await settle(found)
+            sql, params = self._batch(shape, side, batch_id, batch, ctx, signals, None, True)
+            return await run(self._apply, sql, params)
+
+    async def write_states(self, link: str, states: Sequence[tuple[str, str | None]]) -> None:
+        """Bases of this SQL Server side as a SOURCE, after its Postgres sink committed the
+        rows (its own transaction; ((a-key text, image text or None), ...))."""
+        payload = _states(states)
+
+        def run(cn: Any) -> None:
+            cn.cursor().execute(tsql.state_write().sql, link, payload)
+            cn.commit()
+
+        await self.writer.run(run)
+
+    async def execute(self, name: str, *params: Any) -> list[Any]:
+        """A statement of ct.sql without placeholders (STATIC_PARAMS) on the writer,
+        committed at once; its first result set (resend_read), [] when it has none."""
+
+        def run(cn: Any) -> list[Any]:
+            try:
+                return first_result(cn.cursor().execute(tsql.static(name).sql, *params))
+            finally:
+                cn.commit()
+
+        return await self.writer.run(run)
+
+    def _batch(self, shape: LinkShape, side: str, batch_id: uuid.UUID, batch: TwoWayBatch,
+               ctx: bytes, signals: int | None, cursor: CtCursor | None,
+               with_state: bool) -> tuple[str, list[Any]]:
+        """The apply batch's T-SQL and its parameters, in order."""
         table = shape.table(side)
         meta = self._meta.get((table.schema, table.name)) or TableMeta()
         cols = shape.cols(side)
         rendered = openjson.apply(
             shape, side, with_cursor=cursor is not None, collations=meta.collations,
             identity_insert=any(c in meta.identity for c in cols), identity=meta.identity,
+            with_state=with_state,
         )
+        upserts, deletes = batch.upserts, batch.deletes
         bound = {
             "ctx": ctx,
             "rows": convert.json_text(convert.dedupe(convert.encode_rows(table, cols, upserts),
-                                                   len(shape.key_cols(side)))),
+                                                     len(shape.key_cols(side)))),
             "dels": convert.json_text(convert.encode_rows(table, shape.key_cols(side), deletes)),
             "batch": str(batch_id),
             "link": shape.link.name,
@@ -308,9 +374,11 @@ class MssqlPeer:
             "signals": signals if signals is not None else len(upserts) + len(deletes),
             "version": cursor.version if cursor else None,
             "db_identity": cursor.db_identity if cursor else None,
+            "states": _states(batch.states) if with_state else None,
+            "resend": convert.json_text(list(dict.fromkeys(batch.resend))) if with_state
+            else None,
         }
-        params = [bound[n] for n in rendered.params]
-        return await self.writer.run(self._apply, rendered.sql, params)
+        return rendered.sql, [bound[n] for n in rendered.params]
 
     @staticmethod
     def _apply(cn: Any, sql: str, params: list[Any]) -> ApplyCounts:

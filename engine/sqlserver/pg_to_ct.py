@@ -23,19 +23,21 @@ import logging
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
 from psycopg import sql
 
-from syncbridge.engine import errors, faults, sqlfiles
+from syncbridge.engine import conflicts, errors, faults, sqlfiles
 from syncbridge.engine.catalog import LinkShape
 from syncbridge.engine.postgres import sql as pg_sql
 from syncbridge.engine.postgres.drain import Outcome, QueueDrain, isolate, problem
 from syncbridge.engine.sqlserver import convert
 from syncbridge.engine.sqlserver.capture import echo_context
-from syncbridge.engine.sqlserver.peer import MssqlPeer
+from syncbridge.engine.sqlserver.changes import SinkState
+from syncbridge.engine.sqlserver.peer import MssqlPeer, TwoWayBatch
+from syncbridge.engine.sqlserver.two_way import Candidate, PgRows, Settler, state_entry
 
 log = logging.getLogger("syncbridge.mssql_drain")
 SQL = sqlfiles.Queries("queries/mssql_bridge.sql")
@@ -61,6 +63,9 @@ class _Change:
     values: dict[str, Any]  # sink column -> asyncpg value (keys only for a delete)
     delete: bool
     attempts: int = 0
+    ka: str = ""  # two-way links: the key named as on side a (jsonb text)
+    image: str | None = None  # two-way links: the source row's image text (None: gone)
+    key: dict[str, Any] = field(default_factory=dict)  # sink key column -> value
 
 
 def _typed_read(shape: LinkShape, source: str) -> str:
@@ -83,7 +88,22 @@ def _typed_read(shape: LinkShape, source: str) -> str:
         join=sql.SQL(" and ").join(
             sql.SQL("{} = {}").format(sql.Identifier("t", k), sql.Identifier("k", k))
             for k in keys),
+        ka=sql.SQL("case when {} is null then {} else {} end").format(
+            sql.Identifier("t", keys[0]),
+            sql.SQL(pg_sql.typed_obj(shape.key_cols("a"), "k", keys)),
+            sql.SQL(pg_sql.typed_obj(shape.key_cols("a"), "t", keys))),
+        img=sql.SQL("case when {} is null then null else {} end").format(
+            sql.Identifier("t", keys[0]), sql.SQL(pg_sql.text_obj(shape.cols("a"), "t", cols))),
     )
+
+
+@dataclass
+class _Settled:
+    """What one two-way sub-batch decided besides its rows (kept once it committed)."""
+
+    states: list[tuple[str, str | None]] = field(default_factory=list)
+    resend: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
 
 
 class PgToCtDrain(QueueDrain):
@@ -110,6 +130,15 @@ class PgToCtDrain(QueueDrain):
         self._meta = False
         self._inflight: uuid.UUID | None = None
         self._pruned_at: float | None = None
+        # two-way links: conflict checks against the SQL Server sink's bases
+        self.two_way = self.link.direction == "both"
+        self._src_cols = shape.cols(self.src)
+        self._src_types = [src_table.columns[c].type for c in self._src_cols]
+        self._a_to_src = {a: (a if self.src == "a" else b) for a, b in shape.pairs}
+        self.pg_rows = PgRows(shape, self.src)
+        self.settler = Settler(self.link, self.src, hub, self.name)
+        self._forced: set[str] = set()  # source keys of op R signals: applied unchecked
+        self._synced: list[tuple[str, str | None]] = []  # bases to copy to the source
 
     async def _load_meta(self) -> None:
         """Readiness of the sink (SqlServerError with the fix otherwise), then collations
@@ -165,16 +194,18 @@ class PgToCtDrain(QueueDrain):
         if not attempts:
             return []
         rows = await self.source.fetch(self.read_sql, convert.json_array(list(attempts)))
-        nk = len(self._src_keys)
+        nk, nc = len(self._src_keys), len(self._dst_cols)
         out = []
         for r in rows:
             tries = attempts.get(r["skey"], max(attempts.values()))
+            found = list(r.values())
+            keys = dict(zip(self._dst_keys, found[2: 2 + nk], strict=True))
             if r["present"]:
-                values = dict(zip(self._dst_cols, list(r.values())[2 + nk:], strict=True))
-                out.append(_Change(r["skey"], values, False, tries))
+                values = dict(zip(self._dst_cols, found[2 + nk: 2 + nk + nc], strict=True))
+                keys = {k: values[k] for k in self._dst_keys}
+                out.append(_Change(r["skey"], values, False, tries, r["ka"], r["img"], keys))
             else:
-                keys = dict(zip(self._dst_keys, list(r.values())[2: 2 + nk], strict=True))
-                out.append(_Change(r["skey"], keys, True, tries))
+                out.append(_Change(r["skey"], keys, True, tries, r["ka"], None, keys))
         return out
 
     def _check(self, ch: _Change) -> None:
@@ -188,10 +219,75 @@ class PgToCtDrain(QueueDrain):
         return entry[:-1] + f',"attempts":{ch.attempts}}}'
 
     async def _send(self, batch_id: uuid.UUID, changes: Sequence[_Change], signals: int) -> int:
-        counts = await self.mssql.apply_batch(
-            self.shape, self.dst, batch_id, [c.values for c in changes if not c.delete],
-            [c.values for c in changes if c.delete], self.ctx, signals=signals)
+        if not self.two_way:
+            counts = await self.mssql.apply_batch(
+                self.shape, self.dst, batch_id, [c.values for c in changes if not c.delete],
+                [c.values for c in changes if c.delete], self.ctx, signals=signals)
+            return counts.updated + counts.inserted + counts.deleted
+        settled = _Settled()
+        counts = await self.mssql.apply_two_way(
+            self.shape, self.dst, batch_id, [(c.ka, c.key) for c in changes],
+            lambda found: self._settle(batch_id, changes, found, settled), self.ctx,
+            signals=signals)
+        # committed: the source's copy of the bases follows in _finish (as PgDrain's)
+        self._synced += settled.states
+        if settled.problems:
+            await self._park(settled.problems)
         return counts.updated + counts.inserted + counts.deleted
+
+    async def _settle(self, batch_id: uuid.UUID, changes: Sequence[_Change],
+                      found: list[SinkState], settled: _Settled) -> TwoWayBatch:
+        """Decide each change against the SQL Server row and base read under lock (the
+        transaction stays open meanwhile); conflicts go to the hub before the commit."""
+        present = [f.row for f in found if f.row is not None]
+        images = iter(await self.pg_rows.read(self.source, [self._as_source(r) for r in present]))
+        ups: list[dict[str, Any]] = []
+        dels: list[dict[str, Any]] = []
+        merged: list[tuple[_Change, conflicts.Image]] = []
+        entries: list[str] = []
+        for ch, st in zip(changes, found, strict=True):
+            sink = next(images)[0] if st.row is not None else None
+            c = Candidate(ch.ka, ch.source_key, ch.image, sink, st.base, st.known,
+                          ch.source_key in self._forced)
+            v = await self.settler.verdict(c, settled.problems)
+            if v is None:
+                continue
+            if v.conflict:
+                entries.append(self.settler.entry(c, v))
+            if v.action == conflicts.APPLY:
+                (dels if ch.delete else ups).append(ch.values)
+            if v.action in (conflicts.APPLY, conflicts.SKIP):
+                settled.states.append((ch.ka, ch.image))
+            elif v.action in (conflicts.KEEP_SINK, conflicts.MERGE):
+                settled.resend.append(convert.pg_object(
+                    self._dst_keys, [ch.key[k] for k in self._dst_keys], self._src_key_types))
+            if v.action == conflicts.MERGE:
+                merged.append((ch, v.row))
+        await self._merged(merged, ups, dels, settled)
+        if entries:
+            await self.hub.execute(BRIDGE_SQL["record_conflict"], self.link.name,
+                                   self.link.conflict, batch_id, convert.json_array(entries))
+        return TwoWayBatch(ups, dels, settled.states, settled.resend)
+
+    async def _merged(self, merged: list[tuple[_Change, conflicts.Image]],
+                      ups: list[dict[str, Any]], dels: list[dict[str, Any]],
+                      settled: _Settled) -> None:
+        """Merged (or resolver's) rows, texts named as on side a, as sink values: read
+        through the source table's types, so they travel like any source row."""
+        rows = [(ch, row) for ch, row in merged if row is not None]
+        dels += [ch.key for ch, row in merged if row is None]
+        settled.states += [(ch.ka, None) for ch, row in merged if row is None]
+        payloads = [json.dumps({self._a_to_src[c]: v for c, v in row.items()},
+                               ensure_ascii=False) for _, row in rows]
+        for (ch, _), (image, typed) in zip(rows, await self.pg_rows.read(self.source, payloads),
+                                           strict=True):
+            ups.append({d: typed[s] for s, d in zip(self._src_cols, self._dst_cols, strict=True)})
+            settled.states.append((ch.ka, image))
+
+    def _as_source(self, row: dict[str, Any]) -> str:
+        """A SQL Server sink row as JSON in the source's names, for pg_rows."""
+        return convert.pg_object(self._src_cols, [row[d] for d in self._dst_cols],
+                                 self._src_types)
 
     async def _park(self, problems: list[str]) -> None:
         """Dead letters to the hub, foreign-key misses back to the source queue (later).
@@ -204,6 +300,8 @@ class PgToCtDrain(QueueDrain):
     async def _apply_and_finish(self, batch_id: uuid.UUID, signals: Sequence[Any]) -> None:
         if any(s["op"] == "T" for s in signals):
             await self._sweep_sink()
+        self._forced = {s["key"] for s in signals if s["op"] == "R"}
+        self._synced = []
         changes = await self._read(signals)
         out = Outcome()
         sendable = []
@@ -245,7 +343,12 @@ class PgToCtDrain(QueueDrain):
 
     async def _finish(self, batch_id: uuid.UUID, out: Outcome, count: bool = True,
                       applied: Sequence[str] = ()) -> None:
-        await self.source.execute(BRIDGE_SQL["finish_batch"], batch_id)
+        async with self.source.acquire() as conn, conn.transaction():
+            if self._synced:  # the source's copy of the bases the sink committed
+                await conn.execute(BRIDGE_SQL["state_write"], self.link.name, convert.json_array(
+                    state_entry(ka, image) for ka, image in self._synced))
+                self._synced = []
+            await conn.execute(BRIDGE_SQL["finish_batch"], batch_id)
         if count:
             await self.hub.execute(BRIDGE_SQL["report_batch"], self.link.name, self.src,
                                    out.upserts + out.deletes)
@@ -278,6 +381,9 @@ class PgToCtDrain(QueueDrain):
             after = page[-1]
             if len(page) < self.page_rows:
                 break
+        if self.two_way:  # both sides now lack these rows: no base describes them any more
+            await self.mssql.execute("state_forget", self.link.name)
+            await self.source.execute(BRIDGE_SQL["forget_state"], self.link.name)
         log.info("event=truncate_swept link=%s deleted=%d", self.name, deleted)
         return deleted
 

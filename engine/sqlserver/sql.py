@@ -102,12 +102,21 @@ STATIC_PARAMS: dict[str, tuple[str, ...]] = {
     "client_version_read": ("link", "source_side"),
     "client_version_write": ("link", "source_side", "version"),
     "prune_applied": ("days",), "has_perms": ("object", "permission"),
+    "state_forget": ("link",), "resend_read": ("n", "link", "source_side"),
+    "resend_done": ("link", "source_side", "keys"),
+    "resend_request": ("link", "source_side", "keys"), "seed_state": ("link", "states", "start"),
 }
 
 
 def static(name: str) -> Rendered:
     """A statement without placeholders (the names in STATIC_PARAMS)."""
     return Rendered(SQL[name], STATIC_PARAMS[name])
+
+
+def state_write() -> Rendered:
+    """The bases of a SQL Server source, written after its Postgres sink committed the rows:
+    the apply batch's own state statement behind its two parameters."""
+    return Rendered(SQL["state_vars"] + "\n" + SQL["apply_state"], ("link", "states"))
 
 
 def poll_tables(count: int) -> Rendered:
