@@ -287,7 +287,9 @@ def sql_statements(path: Path) -> list[str]:
 
 @pytest.mark.parametrize("name", ["0001_bridge_objects.sql", "0001_bridge_objects.rollback.sql",
                                   "0002_restore_record.sql",
-                                  "0002_restore_record.rollback.sql"])
+                                  "0002_restore_record.rollback.sql",
+                                  "0003_two_way_state.sql",
+                                  "0003_two_way_state.rollback.sql"])
 def test_sqlserver_migrations_parse_and_have_no_go(name: str) -> None:
     path = ROOT / "migrations" / "sqlserver" / name
     text = path.read_text()
@@ -316,6 +318,28 @@ def test_sqlserver_migration_objects_match_what_the_batch_writes() -> None:
     assert "id" in creates["db_identity"]
     assert "batch_id    uniqueidentifier NOT NULL" in text
     assert "datetime2(6)" in text and "TIMESTAMP" not in text.upper().replace("DATETIME", "")
+
+
+def test_two_way_state_tables_have_what_the_statements_write() -> None:
+    path = ROOT / "migrations" / "sqlserver" / "0003_two_way_state.sql"
+    creates = {}
+    for s in sql_statements(path):
+        tree = sqlglot.parse_one(strip_comments(s), read="tsql")
+        if isinstance(tree, exp.Create) and tree.kind == "TABLE":
+            creates[tree.this.this.name] = {c.name for c in tree.this.expressions
+                                            if isinstance(c, exp.ColumnDef)}
+    assert creates["row_state"] == {"link", "key_hash", "key", "image", "known", "synced_at"}
+    assert creates["resend"] == {"link", "source_side", "key_hash", "key", "queued_at"}
+    two_way = STATEMENTS["apply_two_way"].sql
+    # the bases and resends go in the batch's own transaction, before its record
+    assert two_way.index("[sync].[row_state]") < two_way.index("[sync].[applied_batches]")
+    assert two_way.index("[sync].[resend]") < two_way.index("[sync].[applied_batches]")
+    assert "[sync].[row_state]" not in STATEMENTS["apply"].sql, "one-way links keep none"
+    # one hash of the key text everywhere, so a lookup finds what a write stored
+    for name in ("apply_two_way", "state_read", "state_write", "resend_done", "seed_state"):
+        assert "CONVERT(binary(32), HASHBYTES('SHA2_256'," in STATEMENTS[name].sql, name
+    read = strip_comments(STATEMENTS["state_read"].sql)
+    assert "WITH (UPDLOCK, HOLDLOCK)" in read and "COMMIT" not in read.upper()
 
 
 def test_postgres_ct_cursor_migration() -> None:

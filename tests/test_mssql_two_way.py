@@ -240,3 +240,18 @@ def test_pg_rows_renders_sqlserver_values_as_postgres_texts(db) -> None:
         assert typed["amount"] == ms_row(1)["amount"]
 
     run(db, body)
+
+
+def test_a_postgres_edit_before_the_first_resync_takes_a_row_without_base(db) -> None:
+    async def body(pool: asyncpg.Pool, shape: LinkShape, fake: FakeMssql) -> None:
+        # the sides differed before install, and Postgres edits first: no base exists yet,
+        # so the edit is applied (no_base), never parked, even under manual
+        fake.rows[KEY1] = ms_row(1, name="clinic before")
+        await pg_insert(pool, 1, name="portal edit")
+        ab = pg_drain(pool, with_policy(shape, "manual"), fake)
+        await ab.drain_once()
+        assert fake.rows[KEY1]["name"] == "portal edit"
+        [c] = await conflict_rows(pool)
+        assert (c["policy"], c["winner"], c["status"]) == ("no_base", "a", "resolved")
+
+    run(db, body)

@@ -180,3 +180,13 @@ def read_state(cn: Any, shape: LinkShape, side: str, meta: TableMeta,
         row = _named(table, cols, [r[5:]])[0] if r[1] else None
         found.append(SinkState(row, r[2], bool(r[3]) if r[4] else True, bool(r[4])))
     return found
+
+
+class TwoWayBatch(NamedTuple):
+    """What one batch writes at a SQL Server sink: rows, gone keys and, for a two-way
+    link, the bases of the keys it settled and the keys whose row goes back."""
+
+    upserts: Sequence[dict[str, Any]]
+    deletes: Sequence[dict[str, Any]]
+    states: Sequence[tuple[str, str | None]] = ()  # (a-key text, image text or None)
+    resend: Sequence[str] = ()  # key texts in this side's names

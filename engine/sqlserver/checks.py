@@ -155,6 +155,9 @@ def bookkeeping(r: Role) -> list[tuple[str, list[str]]]:
                 ("[sync].[ct_client]", ["SELECT", "INSERT", "UPDATE"])]
     if r.sink:
         out.append(("[sync].[applied_batches]", ["SELECT", "INSERT", "DELETE"]))
+    if r.source and r.sink:  # a two-way link: bases and resends (migration 0003)
+        out += [("[sync].[row_state]", ["SELECT", "INSERT", "UPDATE", "DELETE"]),
+                ("[sync].[resend]", ["SELECT", "INSERT", "DELETE"])]
     return out
 
 

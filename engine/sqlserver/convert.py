@@ -291,3 +291,7 @@ def for_mssql(value: Any, mssql_type: str) -> Any:
     return value
 
 
+def states_json(states: Sequence[tuple[str, str | None]]) -> str:
+    """@states: one entry per key (the last wins; two would fail the primary key)."""
+    last = dict(states)
+    return json_text([{"key": k, "image": v} for k, v in last.items()])

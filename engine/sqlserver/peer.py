@@ -40,7 +40,12 @@ from syncbridge.engine.sqlserver.capture import (
     key_warnings,
     read_catalog,
 )
-from syncbridge.engine.sqlserver.changes import CHANGE_PAGE_ROWS, ChangeSet, CtCursor
+from syncbridge.engine.sqlserver.changes import (
+    CHANGE_PAGE_ROWS,
+    ChangeSet,
+    CtCursor,
+    TwoWayBatch,
+)
 from syncbridge.engine.sqlserver.connection import (
     Conn,
     SqlServerError,
@@ -58,22 +63,6 @@ class ApplyCounts(NamedTuple):
     updated: int
     inserted: int
     deleted: int
-
-
-class TwoWayBatch(NamedTuple):
-    """What one batch writes at a SQL Server sink: rows, gone keys and, for a two-way
-    link, the bases of the keys it settled and the keys whose row goes back."""
-
-    upserts: Sequence[dict[str, Any]]
-    deletes: Sequence[dict[str, Any]]
-    states: Sequence[tuple[str, str | None]] = ()  # (a-key text, image text or None)
-    resend: Sequence[str] = ()  # key texts in this side's names
-
-
-def _states(states: Sequence[tuple[str, str | None]]) -> str:
-    """@states: one entry per key (the last wins; two would fail the primary key)."""
-    last = dict(states)
-    return convert.json_text([{"key": k, "image": v} for k, v in last.items()])
 
 
 class MssqlPeer:
@@ -330,7 +319,7 @@ class MssqlPeer:
     async def write_states(self, link: str, states: Sequence[tuple[str, str | None]]) -> None:
         """Bases of this SQL Server side as a SOURCE, after its Postgres sink committed the
         rows (its own transaction; ((a-key text, image text or None), ...))."""
-        payload = _states(states)
+        payload = convert.states_json(states)
 
         def run(cn: Any) -> None:
             cn.cursor().execute(tsql.state_write().sql, link, payload)
@@ -374,7 +363,7 @@ class MssqlPeer:
             "signals": signals if signals is not None else len(upserts) + len(deletes),
             "version": cursor.version if cursor else None,
             "db_identity": cursor.db_identity if cursor else None,
-            "states": _states(batch.states) if with_state else None,
+            "states": convert.states_json(batch.states) if with_state else None,
             "resend": convert.json_text(list(dict.fromkeys(batch.resend))) if with_state
             else None,
         }

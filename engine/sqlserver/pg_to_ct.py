@@ -35,8 +35,8 @@ from syncbridge.engine.postgres import sql as pg_sql
 from syncbridge.engine.postgres.drain import Outcome, QueueDrain, isolate, problem
 from syncbridge.engine.sqlserver import convert
 from syncbridge.engine.sqlserver.capture import echo_context
-from syncbridge.engine.sqlserver.changes import SinkState
-from syncbridge.engine.sqlserver.peer import MssqlPeer, TwoWayBatch
+from syncbridge.engine.sqlserver.changes import SinkState, TwoWayBatch
+from syncbridge.engine.sqlserver.peer import MssqlPeer
 from syncbridge.engine.sqlserver.two_way import Candidate, PgRows, Settler, state_entry
 
 log = logging.getLogger("syncbridge.mssql_drain")
@@ -139,6 +139,7 @@ class PgToCtDrain(QueueDrain):
         self.settler = Settler(self.link, self.src, hub, self.name)
         self._forced: set[str] = set()  # source keys of op R signals: applied unchecked
         self._synced: list[tuple[str, str | None]] = []  # bases to copy to the source
+        self._resynced = False  # the SQL Server side's first resync is done (bases recorded)
 
     async def _load_meta(self) -> None:
         """Readiness of the sink (SqlServerError with the fix otherwise), then collations
@@ -225,6 +226,9 @@ class PgToCtDrain(QueueDrain):
                 [c.values for c in changes if c.delete], self.ctx, signals=signals)
             return counts.updated + counts.inserted + counts.deleted
         settled = _Settled()
+        if not self._resynced:  # the other direction's cursor is stored here, at its sink
+            self._resynced = await self.source.fetchrow(
+                SQL["ct_cursor_read"], self.link.name, self.dst) is not None
         counts = await self.mssql.apply_two_way(
             self.shape, self.dst, batch_id, [(c.ka, c.key) for c in changes],
             lambda found: self._settle(batch_id, changes, found, settled), self.ctx,
@@ -247,7 +251,10 @@ class PgToCtDrain(QueueDrain):
         entries: list[str] = []
         for ch, st in zip(changes, found, strict=True):
             sink = next(images)[0] if st.row is not None else None
-            c = Candidate(ch.ka, ch.source_key, ch.image, sink, st.base, st.known,
+            # before the link's first resync recorded the bases, a key without one is
+            # unknown (as a row install found differing on a Postgres link)
+            known = st.known and (st.based or self._resynced)
+            c = Candidate(ch.ka, ch.source_key, ch.image, sink, st.base, known,
                           ch.source_key in self._forced)
             v = await self.settler.verdict(c, settled.problems)
             if v is None:
