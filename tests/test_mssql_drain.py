@@ -235,8 +235,9 @@ class FakeMssql:
         for row in upserts:
             counts[0 if self.key(row) in self.rows else 1] += 1
             self.write(row, ctx)
-        for key in deletes:
-            k = self.key(key)
+        for key in deletes:  # like OPENJSON: key values may come as text
+            k = tuple(uuid.UUID(str(key[c])) if c == "id" else int(key[c])
+                      for c in shape.key_cols(side))
             if k in self.rows:
                 counts[2] += 1
                 self.remove(k, ctx)

@@ -255,3 +255,23 @@ def test_a_postgres_edit_before_the_first_resync_takes_a_row_without_base(db) ->
         assert (c["policy"], c["winner"], c["status"]) == ("no_base", "a", "resolved")
 
     run(db, body)
+
+
+def test_settled_merge_is_written_on_either_sink(db) -> None:
+    async def body(pool: asyncpg.Pool, shape: LinkShape, fake: FakeMssql) -> None:
+        # what the daemon does when an operator settles a parked merge: the drain whose
+        # sink is the winner's side writes the merged row (images: Postgres texts)
+        ab, ba = await synced(pool, with_policy(shape, "merge", merge_fallback="manual"), fake)
+        image = json.loads(await pool.fetchval(
+            "select image::text from sync.row_state where link = $1", LINK))
+        merged = {**image, "name": "settled", "amount": "2.500000"}
+        key = json.dumps({"id": str(U[1]), "k2": 1})
+        await ab.write_settled(merged, key)
+        assert (fake.rows[KEY1]["name"], fake.rows[KEY1]["amount"]) == ("settled",
+                                                                        Decimal("2.5"))
+        await ba.write_settled({**merged, "name": "settled too"}, key)
+        assert (await pg_row(pool))["name"] == "settled too"
+        await ab.write_settled(None, key)
+        assert KEY1 not in fake.rows
+
+    run(db, body)

@@ -23,21 +23,20 @@ import logging
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
 from psycopg import sql
 
-from syncbridge.engine import conflicts, errors, faults, sqlfiles
+from syncbridge.engine import errors, faults, sqlfiles
 from syncbridge.engine.catalog import LinkShape
 from syncbridge.engine.postgres import sql as pg_sql
 from syncbridge.engine.postgres.drain import Outcome, QueueDrain, isolate, problem
 from syncbridge.engine.sqlserver import convert
 from syncbridge.engine.sqlserver.capture import echo_context
-from syncbridge.engine.sqlserver.changes import SinkState, TwoWayBatch
 from syncbridge.engine.sqlserver.peer import MssqlPeer
-from syncbridge.engine.sqlserver.two_way import Candidate, PgRows, Settler, state_entry
+from syncbridge.engine.sqlserver.pg_settle import Change, Settled, SqlServerSinkSettle
+from syncbridge.engine.sqlserver.two_way import PgRows, Settler, state_entry
 
 log = logging.getLogger("syncbridge.mssql_drain")
 SQL = sqlfiles.Queries("queries/mssql_bridge.sql")
@@ -53,19 +52,6 @@ def row_error(exc: BaseException) -> bool:
     """True when SQL Server rejected the batch because of one row's data (or a value
     could not travel at all: BadRow, ValueError)."""
     return isinstance(exc, ValueError) or errors.is_odbc_row_error(exc)
-
-
-@dataclass
-class _Change:
-    """One row to upsert (or key to delete) at the SQL Server sink, in sink names."""
-
-    source_key: str  # jsonb text, source names (as queued)
-    values: dict[str, Any]  # sink column -> asyncpg value (keys only for a delete)
-    delete: bool
-    attempts: int = 0
-    ka: str = ""  # two-way links: the key named as on side a (jsonb text)
-    image: str | None = None  # two-way links: the source row's image text (None: gone)
-    key: dict[str, Any] = field(default_factory=dict)  # sink key column -> value
 
 
 def _typed_read(shape: LinkShape, source: str) -> str:
@@ -97,16 +83,7 @@ def _typed_read(shape: LinkShape, source: str) -> str:
     )
 
 
-@dataclass
-class _Settled:
-    """What one two-way sub-batch decided besides its rows (kept once it committed)."""
-
-    states: list[tuple[str, str | None]] = field(default_factory=list)
-    resend: list[str] = field(default_factory=list)
-    problems: list[str] = field(default_factory=list)
-
-
-class PgToCtDrain(QueueDrain):
+class PgToCtDrain(QueueDrain, SqlServerSinkSettle):
     """Moves one link's changes from a Postgres side (sync.queue) to a SQL Server side."""
 
     def __init__(self, shape: LinkShape, source_side: str, source: asyncpg.Pool,
@@ -186,7 +163,7 @@ class PgToCtDrain(QueueDrain):
             self._inflight = None
         return len(signals)
 
-    async def _read(self, signals: Sequence[Any]) -> list[_Change]:
+    async def _read(self, signals: Sequence[Any]) -> list[Change]:
         """Current source rows for the batch's distinct keys, typed, in sink names."""
         attempts: dict[str, int] = {}
         for s in signals:
@@ -204,28 +181,28 @@ class PgToCtDrain(QueueDrain):
             if r["present"]:
                 values = dict(zip(self._dst_cols, found[2 + nk: 2 + nk + nc], strict=True))
                 keys = {k: values[k] for k in self._dst_keys}
-                out.append(_Change(r["skey"], values, False, tries, r["ka"], r["img"], keys))
+                out.append(Change(r["skey"], values, False, tries, r["ka"], r["img"], keys))
             else:
-                out.append(_Change(r["skey"], keys, True, tries, r["ka"], None, keys))
+                out.append(Change(r["skey"], keys, True, tries, r["ka"], None, keys))
         return out
 
-    def _check(self, ch: _Change) -> None:
+    def _check(self, ch: Change) -> None:
         """Raise ValueError now for a value SQL Server cannot take (as apply_batch would)."""
         for c, v in ch.values.items():
             convert.to_transport(v, self._dst_types[c])
 
-    def _problem(self, ch: _Change, exc: BaseException) -> str:
+    def _problem(self, ch: Change, exc: BaseException) -> str:
         defer = errors.is_mssql_fk_miss(exc) and ch.attempts < self.max_attempts
         entry = problem(self.name, ch.source_key, exc, defer)
         return entry[:-1] + f',"attempts":{ch.attempts}}}'
 
-    async def _send(self, batch_id: uuid.UUID, changes: Sequence[_Change], signals: int) -> int:
+    async def _send(self, batch_id: uuid.UUID, changes: Sequence[Change], signals: int) -> int:
         if not self.two_way:
             counts = await self.mssql.apply_batch(
                 self.shape, self.dst, batch_id, [c.values for c in changes if not c.delete],
                 [c.values for c in changes if c.delete], self.ctx, signals=signals)
             return counts.updated + counts.inserted + counts.deleted
-        settled = _Settled()
+        settled = Settled()
         if not self._resynced:  # the other direction's cursor is stored here, at its sink
             self._resynced = await self.source.fetchrow(
                 SQL["ct_cursor_read"], self.link.name, self.dst) is not None
@@ -238,63 +215,6 @@ class PgToCtDrain(QueueDrain):
         if settled.problems:
             await self._park(settled.problems)
         return counts.updated + counts.inserted + counts.deleted
-
-    async def _settle(self, batch_id: uuid.UUID, changes: Sequence[_Change],
-                      found: list[SinkState], settled: _Settled) -> TwoWayBatch:
-        """Decide each change against the SQL Server row and base read under lock (the
-        transaction stays open meanwhile); conflicts go to the hub before the commit."""
-        present = [f.row for f in found if f.row is not None]
-        images = iter(await self.pg_rows.read(self.source, [self._as_source(r) for r in present]))
-        ups: list[dict[str, Any]] = []
-        dels: list[dict[str, Any]] = []
-        merged: list[tuple[_Change, conflicts.Image]] = []
-        entries: list[str] = []
-        for ch, st in zip(changes, found, strict=True):
-            sink = next(images)[0] if st.row is not None else None
-            # before the link's first resync recorded the bases, a key without one is
-            # unknown (as a row install found differing on a Postgres link)
-            known = st.known and (st.based or self._resynced)
-            c = Candidate(ch.ka, ch.source_key, ch.image, sink, st.base, known,
-                          ch.source_key in self._forced)
-            v = await self.settler.verdict(c, settled.problems)
-            if v is None:
-                continue
-            if v.conflict:
-                entries.append(self.settler.entry(c, v))
-            if v.action == conflicts.APPLY:
-                (dels if ch.delete else ups).append(ch.values)
-            if v.action in (conflicts.APPLY, conflicts.SKIP):
-                settled.states.append((ch.ka, ch.image))
-            elif v.action in (conflicts.KEEP_SINK, conflicts.MERGE):
-                settled.resend.append(convert.pg_object(
-                    self._dst_keys, [ch.key[k] for k in self._dst_keys], self._src_key_types))
-            if v.action == conflicts.MERGE:
-                merged.append((ch, v.row))
-        await self._merged(merged, ups, dels, settled)
-        if entries:
-            await self.hub.execute(BRIDGE_SQL["record_conflict"], self.link.name,
-                                   self.link.conflict, batch_id, convert.json_array(entries))
-        return TwoWayBatch(ups, dels, settled.states, settled.resend)
-
-    async def _merged(self, merged: list[tuple[_Change, conflicts.Image]],
-                      ups: list[dict[str, Any]], dels: list[dict[str, Any]],
-                      settled: _Settled) -> None:
-        """Merged (or resolver's) rows, texts named as on side a, as sink values: read
-        through the source table's types, so they travel like any source row."""
-        rows = [(ch, row) for ch, row in merged if row is not None]
-        dels += [ch.key for ch, row in merged if row is None]
-        settled.states += [(ch.ka, None) for ch, row in merged if row is None]
-        payloads = [json.dumps({self._a_to_src[c]: v for c, v in row.items()},
-                               ensure_ascii=False) for _, row in rows]
-        for (ch, _), (image, typed) in zip(rows, await self.pg_rows.read(self.source, payloads),
-                                           strict=True):
-            ups.append({d: typed[s] for s, d in zip(self._src_cols, self._dst_cols, strict=True)})
-            settled.states.append((ch.ka, image))
-
-    def _as_source(self, row: dict[str, Any]) -> str:
-        """A SQL Server sink row as JSON in the source's names, for pg_rows."""
-        return convert.pg_object(self._src_cols, [row[d] for d in self._dst_cols],
-                                 self._src_types)
 
     async def _park(self, problems: list[str]) -> None:
         """Dead letters to the hub, foreign-key misses back to the source queue (later).
