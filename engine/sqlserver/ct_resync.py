@@ -99,6 +99,21 @@ class CtRecovery:
 
     # dead letters of this source, read again
 
+    async def _current(self, texts: list[str]) -> tuple[list[dict[str, Any]],
+                                                         list[dict[str, Any]], set[str]]:
+        """The source's current rows for these key texts (source names, as the dead
+        letters and [sync].[resend] hold them), the keys it no longer has, and the
+        normalized key texts of the rows found."""
+        parsed = [convert.loads(t) for t in texts]
+        src_table = self.shape.table(self.src)
+        keys = [{k: convert.for_mssql(p.get(k), src_table.columns[k].type) for k in self._src_keys}
+                for p in parsed]
+        present = await self.mssql.read_rows(self.shape, self.src, keys)
+        have = {convert.norm(convert.pg_object(self._src_keys, [r[k] for k in self._src_keys],
+                                               self._dst_key_types)) for r in present}
+        gone = [p for t, p in zip(texts, parsed, strict=True) if convert.norm(t) not in have]
+        return present, gone, have
+
     async def _retry_dead(self) -> int:
         """Keys parked earlier that sync.retry_dead() released, or foreign-key misses
         within max_attempts: read their current rows again and apply (or delete) them."""
@@ -107,14 +122,7 @@ class CtRecovery:
         if not rows:
             return 0
         texts = [r["key"] for r in rows]
-        parsed = [convert.loads(t) for t in texts]
-        src_table = self.shape.table(self.src)
-        keys = [{k: convert.for_mssql(p.get(k), src_table.columns[k].type) for k in self._src_keys}
-                for p in parsed]
-        present = await self.mssql.read_rows(self.shape, self.src, keys)
-        have = {convert.norm(convert.pg_object(self._src_keys, [r[k] for k in self._src_keys],
-                                self._dst_key_types)) for r in present}
-        gone = [p for t, p in zip(texts, parsed, strict=True) if convert.norm(t) not in have]
+        present, gone, _ = await self._current(texts)
         await self.hub.execute(SQL["ct_retry_taken"], self.link.name, self.src, texts)
         log.info("event=dead_letters_retried link=%s keys=%d", self.name, len(texts))
         await self._apply(present, gone, None, close=texts)
@@ -128,14 +136,7 @@ class CtRecovery:
         if not rows:
             return 0
         texts = [r[0] for r in rows]
-        parsed = [convert.loads(t) for t in texts]
-        src_table = self.shape.table(self.src)
-        keys = [{k: convert.for_mssql(p.get(k), src_table.columns[k].type) for k in self._src_keys}
-                for p in parsed]
-        present = await self.mssql.read_rows(self.shape, self.src, keys)
-        have = {convert.norm(convert.pg_object(self._src_keys, [r[k] for k in self._src_keys],
-                                               self._dst_key_types)) for r in present}
-        gone = [p for t, p in zip(texts, parsed, strict=True) if convert.norm(t) not in have]
+        present, gone, have = await self._current(texts)
         forced = have | {convert.norm(t) for t in texts}
         await self._apply(present, gone, None, forced=forced)
         await self.mssql.execute("resend_done", self.link.name, self.src,
