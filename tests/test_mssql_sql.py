@@ -336,7 +336,7 @@ def test_two_way_state_tables_have_what_the_statements_write() -> None:
     assert two_way.index("[sync].[resend]") < two_way.index("[sync].[applied_batches]")
     assert "[sync].[row_state]" not in STATEMENTS["apply"].sql, "one-way links keep none"
     # one hash of the key text everywhere, so a lookup finds what a write stored
-    for name in ("apply_two_way", "state_read", "state_write", "resend_done", "seed_state"):
+    for name in ("apply_two_way", "state_read", "state_write", "resend_done", "resend_request"):
         assert "CONVERT(binary(32), HASHBYTES('SHA2_256'," in STATEMENTS[name].sql, name
     read = strip_comments(STATEMENTS["state_read"].sql)
     assert "WITH (UPDLOCK, HOLDLOCK)" in read and "COMMIT" not in read.upper()

@@ -104,7 +104,7 @@ STATIC_PARAMS: dict[str, tuple[str, ...]] = {
     "prune_applied": ("days",), "has_perms": ("object", "permission"),
     "state_forget": ("link",), "resend_read": ("n", "link", "source_side"),
     "resend_done": ("link", "source_side", "keys"),
-    "resend_request": ("link", "source_side", "keys"), "seed_state": ("link", "states", "start"),
+    "resend_request": ("link", "source_side", "keys"),
 }
 
 

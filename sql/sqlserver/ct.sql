@@ -332,23 +332,3 @@ SELECT DISTINCT @link, @source_side, CONVERT(binary(32), HASHBYTES('SHA2_256', j
  WHERE NOT EXISTS (SELECT 1 FROM [sync].[resend] AS r WITH (UPDLOCK, SERIALIZABLE)
                     WHERE r.link = @link AND r.source_side = @source_side
                       AND r.key_hash = CONVERT(binary(32), HASHBYTES('SHA2_256', j.[value])));
-
--- name: seed_state
--- install: bases of a two-way link (@states: [{"key":..,"image":..,"known": 0|1}]); never over a base the bridge wrote since the seeding started (@start), and an unknown entry never replaces an existing one.
-SET NOCOUNT ON; SET XACT_ABORT ON;
-DECLARE @link nvarchar(128) = ?, @states nvarchar(max) = ?, @start datetime2(6) = ?;
-UPDATE rs SET image = s.image, known = 1, synced_at = SYSUTCDATETIME()
-  FROM [sync].[row_state] AS rs WITH (UPDLOCK, SERIALIZABLE)
-  JOIN OPENJSON(@states) WITH ([key] nvarchar(max) 'strict $.key', image nvarchar(max) '$.image',
-                               known bit 'strict $.known') AS s
-    ON rs.link = @link AND rs.key_hash = CONVERT(binary(32), HASHBYTES('SHA2_256', s.[key]))
- WHERE s.known = 1 AND rs.synced_at < @start;
-INSERT [sync].[row_state] (link, key_hash, [key], image, known, synced_at)
-SELECT @link, CONVERT(binary(32), HASHBYTES('SHA2_256', s.[key])), s.[key], s.image, s.known,
-       SYSUTCDATETIME()
-  FROM OPENJSON(@states) WITH ([key] nvarchar(max) 'strict $.key', image nvarchar(max) '$.image',
-                               known bit 'strict $.known') AS s
- WHERE NOT EXISTS (SELECT 1 FROM [sync].[row_state] AS rs WITH (UPDLOCK, SERIALIZABLE)
-                    WHERE rs.link = @link
-                      AND rs.key_hash = CONVERT(binary(32), HASHBYTES('SHA2_256', s.[key])));
-
