@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import Any
 
 import asyncpg
 
@@ -32,6 +33,7 @@ class Upkeep(Draining):
 
     metrics: metrics.Metrics
     resyncs: asyncio.Event
+    mssql: dict[str, Any]
 
     async def _stats_loop(self) -> None:
         hub = self.pools[self.config.hub]
@@ -85,7 +87,8 @@ class Upkeep(Draining):
         """What an operator asked for: dead-letter retries, resolved conflicts."""
         try:
             await dead_letters.retry_requested(hub, self.config, self.pools, self._wake)
-            await resolutions.enact(hub, self.shapes, self.pools, self.drains, self._wake)
+            await resolutions.enact(hub, self.shapes, self.pools, self.drains, self._wake,
+                                    self.mssql)
         except BaseException:
             self.upkeep.set()  # not done: again next round
             raise

@@ -205,7 +205,6 @@ def _link(body: LinkFile, bridge: BridgeSettings, peers: dict[str, Peer]) -> Lin
     if (body.direction == "both" and eff["merge_fallback"] == "newest_wins"
             and eff["conflict"] == "merge" and not eff["newest_column"]):
         raise ConfigError(f"link {name!r}: merge_fallback newest_wins needs newest_column")
-    _check_mixed_conflicts(name, peers, a, b, body.direction, eff["conflict"])
     return Link(
         name=name, a=a, b=b, key=tuple(body.key),
         columns=dict(body.columns) if body.columns is not None else None,
@@ -214,14 +213,3 @@ def _link(body: LinkFile, bridge: BridgeSettings, peers: dict[str, Peer]) -> Lin
         merge_fallback=eff["merge_fallback"], check_every=body.check_every, repair=body.repair,
     )
 
-
-def _check_mixed_conflicts(name: str, peers: dict[str, Peer], a: Side, b: Side,
-                           direction: str, conflict: str) -> None:
-    """Two-way links with a SQL Server side are not conflict-checked (engine/sqlserver/drain.py):
-    a manual policy would promise parked conflicts that never come, so it is refused."""
-    if direction != "both" or conflict != "manual":
-        return
-    if "sqlserver" in {peers[a.peer].dialect, peers[b.peer].dialect}:
-        raise ConfigError(
-            f"link {name!r}: conflict = \"manual\" is not supported on two-way links with a "
-            "SQL Server side (they are not conflict-checked; see docs/sqlserver.md)")

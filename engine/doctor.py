@@ -115,8 +115,9 @@ def tls_checks(peer: str, conn_str: str) -> list[Check]:
 
 
 def _sqlserver(config: Config, peer: Peer, sides: dict[Side, _Use]) -> Iterator[Check]:
-    from syncbridge.engine.sqlserver import checks
-    from syncbridge.engine.sqlserver import peer as mp
+    from syncbridge.engine.sqlserver import capture, checks
+    from syncbridge.engine.sqlserver import connection as mp
+    from syncbridge.engine.sqlserver import sql as tsql
 
     conn_str = mp.with_app_name(mp.odbc_connection_string(peer.dsn))
     pyodbc = mp.import_pyodbc()
@@ -128,7 +129,7 @@ def _sqlserver(config: Config, peer: Peer, sides: dict[Side, _Use]) -> Iterator[
     cn = mp.connect(pyodbc, conn_str, True, timeouts)
     try:
         cur = cn.cursor()
-        version, server_now, user = cur.execute(mp.q.static("server_facts").sql).fetchone()
+        version, server_now, user = cur.execute(tsql.static("server_facts").sql).fetchone()
         driver = mp.odbc_driver(conn_str) or "(DSN)"
         yield Check(peer.name, OK, f"SQL Server {version}; ODBC driver {driver} "
                     f"{cn.getinfo(SQL_DRIVER_VER)}; database user {user}")
@@ -140,14 +141,14 @@ def _sqlserver(config: Config, peer: Peer, sides: dict[Side, _Use]) -> Iterator[
                                 retention_days=config.setting("ct_retention_days"))
         roles = []
         for side, use in sides.items():
-            table, meta = mp.read_catalog(cur, side)
+            table, meta = capture.read_catalog(cur, side)
             if table is None:
                 found.append(checks.Finding(ERROR, f"table {side.qualified} does not exist",
                                             "create it (or fix the link's table name)"))
                 continue
             roles.append(checks.Role(side, use.source, use.sink, bool(meta.identity)))
             if use.sink:
-                found += mp.key_warnings(table, meta)
+                found += capture.key_warnings(table, meta)
         found += checks.tables(cur, roles, user)
     finally:
         cn.close()

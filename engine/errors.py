@@ -6,6 +6,9 @@ the whole batch with backoff. Row errors: data exceptions (class 22) and
 integrity violations (class 23) -> isolate the row; a foreign-key violation is
 usually a parent that has not arrived yet, so that row is deferred first and
 only dead-lettered after repeated attempts.
+
+SQL Server errors (pyodbc) are told by their SQLSTATE and native error numbers
+alone, so this shared module never imports pyodbc or engine.sqlserver.
 """
 
 from __future__ import annotations
@@ -30,6 +33,27 @@ TRANSIENT_SQLSTATES = {
     "25006",  # read_only_sql_transaction (failover in progress)
 }
 FK_VIOLATION = "23503"
+
+# SQL Server through pyodbc: SQLSTATEs worth a retry (link failure, connection
+# failure, timeout, deadlock / serialization: SQL Server reports 1205 as 40001).
+ODBC_TRANSIENT_SQLSTATES = frozenset({"08S01", "08001", "08004", "HYT00", "HYT01", "40001"})
+# Native errors: 1205 deadlock victim, 1222 lock request timeout (SET LOCK_TIMEOUT),
+# 3960/3961 snapshot conflicts, 40197/40501/40613/4991x Azure SQL transient faults.
+MSSQL_TRANSIENT_ERRORS = frozenset({1205, 1222, 3960, 3961, 40197, 40501, 40613, 49918, 49919,
+                                    49920})
+# pyodbc (src/errors.cpp, GetErrorFromHandle) builds args[1] from the ODBC diagnostic
+# records as "[SQLSTATE] message (native) (SQLFunction)" for the first record and
+# "; [SQLSTATE] message (native)" for each further one (only the first on non-Windows).
+# The native number is the "(n)" that ends a record, never one inside the message text.
+# SQL Server errors that belong to one row's data (the rest of the batch can still go):
+# 515 NULL into NOT NULL, 547 FK/CHECK, 2601/2627 duplicate key, 2628/8152 string
+# truncation, 8114/8115 conversion/overflow, 220/232 arithmetic overflow, 241/242/
+# 517 date conversion/range, 245/8169 conversion (e.g. uniqueidentifier).
+MSSQL_ROW_ERRORS = frozenset({515, 547, 2601, 2627, 2628, 8152, 8114, 8115, 220, 232,
+                              241, 242, 517, 245, 8169})
+MSSQL_FK = 547  # "conflicted with the FOREIGN KEY constraint" (child first) and "... with the
+# REFERENCE constraint" (parent delete blocked by children); also CHECK, which is never deferred
+_NATIVE = re.compile(r"\((-?\d+)\)(?: \(SQL\w+\))?(?=; \[[0-9A-Z]{5}\] |\s*$)")
 
 
 def sqlstate(exc: BaseException) -> str | None:
@@ -56,17 +80,53 @@ def is_transient(exc: BaseException) -> bool:
     if state:
         return state in TRANSIENT_SQLSTATES or state.startswith("08")
     if is_odbc_error(exc):  # SQL Server (pyodbc): its SQLSTATE and native error numbers
-        from syncbridge.engine.sqlserver.peer import (
-            is_transient as mssql_transient,  # no pyodbc import
-        )
-
-        return mssql_transient(exc)
+        return is_odbc_transient(exc)
     return False
 
 
 def is_odbc_error(exc: BaseException) -> bool:
     """An exception raised by pyodbc, told without importing it (Postgres-only installs)."""
     return any(c.__module__ == "pyodbc" for c in type(exc).__mro__)
+
+
+def odbc_state(exc: BaseException) -> str:
+    """The SQLSTATE of a pyodbc error: its args[0] (pyodbc.Error(state, message))."""
+    args = getattr(exc, "args", ())
+    return str(args[0]) if args else ""
+
+
+def native_errors(exc: BaseException) -> list[int]:
+    """SQL Server's native error numbers of a pyodbc error, one per diagnostic record."""
+    args = getattr(exc, "args", ())
+    text = str(args[1]) if len(args) > 1 else (str(args[0]) if args else "")
+    return [int(m.group(1)) for m in _NATIVE.finditer(text)]
+
+
+def is_odbc_transient(exc: BaseException) -> bool:
+    """A SQL Server error a retry with backoff can cure (connection lost, deadlock,
+    timeout), told by SQLSTATE and native numbers alone: no pyodbc import."""
+    if odbc_state(exc) in ODBC_TRANSIENT_SQLSTATES:
+        return True
+    return any(n in MSSQL_TRANSIENT_ERRORS for n in native_errors(exc))
+
+
+def is_odbc_row_error(exc: BaseException) -> bool:
+    """A pyodbc error SQL Server raised because of one row's data (class 22/23 or a
+    native number in MSSQL_ROW_ERRORS): the rest of the batch can still go."""
+    if not is_odbc_error(exc) or is_odbc_transient(exc):
+        return False
+    return odbc_state(exc)[:2] in ("22", "23") or any(
+        n in MSSQL_ROW_ERRORS for n in native_errors(exc))
+
+
+def is_mssql_fk_miss(exc: BaseException) -> bool:
+    """A foreign-key miss worth deferring, like 23503 on Postgres: Msg 547 in either form
+    (FOREIGN KEY: the parent is not there yet; REFERENCE: children still point at a
+    deleted parent, whose delete usually arrives next), never a CHECK constraint."""
+    if MSSQL_FK not in native_errors(exc):
+        return False
+    text = " ".join(str(a) for a in getattr(exc, "args", ())).upper()
+    return "FOREIGN KEY" in text or "REFERENCE CONSTRAINT" in text
 
 
 def is_row_error(exc: BaseException) -> bool:

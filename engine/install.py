@@ -26,7 +26,7 @@ def install(config: Config, links: list[str] | None = None,
             s = shape.link.side(side)
             peer = config.peers[s.peer]
             if peer.dialect == "sqlserver":
-                from syncbridge.engine.sqlserver.peer import install_capture
+                from syncbridge.engine.sqlserver.capture import install_capture
 
                 notes: list[str] = []
                 install_capture(peer, s, retention=int(config.setting("ct_retention_days")),
@@ -75,7 +75,7 @@ def _sink_note(config: Config, shape: LinkShape, src: str, dst: str) -> str | No
 
 
 def _mssql_timeouts(config: Config):  # noqa: ANN202 - mssql_peer imported lazily
-    from syncbridge.engine.sqlserver.peer import Timeouts
+    from syncbridge.engine.sqlserver.connection import Timeouts
 
     return Timeouts(config.setting("mssql_login_timeout"), config.setting("mssql_query_timeout"),
                     config.setting("mssql_lock_timeout"))
@@ -106,7 +106,7 @@ def uninstall(config: Config, links: list[str] | None = None) -> Iterator[str]:
             s = link.side(side)
             peer = config.peers[s.peer]
             if peer.dialect == "sqlserver":
-                from syncbridge.engine.sqlserver.peer import uninstall_capture
+                from syncbridge.engine.sqlserver.capture import uninstall_capture
 
                 table = (s.peer, s.schema, s.table)
                 if side not in sources:

@@ -22,7 +22,8 @@ def read_table(config: Config, conns: dict, link: Link, side: str) -> catalog.Ta
     s = link.side(side)
     peer = config.peers[s.peer]
     if peer.dialect == "sqlserver":
-        from syncbridge.engine.sqlserver.peer import read_table_sync  # only with a SQL Server peer
+        # only with a SQL Server peer
+        from syncbridge.engine.sqlserver.capture import read_table_sync
 
         return read_table_sync(peer, s)
     if s.peer not in conns:

@@ -9,6 +9,9 @@ in both directions by catalog.shape.
 from __future__ import annotations
 
 from syncbridge.engine import catalog, config
+from syncbridge.engine.catalog import LinkShape
+from syncbridge.engine.sqlserver import openjson
+from syncbridge.engine.sqlserver import sql as tsql
 from syncbridge.engine.sqlserver import types as mssql_types
 
 TABLE = "we]ird"
@@ -76,3 +79,31 @@ CREATE TABLE [dbo].[we]]ird] (
     CONSTRAINT weird_pk PRIMARY KEY (id, k2)
 );
 """
+
+
+def all_statements(shape: LinkShape, side: str, db: str = "clinic") -> dict[str, tsql.Rendered]:
+    """Every statement the engine can emit for one SQL Server side, by name (tests, docs)."""
+    s = shape.link.side(side)
+    out = {n: tsql.static(n) for n in tsql.STATIC_PARAMS}
+    out.update(
+        enable_db_snapshot=tsql.enable_db_snapshot(db),
+        enable_db_ct=tsql.enable_db_ct(db),
+        disable_db_ct=tsql.disable_db_ct(db),
+        set_db_retention=tsql.set_db_retention(db, 7),
+        enable_table_ct=tsql.enable_table_ct(s),
+        disable_table_ct=tsql.disable_table_ct(s),
+        poll_tables=tsql.poll_tables(2),
+        changes=tsql.changes(shape, side),
+        changes_next_page=tsql.changes(shape, side, first=False),
+        keys_first_page=tsql.keys_page(shape, side, first=True),
+        keys_next_page=tsql.keys_page(shape, side, first=False),
+        rows_first_page=tsql.keys_page(shape, side, first=True, values=True),
+        rows_next_page=tsql.keys_page(shape, side, first=False, values=True),
+        rows_for_keys=openjson.rows_for_keys(shape, side),
+        apply=openjson.apply(shape, side),
+        apply_identity_cursor=openjson.apply(shape, side, identity_insert=True, with_cursor=True),
+        apply_two_way=openjson.apply(shape, side, with_state=True),
+        state_read=openjson.state_read(shape, side),
+        state_write=tsql.state_write(),
+    )
+    return out

@@ -15,7 +15,7 @@ from test_mssql_review import db_responder
 
 from syncbridge.bridge import cli
 from syncbridge.engine import config, doctor
-from syncbridge.engine.sqlserver import peer as mp
+from syncbridge.engine.sqlserver import connection as odbc
 
 PG_TABLES = ("create table a (id int primary key, v text); "
              "create table b (id int primary key, v text);")
@@ -110,7 +110,7 @@ def mssql_responder(skew: float = 0, **kw: Any) -> Any:
 
 def run_mssql(monkeypatch: pytest.MonkeyPatch, dsn: str, respond: Any) -> tuple[int, list[str]]:
     log: list[Any] = []
-    monkeypatch.setattr(mp, "import_pyodbc", lambda: fake_pyodbc(respond, log))
+    monkeypatch.setattr(odbc, "import_pyodbc", lambda: fake_pyodbc(respond, log))
     cfg = mssql_config(dsn)
     checks = [c for c in doctor.run(cfg) if c.peer == "clinic"]
     assert all(sql.lstrip().startswith(("SELECT", "SET LOCK_TIMEOUT", "--"))

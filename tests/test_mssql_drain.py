@@ -26,20 +26,21 @@ import asyncpg
 import psycopg
 import pytest
 
-from syncbridge.engine import catalog, config, errors
+from syncbridge.engine import catalog, config, config_file, errors, faults, sqlfiles
 from syncbridge.engine.catalog import LinkShape
 from syncbridge.engine.migrate import migrate
 from syncbridge.engine.postgres import capture
+from syncbridge.engine.postgres import sql as pg_sql
+from syncbridge.engine.sqlserver import capture as ctcap
+from syncbridge.engine.sqlserver import changes as chg
+from syncbridge.engine.sqlserver import convert, ct_to_pg, pg_to_ct
 from syncbridge.engine.sqlserver import drain as mssql_drain
 from syncbridge.engine.sqlserver import peer as mp
 from syncbridge.engine.sqlserver import types as mssql_types
-from syncbridge.engine.sqlserver.drain import (
-    CtToPgDrain,
-    PgToCtDrain,
-    make_drain,
-    pg_object,
-    pg_value,
-)
+from syncbridge.engine.sqlserver.convert import pg_object, pg_value
+from syncbridge.engine.sqlserver.ct_to_pg import CtToPgDrain
+from syncbridge.engine.sqlserver.drain import make_drain
+from syncbridge.engine.sqlserver.pg_to_ct import PgToCtDrain
 
 LINK = "items"
 # (column, Postgres type, SQL Server type); id and k2 are the key.
@@ -116,6 +117,8 @@ class FakeMssql:
         self.table_now: catalog.Table | None = None  # what read_table returns after it
         self.page_size = 0  # > 0: read_changes pages like the adapter (CHANGE_PAGE_ROWS)
         self.page_reads: list[bool] = []  # sink= of each read_keys_page (item 2: writer)
+        self.bases: dict[str, tuple[str | None, bool]] = {}  # a-key (sorted JSON) -> base
+        self.resends: list[str] = []  # [sync].[resend] keys of this side
 
     def key(self, row: dict[str, Any]) -> tuple:
         return tuple(row[k] for k in self.shape.key_cols(self.side))
@@ -159,15 +162,15 @@ class FakeMssql:
         self.polls += 1
         return self.version, self.min_valid, self.altered
 
-    async def read_changes(self, shape: LinkShape, side: str, cursor: mp.CtCursor | None,
+    async def read_changes(self, shape: LinkShape, side: str, cursor: chg.CtCursor | None,
                            ctx: bytes, *, after: dict[str, Any] | None = None,
-                           upto: int | None = None, limit: int = 0) -> mp.ChangeSet:
+                           upto: int | None = None, limit: int = 0) -> chg.ChangeSet:
         self.reads += 1
         upto = self.version if upto is None else upto
-        new = mp.CtCursor(upto, self.identity)
+        new = chg.CtCursor(upto, self.identity)
         if (cursor is None or cursor.version < self.min_valid or cursor.version > self.version
                 or cursor.db_identity != self.identity):
-            return mp.ChangeSet([], [], new, True)
+            return chg.ChangeSet([], [], new, True)
         ups, dels = [], []
         # like the adapter: key order, changes in (cursor, upto], after the previous page
         kcols = shape.key_cols(side)
@@ -183,7 +186,7 @@ class FakeMssql:
                 dels.append(dict(zip(kcols, key, strict=True)))
         more = (dict(zip(kcols, page[-1], strict=True))
                 if self.page_size and len(page) == self.page_size else None)
-        return mp.ChangeSet(ups, dels, new, False, more, self.min_valid)
+        return chg.ChangeSet(ups, dels, new, False, more, self.min_valid)
 
     async def read_keys_page(self, shape: LinkShape, side: str, after: dict[str, Any] | None,
                              limit: int = 1000, *, values: bool = False,
@@ -214,10 +217,11 @@ class FakeMssql:
     async def apply_batch(self, shape: LinkShape, side: str, batch_id: uuid.UUID,
                           upserts: list[dict[str, Any]], deletes: list[dict[str, Any]],
                           ctx: bytes, *, signals: int | None = None,
-                          cursor: mp.CtCursor | None = None) -> mp.ApplyCounts:
+                          cursor: chg.CtCursor | None = None) -> mp.ApplyCounts:
         table = shape.table(side)
-        rows = mp._encode(table, shape.cols(side), upserts)  # BadRow, as the adapter raises
-        dels = mp._encode(table, shape.key_cols(side), deletes)
+        # BadRow, as the adapter raises
+        rows = convert.encode_rows(table, shape.cols(side), upserts)
+        dels = convert.encode_rows(table, shape.key_cols(side), deletes)
         self.apply_calls += 1
         if batch_id in self.applied_ids:
             raise FakeOdbcError("23000", "Violation of PRIMARY KEY constraint (2627)")
@@ -225,14 +229,15 @@ class FakeMssql:
             if self.key(row) in self.reject:
                 raise self.reject[self.key(row)]
         # "commit"
-        self.sent.append({"batch": batch_id, "rows": json.loads(mp._json(rows)),
-                          "dels": json.loads(mp._json(dels)), "ctx": ctx})
+        self.sent.append({"batch": batch_id, "rows": json.loads(convert.json_text(rows)),
+                          "dels": json.loads(convert.json_text(dels)), "ctx": ctx})
         counts = [0, 0, 0]
         for row in upserts:
             counts[0 if self.key(row) in self.rows else 1] += 1
             self.write(row, ctx)
-        for key in deletes:
-            k = self.key(key)
+        for key in deletes:  # like OPENJSON: key values may come as text
+            k = tuple(uuid.UUID(str(key[c])) if c == "id" else int(key[c])
+                      for c in shape.key_cols(side))
             if k in self.rows:
                 counts[2] += 1
                 self.remove(k, ctx)
@@ -241,6 +246,46 @@ class FakeMssql:
             self.fail_after_commit -= 1
             raise FakeOdbcError("08S01", "Communication link failure")
         return mp.ApplyCounts(*counts)
+
+    # two-way links: [sync].[row_state] and [sync].[resend] of this peer
+
+    async def apply_two_way(self, shape: LinkShape, side: str, batch_id: uuid.UUID,
+                            keys: list[tuple[str, dict[str, Any]]], settle: Any, ctx: bytes, *,
+                            signals: int) -> mp.ApplyCounts:
+        """Like the adapter: rows and bases read first (under lock: nothing runs in
+        between here), settle decides, then rows, bases and resends commit together."""
+        found = []
+        for ka, k in keys:
+            row = self.rows.get(self.key(k))
+            base = self.bases.get(json.dumps(json.loads(ka), sort_keys=True))
+            found.append(chg.SinkState(dict(row) if row else None,
+                                       base[0] if base else None,
+                                       base[1] if base else True, base is not None))
+        batch = await settle(found)
+        counts = await self.apply_batch(shape, side, batch_id, list(batch.upserts),
+                                        list(batch.deletes), ctx, signals=signals)
+        self.set_bases(batch.states)
+        self.resends += [k for k in batch.resend if k not in self.resends]
+        return counts
+
+    def set_bases(self, states: Any) -> None:
+        for ka, image in states:
+            self.bases[json.dumps(json.loads(ka), sort_keys=True)] = (image, True)
+
+    async def write_states(self, link: str, states: Any) -> None:
+        self.set_bases(states)
+
+    async def execute(self, name: str, *params: Any) -> list[Any]:
+        if name == "state_forget":
+            self.bases.clear()
+        elif name == "resend_read":
+            return [(k,) for k in self.resends[: params[0]]]
+        elif name == "resend_done":
+            done = set(json.loads(params[2]))
+            self.resends = [k for k in self.resends if k not in done]
+        elif name == "resend_request":
+            self.resends += [k for k in json.loads(params[2]) if k not in self.resends]
+        return []
 
     async def close(self) -> None:
         pass
@@ -356,7 +401,7 @@ def test_pg_values_round_trip_through_postgres(portal) -> None:
         types = [shape.a.columns[c].type for c in cols]
         row = ms_row(1)
         payload = "[" + pg_object(cols, [row[c] for c in cols], types) + "]"
-        sql = mssql_drain.pg_sql.render(shape, "b", "a").upsert
+        sql = pg_sql.render(shape, "b", "a").upsert
         await pool.execute(sql, payload)
         assert_same((await pg_rows(pool))[(U[1], 1)], row)
 
@@ -430,20 +475,24 @@ def test_ct_cursor_and_rows_commit_together(portal, monkeypatch) -> None:
         fake.write(ms_row(1))
 
         # a failure inside the sink transaction: neither the row nor the cursor lands
-        real_m = mssql_drain.M
-        monkeypatch.setattr(mssql_drain, "M", lambda n: "select broken(" if
-                            n == "ct_cursor_write" else real_m(n))
+        real = ct_to_pg.SQL
+
+        class Broken:
+            def __getitem__(self, name: str) -> str:
+                return "select broken(" if name == "ct_cursor_write" else real[name]
+
+        monkeypatch.setattr(ct_to_pg, "SQL", Broken())
         with pytest.raises(asyncpg.PostgresError):
             await d.drain_once()
         assert await pg_rows(pool) == {} and await cursor_of(pool) == start
-        monkeypatch.setattr(mssql_drain, "M", real_m)
+        monkeypatch.setattr(ct_to_pg, "SQL", real)
 
         # a crash right after the sink commit: both are there, nothing is read twice
         def crash(point: str) -> None:
             if point == "after_sink_commit":
                 raise RuntimeError("killed")
 
-        monkeypatch.setattr(mssql_drain.faults, "hit", crash)
+        monkeypatch.setattr(faults, "hit", crash)
         with pytest.raises(RuntimeError):
             await d.drain_once()
         monkeypatch.undo()
@@ -471,7 +520,7 @@ def test_ct_large_change_sets_commit_in_chunks_with_the_cursor_last(portal, monk
             if len(commits) == 2:
                 raise RuntimeError("killed after the second chunk")
 
-        monkeypatch.setattr(mssql_drain.faults, "hit", crash)
+        monkeypatch.setattr(faults, "hit", crash)
         with pytest.raises(RuntimeError):
             await d.drain_once()
         monkeypatch.undo()
@@ -587,7 +636,7 @@ def test_pg_to_ct_claims_applies_exactly_and_finishes(portal) -> None:
         assert await queued(pool) == 0
         assert set(fake.rows) == {(U[i], i) for i in range(1, 4)}
         sent = fake.sent[-1]
-        assert sent["ctx"] == mp.echo_context(LINK), "tagged so this link's CT read skips it"
+        assert sent["ctx"] == ctcap.echo_context(LINK), "tagged so this link's CT read skips it"
         c = {c: f"c{i}" for i, c in enumerate(shape.cols("b"))}
         obj = next(o for o in sent["rows"] if o[c["k2"]] == "1")
         assert obj[c["amount"]] == "12345678901234.123456"
@@ -622,7 +671,8 @@ def test_pg_to_ct_claims_applies_exactly_and_finishes(portal) -> None:
 
 def test_pg_to_ct_recovery_asks_the_sink(portal) -> None:
     async def body(pool: asyncpg.Pool, shape: LinkShape, fake: FakeMssql) -> None:
-        from syncbridge.engine.postgres.drain import Q
+        def Q(name: str) -> str:  # noqa: N802 - queue.sql by name, as the drains read it
+            return sqlfiles.query("postgres/queue.sql", name)
 
         d = pg_drain(pool, shape, fake)
         await pg_insert(pool, 1)
@@ -633,7 +683,7 @@ def test_pg_to_ct_recovery_asks_the_sink(portal) -> None:
         await pool.fetch(Q("claim"), LINK, "a", 100, done)
         await fake.apply_batch(shape, "b", done, [{c: v for c, v in ms_row(2).items()
                                                    if c != "parent"} | {"parent": None}], [],
-                               mp.echo_context(LINK))
+                               ctcap.echo_context(LINK))
         calls = fake.apply_calls
         assert await d.recover() == 2
         assert fake.apply_calls == calls + 1, "only the unapplied batch is applied"
@@ -667,7 +717,7 @@ def test_pg_to_ct_bad_rows_isolated_and_fk_deferred(portal) -> None:
             await pg_insert(pool, i, score=float("nan") if i == 3 else 0.5)
         fake.reject[(U[5], 5)] = FakeOdbcError(
             "23000", "[23000] Violation of UNIQUE KEY constraint 'uq'. (2627)")
-        fake.reject[(U[6], 6)] = mp.BadRow(0, "name", "refused by the adapter")
+        fake.reject[(U[6], 6)] = convert.BadRow(0, "name", "refused by the adapter")
         fake.reject[(U[7], 7)] = FakeOdbcError(
             "23000", "[23000] The INSERT statement conflicted with the FOREIGN KEY constraint "
             "\"fk\". (547)")
@@ -702,7 +752,7 @@ def test_pg_to_ct_bad_rows_isolated_and_fk_deferred(portal) -> None:
 # --- the factory and the error plumbing -----------------------------------------------------------
 
 
-def test_make_drain_builds_one_peer_per_name_and_warns_for_two_way(portal, caplog) -> None:
+def test_make_drain_builds_one_peer_per_name(portal, caplog) -> None:
     async def body(pool: asyncpg.Pool, shape: LinkShape, fake: FakeMssql) -> None:
         cfg = config.parse(raw_config("postgresql://unused"))
         peers: dict[str, Any] = {}
@@ -711,10 +761,10 @@ def test_make_drain_builds_one_peer_per_name_and_warns_for_two_way(portal, caplo
             ba = make_drain(shape, "b", "a", cfg, {"portal": pool}, peers, pool)
         assert isinstance(ab, PgToCtDrain) and isinstance(ba, CtToPgDrain)
         assert list(peers) == ["clinic"] and ab.mssql is ba.mssql
-        assert ba.poll_interval == config.DEFAULTS["ct_poll_interval"]
+        assert ba.poll_interval == config_file.DEFAULTS["ct_poll_interval"]
         assert ab.name == "items:a->b" and ba.name == "items:b->a"
-        warnings = [r for r in caplog.records if "no_conflict_check" in r.getMessage()]
-        assert len(warnings) == 1
+        assert ab.two_way and ba.two_way, "two-way links are conflict-checked (issue 18/15)"
+        assert not [r for r in caplog.records if "no_conflict_check" in r.getMessage()]
 
         raw = raw_config("postgresql://unused")
         raw["peers"]["portal"] = {"dialect": "sqlserver", "dsn": "mssql://x/y"}
@@ -726,11 +776,11 @@ def test_make_drain_builds_one_peer_per_name_and_warns_for_two_way(portal, caplo
     run(portal, body)
 
 
-def test_manual_conflicts_are_refused_on_two_way_links_with_sql_server() -> None:
-    raw = raw_config("postgresql://unused")
-    raw["links"][0]["conflict"] = "manual"
-    with pytest.raises(config.ConfigError, match="manual"):
-        config.parse(raw)
+def test_every_policy_is_accepted_on_two_way_links_with_sql_server() -> None:
+    for policy in ("manual", "merge", "b_wins", "function:public.pick"):
+        raw = raw_config("postgresql://unused")
+        raw["links"][0]["conflict"] = policy
+        assert config.parse(raw).links[LINK].conflict == policy
     raw["links"][0]["direction"] = "a_to_b"
     config.parse(raw)
 
@@ -740,10 +790,10 @@ def test_odbc_errors_are_classified_without_pyodbc() -> None:
     assert errors.is_transient(FakeOdbcError("40001", "deadlock victim (1205)"))
     assert not errors.is_transient(FakeOdbcError("23000", "duplicate (2627)"))
     assert not errors.is_transient(ValueError("08S01"))
-    assert mssql_drain._mssql_row_error(FakeOdbcError("23000", "duplicate (2627)"))
-    assert mssql_drain._mssql_row_error(mp.BadRow(0, "x", "NaN"))
-    assert not mssql_drain._mssql_row_error(FakeOdbcError("42S02", "Invalid object (208)"))
-    assert not mssql_drain._mssql_row_error(FakeOdbcError("08S01", "link failure"))
+    assert pg_to_ct.row_error(FakeOdbcError("23000", "duplicate (2627)"))
+    assert pg_to_ct.row_error(convert.BadRow(0, "x", "NaN"))
+    assert not pg_to_ct.row_error(FakeOdbcError("42S02", "Invalid object (208)"))
+    assert not pg_to_ct.row_error(FakeOdbcError("08S01", "link failure"))
 
 
 def test_the_daemon_drains_both_directions_through_make_drain(portal, monkeypatch) -> None:
@@ -816,13 +866,14 @@ async def _status_rows(pool: asyncpg.Pool) -> bool:
 
 
 def test_ct_an_unsendable_value_dead_letters_its_row_only(portal) -> None:
-    """Item 1: the adapter hands over mp.Unsendable for a value Postgres cannot hold (a NUL
+    """Item 1: the adapter hands over convert.Unsendable for a value Postgres cannot hold (a NUL
     read from SQL Server); that row is parked with the reason and the rest flows."""
     async def body(pool: asyncpg.Pool, shape: LinkShape, fake: FakeMssql) -> None:
         d = ct_drain(pool, shape, fake)
         await d.drain_once()
         fake.write(ms_row(1))
-        fake.write(ms_row(2, name=mp.Unsendable("Postgres text cannot hold the NUL character")))
+        fake.write(ms_row(2, name=convert.Unsendable(
+            "Postgres text cannot hold the NUL character")))
         fake.write(ms_row(3))
         await d.drain_once()
         assert {k[1] for k in await pg_rows(pool)} == {1, 3}

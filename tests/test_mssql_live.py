@@ -24,7 +24,12 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 from mssql_shape import CREATE_TABLE, KEY, TABLE, mssql_table, shape
 
+from syncbridge.engine import errors
 from syncbridge.engine.config import Peer, Side
+from syncbridge.engine.sqlserver import capture as ctcap
+from syncbridge.engine.sqlserver import changes as chg
+from syncbridge.engine.sqlserver import connection as odbc
+from syncbridge.engine.sqlserver import convert
 from syncbridge.engine.sqlserver import peer as mp
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -80,9 +85,9 @@ def server_url() -> Iterator[str]:
 @pytest.fixture(scope="session")
 def pyodbc_module(server_url: str) -> Any:
     try:
-        pyodbc = mp.import_pyodbc()
-        mp.check_driver(pyodbc, mp.odbc_connection_string(server_url))
-    except mp.SqlServerUnavailable as e:
+        pyodbc = odbc.import_pyodbc()
+        odbc.check_driver(pyodbc, odbc.odbc_connection_string(server_url))
+    except odbc.SqlServerUnavailable as e:
         if os.environ.get("SYNC_TEST_MSSQL_URL"):
             pytest.fail(str(e))  # asked for SQL Server explicitly: a missing driver is an error
         pytest.skip(str(e))
@@ -101,11 +106,11 @@ def _with_database(url: str, database: str) -> str:
 @pytest.fixture(scope="session")
 def db_url(server_url: str, pyodbc_module: Any) -> Iterator[str]:
     name = f"sb_test_{uuid.uuid4().hex[:8]}"
-    admin = pyodbc_module.connect(mp.odbc_connection_string(server_url), autocommit=True)
+    admin = pyodbc_module.connect(odbc.odbc_connection_string(server_url), autocommit=True)
     admin.execute(f"CREATE DATABASE [{name}];")
     url = _with_database(server_url, name)
     try:
-        cn = pyodbc_module.connect(mp.odbc_connection_string(url), autocommit=True)
+        cn = pyodbc_module.connect(odbc.odbc_connection_string(url), autocommit=True)
         cn.execute(CREATE_TABLE)
         cn.close()
         _migrate(url, "apply")
@@ -143,7 +148,7 @@ def peer(db_url: str, pyodbc_module: Any) -> Iterator[mp.MssqlPeer]:
     p = mp.MssqlPeer(Peer("clinic", "sqlserver", db_url))
     table = asyncio.run(p.read_table(SIDE))
     assert table is not None
-    app = pyodbc_module.connect(mp.odbc_connection_string(db_url), autocommit=True)
+    app = pyodbc_module.connect(odbc.odbc_connection_string(db_url), autocommit=True)
     app.execute(f"DELETE FROM [dbo].[{TABLE.replace(']', ']]')}];")
     app.close()
     yield p
@@ -153,7 +158,7 @@ def peer(db_url: str, pyodbc_module: Any) -> Iterator[mp.MssqlPeer]:
 @pytest.fixture
 def app(db_url: str, pyodbc_module: Any) -> Iterator[Any]:
     """A plain application connection (no change tracking context)."""
-    cn = pyodbc_module.connect(mp.odbc_connection_string(db_url), autocommit=True)
+    cn = pyodbc_module.connect(odbc.odbc_connection_string(db_url), autocommit=True)
     yield cn
     cn.close()
 
@@ -162,7 +167,7 @@ def run(coro: Any) -> Any:
     return asyncio.run(coro)
 
 
-def stored(peer: mp.MssqlPeer, cs: mp.ChangeSet) -> mp.CtCursor:
+def stored(peer: mp.MssqlPeer, cs: chg.ChangeSet) -> chg.CtCursor:
     """What the drain does before its sink stores a cursor: the source's restore record."""
     run(peer.record_client_version("patients", "b", cs.new_cursor.version))
     return cs.new_cursor
@@ -170,7 +175,7 @@ def stored(peer: mp.MssqlPeer, cs: mp.ChangeSet) -> mp.CtCursor:
 
 UID1 = uuid.UUID("00000000-0000-0000-0000-000000000001")
 UID2 = uuid.UUID("00000000-0000-0000-0000-000000000002")
-CTX = mp.echo_context("patients")
+CTX = ctcap.echo_context("patients")
 
 
 def pg_row(uid: uuid.UUID, k2: int, **over: Any) -> dict[str, Any]:
@@ -237,7 +242,7 @@ def test_own_writes_are_filtered_by_context(peer: mp.MssqlPeer) -> None:
     mine = run(peer.read_changes(s, "b", start, CTX))
     assert not mine.resync_needed and mine.upserts == [] and mine.deletes == []
     assert mine.new_cursor.version > start.version, "the bridge's own write raises the version"
-    other = run(peer.read_changes(s, "b", start, mp.echo_context("another-link")))
+    other = run(peer.read_changes(s, "b", start, ctcap.echo_context("another-link")))
     assert [(r["id"], r["k2"]) for r in other.upserts] == [(UID1, 1)]
 
 
@@ -266,7 +271,7 @@ def test_resync_without_cursor_after_truncate_and_on_new_identity(
     assert first.resync_needed and first.new_cursor.db_identity
     ok = run(peer.read_changes(s, "b", stored(peer, first), CTX))
     assert not ok.resync_needed
-    other_db = mp.CtCursor(first.new_cursor.version, str(uuid.uuid4()))
+    other_db = chg.CtCursor(first.new_cursor.version, str(uuid.uuid4()))
     assert run(peer.read_changes(s, "b", other_db, CTX)).resync_needed
     run(peer.apply_batch(s, "b", uuid.uuid4(), [pg_row(UID1, 1)], [], CTX))
     app.execute(f"TRUNCATE TABLE [dbo].[{TABLE.replace(']', ']]')}];")
@@ -294,7 +299,7 @@ def test_keyset_pages_cover_every_key_once(peer: mp.MssqlPeer) -> None:
 
 def test_migrations_roll_back_and_apply_again(db_url: str, pyodbc_module: Any) -> None:
     _migrate(db_url, "rollback")
-    cn = pyodbc_module.connect(mp.odbc_connection_string(db_url), autocommit=True)
+    cn = pyodbc_module.connect(odbc.odbc_connection_string(db_url), autocommit=True)
     assert cn.execute("SELECT SCHEMA_ID(N'sync');").fetchone()[0] is None
     _migrate(db_url, "apply")
     assert cn.execute("SELECT COUNT(*) FROM [sync].[db_identity];").fetchone()[0] == 1
@@ -334,7 +339,7 @@ def test_bridge_process_syncs_postgres_and_sql_server_both_ways(
     with psycopg.connect(pg_dsn, autocommit=True) as c:
         c.execute(_pg_create_table())
     table = f"[dbo].[{TABLE.replace(']', ']]')}]"
-    app = pyodbc_module.connect(mp.odbc_connection_string(db_url), autocommit=True)
+    app = pyodbc_module.connect(odbc.odbc_connection_string(db_url), autocommit=True)
     app.execute(f"DELETE FROM {table};")
     path = tmp_path / "syncbridge.toml"
     quoted = {"pg": pg_dsn.replace('"', '\\"'), "ms": db_url.replace('"', '\\"')}
@@ -413,7 +418,7 @@ def test_bridge_process_syncs_postgres_and_sql_server_both_ways(
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
         log_text = log_path.read_text(errors="replace")
-        assert "event=no_conflict_check" in log_text and "event=resync" in log_text
+        assert "event=resync" in log_text and "event=conflict " not in log_text
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -432,7 +437,7 @@ def test_issue18_item1_a_nul_costs_its_row_only(peer: mp.MssqlPeer, app: Any) ->
     app.execute(f"INSERT {t} (id, k2, name) VALUES (?, 2, N'fine');", str(UID2))
     got = run(peer.read_changes(s, "b", cursor, CTX))
     names = {r["k2"]: r["name"] for r in got.upserts}
-    assert isinstance(names[1], mp.Unsendable) and names[2] == "fine"
+    assert isinstance(names[1], convert.Unsendable) and names[2] == "fine"
 
 
 def test_issue18_item9_native_numbers_of_a_real_error(peer: mp.MssqlPeer,
@@ -442,7 +447,7 @@ def test_issue18_item9_native_numbers_of_a_real_error(peer: mp.MssqlPeer,
     run(peer.apply_batch(s, "b", batch, [pg_row(UID1, 1205)], [], CTX))
     with pytest.raises(pyodbc_module.IntegrityError) as e:
         run(peer.apply_batch(s, "b", batch, [pg_row(UID1, 1205)], [], CTX))
-    assert 2627 in mp.native_errors(e.value) and not mp.is_transient(e.value)
+    assert 2627 in errors.native_errors(e.value) and not errors.is_odbc_transient(e.value)
 
 
 def test_issue18_item14_truncate_raises_the_min_valid_version(peer: mp.MssqlPeer,
@@ -459,7 +464,7 @@ def test_issue18_item13_an_older_restore_record_forces_a_resync(peer: mp.MssqlPe
     s = shape(run(peer.read_table(SIDE)))
     cursor = stored(peer, run(peer.read_changes(s, "b", None, CTX)))
     run(peer.apply_batch(s, "b", uuid.uuid4(), [pg_row(UID1, 1)], [], CTX))
-    ahead = mp.CtCursor(cursor.version + 1, cursor.db_identity)  # the sink saw more ...
+    ahead = chg.CtCursor(cursor.version + 1, cursor.db_identity)  # the sink saw more ...
     assert run(peer.read_changes(s, "b", ahead, CTX)).resync_needed, "... than the source recalls"
 
 
@@ -469,7 +474,7 @@ def test_issue18_items8_22_key_change_and_no_op_updates(peer: mp.MssqlPeer, app:
     assert run(peer.apply_batch(s, "b", uuid.uuid4(), [pg_row(UID1, 1)], [], CTX)) == (0, 0, 0)
     cursor = stored(peer, run(peer.read_changes(s, "b", None, CTX)))
     run(peer.apply_batch(s, "b", uuid.uuid4(), [pg_row(UID1, 1)], [], CTX))
-    other = run(peer.read_changes(s, "b", cursor, mp.echo_context("another-link")))
+    other = run(peer.read_changes(s, "b", cursor, ctcap.echo_context("another-link")))
     assert other.upserts == [], "an equal row is not rewritten, so no CT row for other links"
     # a key change on a table with another UNIQUE column: the old key's delete must run
     # before the new key's insert, or the insert fails with Msg 2601 (item 8)

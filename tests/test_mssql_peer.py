@@ -17,30 +17,35 @@ from typing import Any
 import pytest
 from mssql_shape import COLUMNS, RAW, shape
 
+from syncbridge.engine import errors
 from syncbridge.engine.config import Peer, Side
+from syncbridge.engine.sqlserver import capture as ctcap
+from syncbridge.engine.sqlserver import changes as chg
+from syncbridge.engine.sqlserver import connection as odbc
+from syncbridge.engine.sqlserver import convert, openjson
 from syncbridge.engine.sqlserver import peer as mp
 
 
 def test_url_becomes_an_odbc_string() -> None:
-    s = mp.odbc_connection_string(
+    s = odbc.odbc_connection_string(
         "mssql://bridge:p%40ss%3Bword@db.example:14330/clinic"
         "?driver=ODBC+Driver+18+for+SQL+Server&TrustServerCertificate=yes")
     assert s == ("Driver={ODBC Driver 18 for SQL Server};Server=tcp:db.example,14330;"
                  "Database=clinic;UID=bridge;PWD={p@ss;word};TrustServerCertificate=yes;")
-    assert mp.odbc_driver(s) == "ODBC Driver 18 for SQL Server"
+    assert odbc.odbc_driver(s) == "ODBC Driver 18 for SQL Server"
     plain = "Driver={FreeTDS};Server=db;Port=1433;UID=u;PWD=p;TDS_Version=7.4;"
-    assert mp.odbc_connection_string(plain) == plain
-    assert mp.odbc_driver(plain) == "FreeTDS"
-    tds = mp.odbc_connection_string("mssql://u:p@db/clinic?driver=FreeTDS&TDS_Version=7.4")
+    assert odbc.odbc_connection_string(plain) == plain
+    assert odbc.odbc_driver(plain) == "FreeTDS"
+    tds = odbc.odbc_connection_string("mssql://u:p@db/clinic?driver=FreeTDS&TDS_Version=7.4")
     assert tds == ("Driver={FreeTDS};Server=db;Port=1433;Database=clinic;UID=u;PWD=p;"
                    "TDS_Version=7.4;")
-    assert mp.odbc_driver("DSN=clinic;UID=u") is None
+    assert odbc.odbc_driver("DSN=clinic;UID=u") is None
 
 
 def test_missing_pyodbc_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "pyodbc", None)
-    with pytest.raises(mp.SqlServerUnavailable) as e:
-        mp.import_pyodbc()
+    with pytest.raises(odbc.SqlServerUnavailable) as e:
+        odbc.import_pyodbc()
     msg = str(e.value)
     for words in ("apt-get install unixodbc", "msodbcsql18", "tdsodbc",
                   "pip install 'syncbridge[sqlserver]'"):
@@ -49,31 +54,32 @@ def test_missing_pyodbc_says_what_to_install(monkeypatch: pytest.MonkeyPatch) ->
 
 def test_missing_driver_names_the_installed_ones() -> None:
     fake = types.SimpleNamespace(drivers=lambda: ["FreeTDS"])
-    with pytest.raises(mp.SqlServerUnavailable, match="'ODBC Driver 18 for SQL Server' is not"):
-        mp.check_driver(fake, "Driver={ODBC Driver 18 for SQL Server};Server=x;")
-    mp.check_driver(fake, "Driver={FreeTDS};Server=x;")
+    with pytest.raises(odbc.SqlServerUnavailable, match="'ODBC Driver 18 for SQL Server' is not"):
+        odbc.check_driver(fake, "Driver={ODBC Driver 18 for SQL Server};Server=x;")
+    odbc.check_driver(fake, "Driver={FreeTDS};Server=x;")
 
 
 def test_catalog_types_are_spelled_for_the_mapping() -> None:
-    assert mp.mssql_type("nvarchar", -1, 0, 0) == "nvarchar(max)"
-    assert mp.mssql_type("nvarchar", 400, 0, 0) == "nvarchar(200)"
-    assert mp.mssql_type("varbinary", 16, 0, 0) == "varbinary(16)"
-    assert mp.mssql_type("numeric", 17, 18, 4) == "decimal(18,4)"
-    assert mp.mssql_type("datetime2", 8, 27, 7) == "datetime2(7)"
-    assert mp.mssql_type("datetimeoffset", 10, 33, 6) == "datetimeoffset(6)"
-    assert mp.mssql_type("float", 8, 53, 0) == "float"
-    assert mp.mssql_type("uniqueidentifier", 16, 0, 0) == "uniqueidentifier"
+    assert ctcap.mssql_type("nvarchar", -1, 0, 0) == "nvarchar(max)"
+    assert ctcap.mssql_type("nvarchar", 400, 0, 0) == "nvarchar(200)"
+    assert ctcap.mssql_type("varbinary", 16, 0, 0) == "varbinary(16)"
+    assert ctcap.mssql_type("numeric", 17, 18, 4) == "decimal(18,4)"
+    assert ctcap.mssql_type("datetime2", 8, 27, 7) == "datetime2(7)"
+    assert ctcap.mssql_type("datetimeoffset", 10, 33, 6) == "datetimeoffset(6)"
+    assert ctcap.mssql_type("float", 8, 53, 0) == "float"
+    assert ctcap.mssql_type("uniqueidentifier", 16, 0, 0) == "uniqueidentifier"
 
 
 def test_echo_context_is_per_link_and_fits_varbinary_128() -> None:
-    a, b = mp.echo_context("patients"), mp.echo_context("visits")
-    assert len(a) == 16 and a == mp.echo_context("patients") and a != b
+    a, b = ctcap.echo_context("patients"), ctcap.echo_context("visits")
+    assert len(a) == 16 and a == ctcap.echo_context("patients") and a != b
 
 
 def test_transient_errors() -> None:
-    assert mp.is_transient(Exception("08S01", "[08S01] Communication link failure"))
-    assert mp.is_transient(Exception("40001", "Transaction was deadlocked (1205)"))
-    assert not mp.is_transient(Exception("23000", "Violation of PRIMARY KEY constraint (2627)"))
+    assert errors.is_odbc_transient(Exception("08S01", "[08S01] Communication link failure"))
+    assert errors.is_odbc_transient(Exception("40001", "Transaction was deadlocked (1205)"))
+    assert not errors.is_odbc_transient(
+        Exception("23000", "Violation of PRIMARY KEY constraint (2627)"))
 
 
 # --- flows against a scripted fake driver --------------------------------------------------
@@ -170,10 +176,10 @@ def run(coro: Any) -> Any:
 def test_read_changes_splits_rows_and_gone_keys() -> None:
     peer, log = make_peer(ct_responder())
     s = shape()
-    ctx = mp.echo_context("patients")
-    got = run(peer.read_changes(s, "b", mp.CtCursor(5, IDENT), ctx))
+    ctx = ctcap.echo_context("patients")
+    got = run(peer.read_changes(s, "b", chg.CtCursor(5, IDENT), ctx))
     upserts, deletes, new, resync, more, _ = got
-    assert not resync and new == mp.CtCursor(10, IDENT) and more is None
+    assert not resync and new == chg.CtCursor(10, IDENT) and more is None
     assert deletes == [{"id": uuid.UUID(UID), "k2": 2}]
     row = upserts[0]
     assert row["id"] == uuid.UUID(UID) and row["name"] == "Zoë"
@@ -182,7 +188,7 @@ def test_read_changes_splits_rows_and_gone_keys() -> None:
     sqls = [sql for sql, _ in log]
     assert sqls[:2] == ["SET LOCK_TIMEOUT 30000;", "SET TRANSACTION ISOLATION LEVEL SNAPSHOT;"]
     changes = [(sql, p) for sql, p in log if "CHANGETABLE" in sql][0]
-    assert changes[1] == (5, ctx, 10, mp.CHANGE_PAGE_ROWS), "window (5, 10], one page"
+    assert changes[1] == (5, ctx, 10, chg.CHANGE_PAGE_ROWS), "window (5, 10], one page"
     poll_at = next(i for i, x in enumerate(sqls) if "MIN_VALID" in x)
     identity_at = next(i for i, x in enumerate(sqls) if "[sync].[db_identity]" in x)
     assert poll_at < sqls.index("COMMIT", poll_at) < identity_at, (
@@ -197,31 +203,31 @@ def test_read_changes_splits_rows_and_gone_keys() -> None:
 
 @pytest.mark.parametrize(("cursor", "why"), [
     (None, "no cursor yet"),
-    (mp.CtCursor(2, IDENT), "older than the min valid version"),
-    (mp.CtCursor(11, IDENT), "ahead of the database (restored?)"),
-    (mp.CtCursor(5, "another-database"), "a different database identity"),
-    (mp.CtCursor(6, IDENT), "the source's record (5) is behind the cursor: restored"),
+    (chg.CtCursor(2, IDENT), "older than the min valid version"),
+    (chg.CtCursor(11, IDENT), "ahead of the database (restored?)"),
+    (chg.CtCursor(5, "another-database"), "a different database identity"),
+    (chg.CtCursor(6, IDENT), "the source's record (5) is behind the cursor: restored"),
 ])
-def test_read_changes_asks_for_resync(cursor: mp.CtCursor | None, why: str) -> None:
+def test_read_changes_asks_for_resync(cursor: chg.CtCursor | None, why: str) -> None:
     peer, log = make_peer(ct_responder())
     got = run(peer.read_changes(shape(), "b", cursor, b"x" * 16))
     assert got.resync_needed, why
-    assert got.new_cursor == mp.CtCursor(10, IDENT) and got.upserts == [] == got.deletes
+    assert got.new_cursor == chg.CtCursor(10, IDENT) and got.upserts == [] == got.deletes
     assert not any("CHANGETABLE" in sql for sql, _ in log)
     run(peer.close())
 
 
 def test_read_changes_resyncs_without_a_restore_record() -> None:
     peer, log = make_peer(ct_responder(record=None))
-    got = run(peer.read_changes(shape(), "b", mp.CtCursor(5, IDENT), b"x" * 16))
+    got = run(peer.read_changes(shape(), "b", chg.CtCursor(5, IDENT), b"x" * 16))
     assert got.resync_needed, "no record of the last sync on the source: restored before it"
     run(peer.close())
 
 
 def test_read_changes_refuses_untracked_table() -> None:
     peer, _ = make_peer(lambda sql, p: [(10, None)] if "MIN_VALID" in sql else None)
-    with pytest.raises(mp.SqlServerError, match="VIEW CHANGE TRACKING"):
-        run(peer.read_changes(shape(), "b", mp.CtCursor(5, IDENT), b"x" * 16))
+    with pytest.raises(odbc.SqlServerError, match="VIEW CHANGE TRACKING"):
+        run(peer.read_changes(shape(), "b", chg.CtCursor(5, IDENT), b"x" * 16))
     run(peer.close())
 
 
@@ -247,14 +253,14 @@ def pg_row(k2: int, **over: Any) -> dict[str, Any]:
 def test_apply_batch_binds_json_rows_and_records_the_batch() -> None:
     peer, log = make_peer(apply_responder)
     batch = uuid.uuid4()
-    ctx = mp.echo_context("patients")
+    ctx = ctcap.echo_context("patients")
     rows = [pg_row(1, name="old"), pg_row(1), pg_row(2)]
     counts = run(peer.apply_batch(shape(), "b", batch, rows,
                                   [{"id": uuid.UUID(UID), "k2": 3}], ctx))
     assert counts == mp.ApplyCounts(1, 1, 1)
     sql, params = [(s, p) for s, p in log if "XACT_ABORT" in s][0]
     assert log[-1] == ("COMMIT", ())
-    p = dict(zip(mp.q.APPLY_PARAMS, params, strict=True))
+    p = dict(zip(openjson.APPLY_PARAMS, params, strict=True))
     assert p["ctx"] == ctx and p["batch"] == str(batch) and p["link"] == "patients"
     assert p["source_side"] == "a" and p["signals"] == 4
     assert p["version"] is None and p["db_identity"] is None
@@ -274,17 +280,17 @@ def test_apply_batch_binds_json_rows_and_records_the_batch() -> None:
 def test_apply_batch_stores_a_sqlserver_source_cursor() -> None:
     peer, log = make_peer(apply_responder)
     run(peer.apply_batch(shape(), "b", uuid.uuid4(), [pg_row(1)], [], b"c" * 16,
-                         cursor=mp.CtCursor(42, IDENT)))
+                         cursor=chg.CtCursor(42, IDENT)))
     sql, params = [(s, p) for s, p in log if "XACT_ABORT" in s][0]
     assert "[sync].[ct_cursor]" in sql
-    p = dict(zip(mp.q.APPLY_PARAMS, params, strict=True))
+    p = dict(zip(openjson.APPLY_PARAMS, params, strict=True))
     assert (p["version"], p["db_identity"]) == (42, IDENT)
     run(peer.close())
 
 
 def test_a_value_that_cannot_travel_is_one_bad_row() -> None:
     peer, log = make_peer(apply_responder)
-    with pytest.raises(mp.BadRow) as e:
+    with pytest.raises(convert.BadRow) as e:
         run(peer.apply_batch(shape(), "b", uuid.uuid4(),
                              [pg_row(1), pg_row(2, amount=Decimal("NaN"))], [], b"c" * 16))
     assert (e.value.index, e.value.column) == (1, "amount")
@@ -338,7 +344,7 @@ def test_read_table_sync_spells_types_and_keeps_pk_order() -> None:
 
     log: list[Any] = []
     peer = Peer("clinic", "sqlserver", RAW["peers"]["clinic"]["dsn"])
-    table = mp.read_table_sync(peer, Side("clinic", "dbo", "we]ird"),
+    table = ctcap.read_table_sync(peer, Side("clinic", "dbo", "we]ird"),
                                driver=fake_driver(respond, log))
     assert table is not None and table.pk == ("id", "k2")
     assert {c: col.type for c, col in table.columns.items()} == {
@@ -373,15 +379,15 @@ def test_install_and_uninstall_capture_are_idempotent_and_autocommit() -> None:
     driver = fake_driver(respond, log)
     peer = Peer("clinic", "sqlserver", RAW["peers"]["clinic"]["dsn"])
     side = Side("clinic", "dbo", "patients")
-    first = mp.install_capture(peer, side, driver=driver)
+    first = ctcap.install_capture(peer, side, driver=driver)
     assert log[0] == ("SET LOCK_TIMEOUT 30000;", ())
     assert [r.splitlines()[-1] for r in first] == [
         "ALTER DATABASE [clinic] SET CHANGE_TRACKING = ON "
         "(CHANGE_RETENTION = 7 DAYS, AUTO_CLEANUP = ON);",
         "ALTER TABLE [dbo].[patients] ENABLE CHANGE_TRACKING WITH (TRACK_COLUMNS_UPDATED = OFF);",
     ]
-    assert mp.install_capture(peer, side, driver=driver) == [], "second run changes nothing"
-    assert [r.splitlines()[-1] for r in mp.uninstall_capture(peer, side, driver=driver)] == [
+    assert ctcap.install_capture(peer, side, driver=driver) == [], "second run changes nothing"
+    assert [r.splitlines()[-1] for r in ctcap.uninstall_capture(peer, side, driver=driver)] == [
         "ALTER TABLE [dbo].[patients] DISABLE CHANGE_TRACKING;"]
-    assert mp.uninstall_capture(peer, side, driver=driver) == []
+    assert ctcap.uninstall_capture(peer, side, driver=driver) == []
     assert "COMMIT" not in [s for s, _ in log]

@@ -19,11 +19,13 @@ from sqlglot import exp
 from test_mssql_peer import IDENT, UID, Conn, ct_responder, fake_driver, make_peer, run
 from test_mssql_sql import parse, strip_comments
 
-from syncbridge.engine import catalog, config, install
+from syncbridge.engine import catalog, config, config_file, errors, install
 from syncbridge.engine.config import Peer, Side
+from syncbridge.engine.sqlserver import capture as ctcap
+from syncbridge.engine.sqlserver import changes as chg
 from syncbridge.engine.sqlserver import checks as mssql_checks
-from syncbridge.engine.sqlserver import drain as mssql_drain
-from syncbridge.engine.sqlserver import peer as mp
+from syncbridge.engine.sqlserver import connection as mssql_odbc
+from syncbridge.engine.sqlserver import convert, openjson, pg_to_ct
 from syncbridge.engine.sqlserver import sql as q
 from syncbridge.engine.sqlserver import types as mssql_types
 
@@ -61,12 +63,12 @@ def test_item1_a_nul_value_becomes_unsendable_and_the_other_rows_convert() -> No
         return rows
 
     peer, _ = make_peer(respond)
-    got = run(peer.read_changes(shape(), "b", mp.CtCursor(5, IDENT), b"x" * 16))
+    got = run(peer.read_changes(shape(), "b", chg.CtCursor(5, IDENT), b"x" * 16))
     bad, good = got.upserts
-    assert isinstance(bad["name"], mp.Unsendable) and "NUL" in bad["name"].reason
+    assert isinstance(bad["name"], convert.Unsendable) and "NUL" in bad["name"].reason
     assert bad["k2"] == 3 and good["name"] == "Zoë"
     with pytest.raises(ValueError, match="NUL"):
-        mssql_drain.pg_value(bad["name"], "text")
+        convert.pg_value(bad["name"], "text")
     run(peer.close())
 
 
@@ -79,12 +81,12 @@ def test_item1_resync_pages_keep_going_past_a_nul() -> None:
     s = shape()
     peer, _ = make_peer(respond)
     table = s.table("b")
-    meta = mp.TableMeta()
-    rows = mp.key_warnings(table, meta)  # no text key in the shape: nothing to warn about
+    meta = ctcap.TableMeta()
+    rows = ctcap.key_warnings(table, meta)  # no text key in the shape: nothing to warn about
     assert rows == []
     page = run(peer.read_keys_page(s, "b", None, 10))
     assert [r["k2"] for r in page] == [1, 2]
-    assert isinstance(mp._to_postgres("a\x00", "nvarchar(10)"), mp.Unsendable)
+    assert isinstance(convert.from_mssql("a\x00", "nvarchar(10)"), convert.Unsendable)
     run(peer.close())
 
 
@@ -140,8 +142,8 @@ def test_item3_compatibility_below_130_is_refused_with_the_fix() -> None:
     assert f.fix == "ALTER DATABASE [clinic] SET COMPATIBILITY_LEVEL = 130;"
     log: list[Any] = []
     peer = Peer("clinic", "sqlserver", RAW["peers"]["clinic"]["dsn"])
-    with pytest.raises(mp.SqlServerError, match="COMPATIBILITY_LEVEL = 130"):
-        mp.install_capture(peer, Side("clinic", "dbo", "t"),
+    with pytest.raises(mssql_odbc.SqlServerError, match="COMPATIBILITY_LEVEL = 130"):
+        ctcap.install_capture(peer, Side("clinic", "dbo", "t"),
                            driver=fake_driver(db_responder(compat=120), log))
     assert not any(s.startswith("ALTER") for s, _ in log), "refused before altering anything"
 
@@ -157,10 +159,10 @@ def test_item21_a_shorter_retention_is_reported_with_the_statement() -> None:
     assert f.fix == "ALTER DATABASE [clinic] SET CHANGE_TRACKING (CHANGE_RETENTION = 7 DAYS);"
     notes: list[str] = []
     peer = Peer("clinic", "sqlserver", RAW["peers"]["clinic"]["dsn"])
-    mp.install_capture(peer, Side("clinic", "dbo", "t"), notes=notes,
+    ctcap.install_capture(peer, Side("clinic", "dbo", "t"), notes=notes,
                        driver=fake_driver(db_responder(ct=(True, 2, "DAYS")), []))
     assert notes and "CHANGE_RETENTION = 7 DAYS" in notes[0]
-    assert config.DEFAULTS["ct_retention_days"] == 7
+    assert config_file.DEFAULTS["ct_retention_days"] == 7
     assert findings(db_responder(), source=True, retention_days=7) == []
 
 
@@ -179,7 +181,7 @@ def test_ct_on_but_invisible_to_the_login_is_a_warning_not_an_error() -> None:
         "ALTER DATABASE [clinic] SET CHANGE_TRACKING = ON (CHANGE_RETENTION = 7 DAYS")
     log: list[Any] = []
     peer = Peer("clinic", "sqlserver", RAW["peers"]["clinic"]["dsn"])
-    mp.install_capture(peer, Side("clinic", "dbo", "t"), driver=fake_driver(respond, log))
+    ctcap.install_capture(peer, Side("clinic", "dbo", "t"), driver=fake_driver(respond, log))
     assert not any("SET CHANGE_TRACKING = ON" in s for s, _ in log), "on already: not altered"
 
 
@@ -216,7 +218,7 @@ def test_item4_missing_grants_are_named_with_the_grant_statement() -> None:
 
 
 def test_item5_identity_columns_stay_out_of_the_update() -> None:
-    r = q.apply(shape(), "b", identity=frozenset({"big"}), identity_insert=True)
+    r = openjson.apply(shape(), "b", identity=frozenset({"big"}), identity_insert=True)
     update = [s for s in strip_comments(r.sql).split(";") if "UPDATE t SET" in s][0]
     assert "t.[big] =" not in update, "Msg 8102: cannot update identity column"
     assert "t.[small] = s.c4" in update
@@ -245,16 +247,16 @@ def bin_shape(key_type: str) -> catalog.LinkShape:
 
 def test_item6_binary_keys_are_converted_back_from_hex_in_every_key_join() -> None:
     s = bin_shape("varbinary(16)")
-    for r in (q.rows_for_keys(s, "a"), q.apply(s, "a")):
+    for r in (openjson.rows_for_keys(s, "a"), openjson.apply(s, "a")):
         assert "t.[k] = CONVERT(varbinary(16), k.c0, 2)" in r.sql
         assert "t.[k] = k.c0" not in r.sql
         parse(r.sql)
-    select = [e for e in parse(q.rows_for_keys(s, "a").sql) if isinstance(e, exp.Select)][0]
+    select = [e for e in parse(openjson.rows_for_keys(s, "a").sql) if isinstance(e, exp.Select)][0]
     conv = select.find(exp.Join).args["on"].expression
     assert isinstance(conv, exp.Convert | exp.Cast), conv
     u = bin_shape("uniqueidentifier")
-    assert "t.[k] = k.c0" in q.rows_for_keys(u, "a").sql
-    assert "c0 uniqueidentifier 'strict $.c0'" in q.rows_for_keys(u, "a").sql, (
+    assert "t.[k] = k.c0" in openjson.rows_for_keys(u, "a").sql
+    assert "c0 uniqueidentifier 'strict $.c0'" in openjson.rows_for_keys(u, "a").sql, (
         "OPENJSON types the uuid text, so the join compares uniqueidentifiers")
 
 
@@ -264,15 +266,15 @@ def test_item6_binary_keys_are_converted_back_from_hex_in_every_key_join() -> No
 def test_item9_native_numbers_come_from_the_diagnostic_records_not_the_text() -> None:
     pk = odbc("23000", ("Violation of PRIMARY KEY constraint 'pk'. Cannot insert duplicate key "
                         "in object 'dbo.t'. The duplicate key value is (1205).", 2627))
-    assert mp.native_errors(pk) == [2627]
-    assert not mp.is_transient(pk), "a key printed as (1205) is not a deadlock"
-    assert mssql_drain._mssql_row_error(pk)
+    assert errors.native_errors(pk) == [2627]
+    assert not errors.is_odbc_transient(pk), "a key printed as (1205) is not a deadlock"
+    assert pg_to_ct.row_error(pk)
     two = odbc("23000", ("The INSERT statement conflicted with the FOREIGN KEY constraint "
                          "\"fk\". (40501)", 547), ("The statement has been terminated.", 3621))
-    assert mp.native_errors(two) == [547, 3621]
-    assert not mp.is_transient(two)
+    assert errors.native_errors(two) == [547, 3621]
+    assert not errors.is_odbc_transient(two)
     deadlock = odbc("40001", ("Transaction (Process ID 52) was deadlocked ...", 1205))
-    assert mp.is_transient(deadlock)
+    assert errors.is_odbc_transient(deadlock)
 
 
 def test_item10_both_forms_of_547_are_deferred_but_check_is_not() -> None:
@@ -282,9 +284,9 @@ def test_item10_both_forms_of_547_are_deferred_but_check_is_not() -> None:
                             "\"fk_p\". The conflict occurred in database \"c\".", 547))
     check = odbc("23000", ("The INSERT statement conflicted with the CHECK constraint \"ck\".",
                            547))
-    assert mssql_drain._mssql_fk(child) and mssql_drain._mssql_fk(parent)
-    assert not mssql_drain._mssql_fk(check)
-    assert not mssql_drain._mssql_fk(odbc("23000", ("mentions FOREIGN KEY (547) only", 2627)))
+    assert errors.is_mssql_fk_miss(child) and errors.is_mssql_fk_miss(parent)
+    assert not errors.is_mssql_fk_miss(check)
+    assert not errors.is_mssql_fk_miss(odbc("23000", ("mentions FOREIGN KEY (547) only", 2627)))
 
 
 # --- item 11: trailing spaces ---------------------------------------------------------------
@@ -293,10 +295,10 @@ def test_item10_both_forms_of_547_are_deferred_but_check_is_not() -> None:
 def test_item11_text_keys_warn_about_trailing_spaces_whatever_the_collation() -> None:
     cols = {"code": catalog.Column("code", "nvarchar(20)", False)}
     table = catalog.Table("dbo", "t", cols, ("code",))
-    bin2 = mp.key_warnings(table, mp.TableMeta({"code": "Latin1_General_100_BIN2"}))
+    bin2 = ctcap.key_warnings(table, ctcap.TableMeta({"code": "Latin1_General_100_BIN2"}))
     assert len(bin2) == 1 and "every collation" in bin2[0].what, "BIN2 does not help"
     assert 'CHECK ("code" = rtrim("code"))' in bin2[0].fix
-    ci = mp.key_warnings(table, mp.TableMeta({"code": "SQL_Latin1_General_CP1_CI_AS"}))
+    ci = ctcap.key_warnings(table, ctcap.TableMeta({"code": "SQL_Latin1_General_CP1_CI_AS"}))
     assert len(ci) == 2 and "'a' and 'A'" in ci[1].what
 
 
@@ -314,7 +316,7 @@ def test_item12_uninstall_spares_sink_only_and_still_read_tables(monkeypatch) ->
     ]}
     cfg = config.parse(raw)
     off: list[str] = []
-    monkeypatch.setattr(mp, "uninstall_capture", lambda peer, side: off.append(side.qualified))
+    monkeypatch.setattr(ctcap, "uninstall_capture", lambda peer, side: off.append(side.qualified))
     monkeypatch.setattr(install.psycopg, "connect", lambda dsn: contextlib.nullcontext())
     monkeypatch.setattr(install.capture, "uninstall", lambda conn, link, side: None)
     out = list(install.uninstall(cfg, ["one", "three"]))
@@ -330,15 +332,15 @@ def test_item12_uninstall_spares_sink_only_and_still_read_tables(monkeypatch) ->
 
 def test_item16_connections_carry_login_query_and_lock_timeouts() -> None:
     log: list[Any] = []
-    cn = mp.connect(fake_driver(lambda s, p: None, log), "Driver={x};", False,
-                    mp.Timeouts(login=5, query=60, lock=10))
+    cn = mssql_odbc.connect(fake_driver(lambda s, p: None, log), "Driver={x};", False,
+                    mssql_odbc.Timeouts(login=5, query=60, lock=10))
     assert (cn.login_timeout, cn.timeout) == (5, 60)
     assert log == [("SET LOCK_TIMEOUT 10000;", ())]
-    assert mp.is_transient(OdbcError("HYT00", "[HYT00] [Microsoft]Query timeout expired (0) "
-                                              "(SQLExecDirectW)"))
-    assert mp.is_transient(odbc("HY000", ("Lock request time out period exceeded.", 1222)))
+    assert errors.is_odbc_transient(OdbcError(
+        "HYT00", "[HYT00] [Microsoft]Query timeout expired (0) (SQLExecDirectW)"))
+    assert errors.is_odbc_transient(odbc("HY000", ("Lock request time out period exceeded.", 1222)))
     assert {"mssql_login_timeout", "mssql_query_timeout", "mssql_lock_timeout"} <= set(
-        config.DEFAULTS)
+        config_file.DEFAULTS)
 
 
 # --- item 18: paged change reads -----------------------------------------------------------------
@@ -347,9 +349,9 @@ def test_item16_connections_carry_login_query_and_lock_timeouts() -> None:
 def test_item18_a_full_page_asks_for_the_next_one_after_its_last_key() -> None:
     peer, log = make_peer(ct_responder())
     s = shape()
-    first = run(peer.read_changes(s, "b", mp.CtCursor(5, IDENT), b"x" * 16, limit=2))
+    first = run(peer.read_changes(s, "b", chg.CtCursor(5, IDENT), b"x" * 16, limit=2))
     assert first.next_after == {"id": uuid.UUID(UID), "k2": 2}
-    run(peer.read_changes(s, "b", mp.CtCursor(5, IDENT), b"x" * 16, after=first.next_after,
+    run(peer.read_changes(s, "b", chg.CtCursor(5, IDENT), b"x" * 16, after=first.next_after,
                           upto=first.new_cursor.version, limit=2))
     sql, params = [(x, p) for x, p in log if "CHANGETABLE" in x][-1]
     assert params == (5, b"x" * 16, 10, 2, UID.lower(), 2)
@@ -363,8 +365,8 @@ def test_item18_a_full_page_asks_for_the_next_one_after_its_last_key() -> None:
 
 
 def test_item22_app_name_is_added_once() -> None:
-    assert mp.with_app_name("Driver={x};Server=s;") == "Driver={x};Server=s;APP=syncbridge;"
-    assert mp.with_app_name("Driver={x};APP=mine") == "Driver={x};APP=mine"
+    assert mssql_odbc.with_app_name("Driver={x};Server=s;") == "Driver={x};Server=s;APP=syncbridge;"
+    assert mssql_odbc.with_app_name("Driver={x};APP=mine") == "Driver={x};APP=mine"
     peer, _ = make_peer(lambda s, p: None)
     assert peer.conn_str.endswith(";APP=syncbridge;")
 
@@ -380,7 +382,7 @@ def test_item22_clr_types_reach_the_type_check_and_are_refused_by_name() -> None
 
 
 def test_item22_updates_skip_rows_that_are_already_equal_comparing_bytes() -> None:
-    r = q.apply(shape(), "b")
+    r = openjson.apply(shape(), "b")
     update = [s for s in strip_comments(r.sql).split(";") if "UPDATE t SET" in s][0]
     assert "WHERE EXISTS (SELECT CAST(s.c2 AS varbinary(max)), s.c3" in update
     assert "EXCEPT SELECT CAST(t.[name] AS varbinary(max)), t.[flag]" in update

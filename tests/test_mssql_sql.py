@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import mssql_shape
 import pytest
 import sqlglot
 import sqlparse
@@ -22,6 +23,7 @@ from mssql_shape import COLUMNS, KEY, TABLE, shape
 from sqlglot import exp
 
 from syncbridge.engine.config import Side
+from syncbridge.engine.sqlserver import openjson
 from syncbridge.engine.sqlserver import sql as q
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -29,7 +31,7 @@ CTX = "WITH CHANGE_TRACKING_CONTEXT (@ctx)"
 COMMAND_OK = {"enable_db_snapshot", "enable_db_ct", "disable_db_ct", "enable_table_ct",
               "set_db_retention",
               "disable_table_ct", "apply_identity_cursor"}
-STATEMENTS = q.all_statements(shape(), "b")
+STATEMENTS = mssql_shape.all_statements(shape(), "b")
 
 
 def strip_comments(sql: str) -> str:
@@ -82,7 +84,7 @@ def test_splicing_refuses_anything_but_names_and_types() -> None:
     with pytest.raises(ValueError):
         q.sql_type("int; DROP TABLE x")
     with pytest.raises(ValueError):
-        q._collate("Latin1 ) ; DROP")
+        q.collate("Latin1 ) ; DROP")
     with pytest.raises(ValueError):
         q.enable_db_ct("clinic", 7, "WEEKS")
     assert q.sql_type("decimal(18, 4)") == "decimal(18,4)"
@@ -170,7 +172,7 @@ def test_changes_read_joins_current_values_and_filters_own_context() -> None:
 def test_apply_batch_structure() -> None:
     r = STATEMENTS["apply"]
     body = strip_comments(r.sql)
-    assert r.params == q.APPLY_PARAMS
+    assert r.params == openjson.APPLY_PARAMS
     assert body.lstrip().startswith("SET NOCOUNT ON; SET XACT_ABORT ON;")
     tree = parse(r.sql)
     kinds = [type(e).__name__ for e in tree]
@@ -235,7 +237,7 @@ def test_apply_with_cursor_and_identity_insert() -> None:
 
 def test_apply_collations_are_spliced_on_staging_and_joins() -> None:
     s = shape()
-    r = q.apply(s, "b", collations={"name": "Latin1_General_100_BIN2"})
+    r = openjson.apply(s, "b", collations={"name": "Latin1_General_100_BIN2"})
     assert "c2 nvarchar(max) COLLATE Latin1_General_100_BIN2" in r.sql
     parse(r.sql)
 
@@ -245,7 +247,7 @@ def test_key_only_table_has_no_update() -> None:
 
     s = shape()
     slim = catalog.LinkShape(s.link, s.a, s.b, s.key_pairs())
-    r = q.apply(slim, "b")
+    r = openjson.apply(slim, "b")
     assert "UPDATE t SET" not in r.sql
     parse(r.sql)
 
@@ -285,7 +287,9 @@ def sql_statements(path: Path) -> list[str]:
 
 @pytest.mark.parametrize("name", ["0001_bridge_objects.sql", "0001_bridge_objects.rollback.sql",
                                   "0002_restore_record.sql",
-                                  "0002_restore_record.rollback.sql"])
+                                  "0002_restore_record.rollback.sql",
+                                  "0003_two_way_state.sql",
+                                  "0003_two_way_state.rollback.sql"])
 def test_sqlserver_migrations_parse_and_have_no_go(name: str) -> None:
     path = ROOT / "migrations" / "sqlserver" / name
     text = path.read_text()
@@ -314,6 +318,28 @@ def test_sqlserver_migration_objects_match_what_the_batch_writes() -> None:
     assert "id" in creates["db_identity"]
     assert "batch_id    uniqueidentifier NOT NULL" in text
     assert "datetime2(6)" in text and "TIMESTAMP" not in text.upper().replace("DATETIME", "")
+
+
+def test_two_way_state_tables_have_what_the_statements_write() -> None:
+    path = ROOT / "migrations" / "sqlserver" / "0003_two_way_state.sql"
+    creates = {}
+    for s in sql_statements(path):
+        tree = sqlglot.parse_one(strip_comments(s), read="tsql")
+        if isinstance(tree, exp.Create) and tree.kind == "TABLE":
+            creates[tree.this.this.name] = {c.name for c in tree.this.expressions
+                                            if isinstance(c, exp.ColumnDef)}
+    assert creates["row_state"] == {"link", "key_hash", "key", "image", "known", "synced_at"}
+    assert creates["resend"] == {"link", "source_side", "key_hash", "key", "queued_at"}
+    two_way = STATEMENTS["apply_two_way"].sql
+    # the bases and resends go in the batch's own transaction, before its record
+    assert two_way.index("[sync].[row_state]") < two_way.index("[sync].[applied_batches]")
+    assert two_way.index("[sync].[resend]") < two_way.index("[sync].[applied_batches]")
+    assert "[sync].[row_state]" not in STATEMENTS["apply"].sql, "one-way links keep none"
+    # one hash of the key text everywhere, so a lookup finds what a write stored
+    for name in ("apply_two_way", "state_read", "state_write", "resend_done", "resend_request"):
+        assert "CONVERT(binary(32), HASHBYTES('SHA2_256'," in STATEMENTS[name].sql, name
+    read = strip_comments(STATEMENTS["state_read"].sql)
+    assert "WITH (UPDLOCK, HOLDLOCK)" in read and "COMMIT" not in read.upper()
 
 
 def test_postgres_ct_cursor_migration() -> None:

@@ -16,6 +16,7 @@ from mssql_shape import COLUMNS, link, mssql_table, pg_table, shape
 
 from syncbridge.engine import catalog
 from syncbridge.engine.config import ConfigError
+from syncbridge.engine.sqlserver import convert
 from syncbridge.engine.sqlserver import types as T
 
 PG, MS = "postgres", "sqlserver"
@@ -144,88 +145,89 @@ def test_shape_refuses_a_lossy_column() -> None:
 
 
 def test_decimals_and_integers_travel_as_exact_strings() -> None:
-    assert T.to_transport(Decimal("12345678901234.5678"), "decimal(18,4)") == "12345678901234.5678"
-    assert T.to_transport(Decimal("1E+3"), "decimal(18,4)") == "1000"
-    assert T.to_transport(Decimal("-0.0001"), "decimal(18,4)") == "-0.0001"
-    assert T.to_transport(2**63 - 1, "bigint") == "9223372036854775807"
-    assert T.to_transport(True, "bit") == 1 and T.to_transport(False, "bit") == 0
+    assert convert.to_transport(Decimal("12345678901234.5678"),
+                                "decimal(18,4)") == "12345678901234.5678"
+    assert convert.to_transport(Decimal("1E+3"), "decimal(18,4)") == "1000"
+    assert convert.to_transport(Decimal("-0.0001"), "decimal(18,4)") == "-0.0001"
+    assert convert.to_transport(2**63 - 1, "bigint") == "9223372036854775807"
+    assert convert.to_transport(True, "bit") == 1 and convert.to_transport(False, "bit") == 0
     for bad in (Decimal("NaN"), Decimal("Infinity"), float("nan"), float("inf")):
         with pytest.raises(ValueError):
-            T.to_transport(bad, "float")
+            convert.to_transport(bad, "float")
 
 
 def test_times_keep_microseconds_and_offsets() -> None:
     naive = dt.datetime(2024, 5, 1, 10, 0, 0, 123456)
-    assert T.to_transport(naive, "datetime2(6)") == "2024-05-01T10:00:00.123456"
-    assert T.to_transport(naive.replace(microsecond=0), "datetime2(6)") == \
+    assert convert.to_transport(naive, "datetime2(6)") == "2024-05-01T10:00:00.123456"
+    assert convert.to_transport(naive.replace(microsecond=0), "datetime2(6)") == \
         "2024-05-01T10:00:00.000000"
     aware = dt.datetime(2024, 5, 1, 10, 0, 0, 123456, dt.UTC)
-    assert T.to_transport(aware, "datetimeoffset(6)") == "2024-05-01T10:00:00.123456+00:00"
+    assert convert.to_transport(aware, "datetimeoffset(6)") == "2024-05-01T10:00:00.123456+00:00"
     plus2 = aware.astimezone(dt.timezone(dt.timedelta(hours=2)))
-    assert T.to_transport(plus2, "datetimeoffset(6)") == "2024-05-01T12:00:00.123456+02:00"
-    assert T.to_transport(dt.time(23, 59, 59, 5), "time(6)") == "23:59:59.000005"
-    assert T.to_transport(dt.date(1, 1, 1), "date") == "0001-01-01"
+    assert convert.to_transport(plus2, "datetimeoffset(6)") == "2024-05-01T12:00:00.123456+02:00"
+    assert convert.to_transport(dt.time(23, 59, 59, 5), "time(6)") == "23:59:59.000005"
+    assert convert.to_transport(dt.date(1, 1, 1), "date") == "0001-01-01"
     with pytest.raises(ValueError):
-        T.to_transport(naive, "datetimeoffset(6)")
+        convert.to_transport(naive, "datetimeoffset(6)")
     with pytest.raises(ValueError):
-        T.to_transport(aware, "datetime2(6)")
+        convert.to_transport(aware, "datetime2(6)")
     with pytest.raises(ValueError):
-        T.to_transport(dt.datetime.max, "datetime2(6)")
+        convert.to_transport(dt.datetime.max, "datetime2(6)")
 
 
 def test_text_binary_uuid_json() -> None:
     text = "Zoë Ångström — 患者 😀"
-    assert T.to_transport(text, "nvarchar(max)") == text
-    payload = json.dumps([{"c0": T.to_transport(text, "nvarchar(max)")}], ensure_ascii=False)
+    assert convert.to_transport(text, "nvarchar(max)") == text
+    payload = json.dumps([{"c0": convert.to_transport(text, "nvarchar(max)")}], ensure_ascii=False)
     assert text in payload and json.loads(payload)[0]["c0"] == text
-    assert T.to_transport(b"\x00\xffAB", "varbinary(max)") == "00ff4142"
-    assert T.to_transport(memoryview(b"\x01"), "varbinary(max)") == "01"
+    assert convert.to_transport(b"\x00\xffAB", "varbinary(max)") == "00ff4142"
+    assert convert.to_transport(memoryview(b"\x01"), "varbinary(max)") == "01"
     u = uuid.UUID("6f1d3c52-4f0e-4c59-9d59-3b8f5a1f3e11")
-    assert T.to_transport(u, "uniqueidentifier") == str(u)
-    assert T.to_transport('{"a": 1}', "nvarchar(max)") == '{"a": 1}'
-    assert T.to_transport({"b": [1, "é"]}, "nvarchar(max)") == '{"b":[1,"é"]}'
-    assert T.to_transport(None, "int") is None
-    assert T.to_transport(1.5, "float") == 1.5
+    assert convert.to_transport(u, "uniqueidentifier") == str(u)
+    assert convert.to_transport('{"a": 1}', "nvarchar(max)") == '{"a": 1}'
+    assert convert.to_transport({"b": [1, "é"]}, "nvarchar(max)") == '{"b":[1,"é"]}'
+    assert convert.to_transport(None, "int") is None
+    assert convert.to_transport(1.5, "float") == 1.5
 
 
 @given(st.decimals(allow_nan=False, allow_infinity=False, places=4,
                    min_value=Decimal("-99999999999999.9999"),
                    max_value=Decimal("99999999999999.9999")))
 def test_decimal_strings_round_trip_exactly(d: Decimal) -> None:
-    s = T.to_transport(d, "decimal(18,4)")
+    s = convert.to_transport(d, "decimal(18,4)")
     assert "E" not in s.upper() and Decimal(s) == d
 
 
 @given(st.floats(allow_nan=False, allow_infinity=False))
 def test_floats_round_trip_through_json(f: float) -> None:
-    assert json.loads(json.dumps(T.to_transport(f, "float"))) == f
+    assert json.loads(json.dumps(convert.to_transport(f, "float"))) == f
 
 
 # --- values pyodbc -> Postgres ------------------------------------------------------------
 
 
 def test_values_read_from_sql_server() -> None:
-    u = T.to_postgres("6F1D3C52-4F0E-4C59-9D59-3B8F5A1F3E11", "uniqueidentifier")
+    u = convert.to_postgres("6F1D3C52-4F0E-4C59-9D59-3B8F5A1F3E11", "uniqueidentifier")
     assert u == uuid.UUID("6f1d3c52-4f0e-4c59-9d59-3b8f5a1f3e11")
-    v = T.to_postgres("2024-05-01 10:00:00.1234560 +02:00", "datetimeoffset(6)")
+    v = convert.to_postgres("2024-05-01 10:00:00.1234560 +02:00", "datetimeoffset(6)")
     assert v == dt.datetime(2024, 5, 1, 8, 0, 0, 123456, dt.UTC)
     assert v.utcoffset() == dt.timedelta(hours=2)
-    neg = T.parse_datetimeoffset("2024-05-01 10:00:00 -05:30")
+    neg = convert.parse_datetimeoffset("2024-05-01 10:00:00 -05:30")
     assert neg.utcoffset() == -dt.timedelta(hours=5, minutes=30)
     with pytest.raises(ValueError, match="100-nanosecond"):
-        T.parse_datetimeoffset("2024-05-01 10:00:00.1234567 +00:00")
+        convert.parse_datetimeoffset("2024-05-01 10:00:00.1234567 +00:00")
     with pytest.raises(ValueError, match="NUL"):
-        T.to_postgres("a\x00b", "nvarchar(max)", "text")
-    assert T.to_postgres(Decimal("1.2300"), "decimal(18,4)") == Decimal("1.2300")
-    assert T.to_postgres(bytearray(b"\x01"), "varbinary(max)") == b"\x01"
-    assert T.to_postgres("2024-05-01", "date") == dt.date(2024, 5, 1)
-    assert T.to_postgres("10:00:00.1234560", "time(6)") == dt.time(10, 0, 0, 123456)
-    assert T.to_postgres('{"a":1}', "nvarchar(max)", "jsonb") == '{"a":1}'
-    assert T.to_postgres(None, "int") is None
+        convert.to_postgres("a\x00b", "nvarchar(max)", "text")
+    assert convert.to_postgres(Decimal("1.2300"), "decimal(18,4)") == Decimal("1.2300")
+    assert convert.to_postgres(bytearray(b"\x01"), "varbinary(max)") == b"\x01"
+    assert convert.to_postgres("2024-05-01", "date") == dt.date(2024, 5, 1)
+    assert convert.to_postgres("10:00:00.1234560", "time(6)") == dt.time(10, 0, 0, 123456)
+    assert convert.to_postgres('{"a":1}', "nvarchar(max)", "jsonb") == '{"a":1}'
+    assert convert.to_postgres(None, "int") is None
 
 
 def test_odbc_datetimeoffset_converter_layout() -> None:
     raw = struct.pack("<6hI2h", 2024, 5, 1, 10, 0, 0, 123456000, -5, -30)
-    v = T.datetimeoffset_from_odbc(raw)
+    v = convert.datetimeoffset_from_odbc(raw)
     assert v.microsecond == 123456
     assert v.utcoffset() == -dt.timedelta(hours=5, minutes=30)

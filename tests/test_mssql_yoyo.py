@@ -45,7 +45,9 @@ class FakeCursor:
     def execute(self, sql: str, params: Any = ()) -> FakeCursor:
         w = self.conn.world
         w.log.append(sql)
-        text = " ".join(sql.split())
+        # the named .sql entries start with their description comment, as SQL Server allows
+        text = " ".join(" ".join(line for line in sql.splitlines()
+                                 if not line.lstrip().startswith("--")).split())
         self.rows = []
         if text.startswith("SELECT @@TRANCOUNT"):
             self.rows = [(1 if self.conn.pending else 0,)]
@@ -55,23 +57,24 @@ class FakeCursor:
             return self
         if not self.conn.autocommit:
             self.conn.pending.append(sql)
-        m = re.match(r'CREATE TABLE "?([\w]+)"?', text)
+        m = re.match(r'CREATE TABLE ([\w\[\]".]+)', text)
         if m:
-            if m.group(1) in w.tables | set(self.conn.created):
-                raise FakeError(f"There is already an object named '{m.group(1)}'")
-            self.conn.created.append(m.group(1))
-        m = re.match(r'DROP TABLE "?([\w]+)"?', text)
-        if m and m.group(1) not in w.tables | set(self.conn.created):
+            name = re.sub(r'["\[\]]', "", m.group(1))
+            if name in w.tables | set(self.conn.created):
+                raise FakeError(f"There is already an object named '{name}'")
+            self.conn.created.append(name)
+        m = re.match(r'DROP TABLE ([\w\[\]".]+)', text)
+        if m and re.sub(r'["\[\]]', "", m.group(1)) not in w.tables | set(self.conn.created):
             raise FakeError(f"Cannot drop the table '{m.group(1)}'")
         if text.startswith("SELECT table_name FROM information_schema.tables"):
             self.rows = [(t,) for t in sorted(w.tables | set(self.conn.created))]
-        elif text.startswith('SELECT max("version")'):
+        elif text.startswith('SELECT max([version])'):
             self.rows = [(2,)]
-        elif text.startswith('SELECT "migration_hash" FROM'):
+        elif text.startswith('SELECT [migration_hash] FROM'):
             self.rows = [(h,) for h in w.applied]
-        elif text.startswith('INSERT INTO "_yoyo_migration"'):
+        elif text.startswith('INSERT INTO [_yoyo_migration]'):
             self.conn.marks.append(params[0])
-        elif text.startswith('DELETE FROM "_yoyo_migration"'):
+        elif text.startswith('DELETE FROM [_yoyo_migration]'):
             self.conn.unmarks.append(params[0])
         if self.conn.autocommit:
             self.conn.commit()
@@ -106,9 +109,9 @@ class FakeConnection:
     def commit(self) -> None:
         self.world.tables |= set(self.created)
         for s in self.pending:
-            m = re.match(r'\s*DROP TABLE "?([\w\[\].]+)"?', s)
+            m = re.match(r'\s*DROP TABLE ([\w\[\]".]+)', s)
             if m:
-                self.world.tables.discard(m.group(1))
+                self.world.tables.discard(re.sub(r'["\[\]]', "", m.group(1)))
         self.world.applied += self.marks
         self.world.applied = [h for h in self.world.applied if h not in self.unmarks]
         self.pending, self.created, self.marks, self.unmarks = [], [], [], []
@@ -163,7 +166,7 @@ def test_apply_and_rollback_issue_only_tsql(backend: Any) -> None:
     migrations = read_migrations(str(ROOT / "migrations" / "sqlserver"))
     b.apply_migrations(b.to_apply(migrations))
     assert {"_yoyo_migration", "_yoyo_log", "_yoyo_version", "yoyo_lock"} <= world.tables
-    assert len(world.applied) == 2  # 0001_bridge_objects, 0002_restore_record
+    assert len(world.applied) == 3  # 0001_bridge_objects, 0002_restore_record, 0003_two_way_state
     b.rollback_migrations(b.to_rollback(migrations))
     assert world.applied == []
     log = [" ".join(s.split()) for s in world.log]

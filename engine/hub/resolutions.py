@@ -1,7 +1,8 @@
 """Enacting conflicts an operator resolved with sync.resolve_conflict().
 
-The winner's current row is sent again, unchecked (an 'R' signal at the
-winner's queue), so the loser side takes it; under `merge` the settled merge
+The winner's current row is sent again, unchecked (an 'R' signal at a
+Postgres winner's queue, a [sync].[resend] entry at a SQL Server winner), so
+the loser side takes it; under `merge` the settled merge
 (the loser's edits of other columns kept) is first written on the winner's
 side as the bridge's own write. The conflict is then marked resolved."""
 
@@ -32,7 +33,9 @@ def key_json(value: Any) -> str:
 
 async def enact(hub: asyncpg.Pool, shapes: dict[str, LinkShape],
                 pools: dict[str, asyncpg.Pool], drains: list[Drain],
-                wake: Callable[[str, str], None]) -> None:
+                wake: Callable[[str, str], None], mssql: dict[str, Any] | None = None) -> None:
+    """Each resolving conflict: the winner's row re-sent from a Postgres winner's
+    queue ('R' signal) or a SQL Server winner's [sync].[resend] (`mssql`: its peers)."""
     for r in await hub.fetch(SQL["resolving_conflicts"]):
         shape = shapes.get(r["link"])
         if shape is None:
@@ -47,8 +50,13 @@ async def enact(hub: asyncpg.Pool, shapes: dict[str, LinkShape],
                                              winner)
             [drain] = [d for d in drains if d.link.name == shape.link.name and d.dst == winner]
             await drain.write_settled(merged, key_json(key))
-        source = pools[shape.link.side(winner).peer]
-        await source.execute(QUEUE["resignal"], r["link"], winner, key_json([key]))
+        peer = shape.link.side(winner).peer
+        if peer in pools:
+            await pools[peer].execute(QUEUE["resignal"], r["link"], winner, key_json([key]))
+        elif mssql and peer in mssql:  # the key in the SQL Server side's column names
+            await mssql[peer].execute("resend_request", r["link"], winner, key_json([key]))
+        else:
+            continue  # that peer is not connected in this term: the next one enacts it
         await hub.execute(SQL["conflict_resolved"], r["id"])
         wake(r["link"], winner)
         log.info("event=conflict_resolved id=%s link=%s winner=%s", r["id"], r["link"], winner)

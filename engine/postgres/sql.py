@@ -159,22 +159,3 @@ def _state_read(shape: LinkShape, sink: str) -> str:
         ka_found=typed_obj(a_keys, "t", keys), cur=text_obj(shape.cols("a"), "t", shape.cols(sink)),
         key_defs=key_defs(shape, sink), table=table_name(shape, sink),
         join=key_match("t", "k", keys))
-
-
-# Old text-returning names, kept only for modules outside this change that still build
-# SQL by hand (engine/postgres/drain.py: _table; engine/sqlserver/drain.py: all four).
-# Remove them when those modules use the composables above.
-def _q(name: str) -> str:
-    return sql.Identifier(name).as_string(None)
-
-
-def _table(shape: LinkShape, side: str) -> str:
-    return table_name(shape, side).as_string(None)
-
-
-def _coldefs(shape: LinkShape, side: str) -> str:
-    return key_defs(shape, side).as_string(None)
-
-
-def _obj(names: list[str], alias: str, cols: list[str]) -> str:
-    return typed_obj(names, alias, cols).as_string(None)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from syncbridge.engine.config import Side
-from syncbridge.engine.sqlserver import sql as q
+from syncbridge.engine.sqlserver import sql as tsql
 
 ERROR, WARNING = "error", "warning"
 UNIT_DAYS = {"DAYS": 1.0, "HOURS": 1 / 24, "MINUTES": 1 / 1440}
@@ -45,13 +45,13 @@ class Role:
     identity: bool = False  # an IDENTITY column is written (SET IDENTITY_INSERT needs ALTER)
 
 
-def _stmt(r: q.Rendered) -> str:
+def _stmt(r: tsql.Rendered) -> str:
     """A rendered statement without its header comment, to print as a fix."""
     return "\n".join(line for line in r.sql.splitlines() if not line.startswith("--")).strip()
 
 
 def _one(cur: Any, name: str, *params: Any) -> Any:
-    row = cur.execute(q.static(name).sql, *params).fetchone()
+    row = cur.execute(tsql.static(name).sql, *params).fetchone()
     return row[0] if row else None
 
 
@@ -59,13 +59,13 @@ def database(cur: Any, *, source: bool, retention_days: float) -> list[Finding]:
     """Compatibility level, updateability, and for a source snapshot isolation and CT."""
     out: list[Finding] = []
     name = _one(cur, "db_name")
-    db = q.qi(name)
+    db = tsql.qi(name)
     compat = _one(cur, "db_compat")
-    if compat is not None and compat < q.MIN_COMPAT_LEVEL:
+    if compat is not None and compat < tsql.MIN_COMPAT_LEVEL:
         out.append(Finding(
             ERROR, f"database {db} is at compatibility level {compat}; the apply batch's "
-            f"OPENJSON needs {q.MIN_COMPAT_LEVEL} or higher",
-            f"ALTER DATABASE {db} SET COMPATIBILITY_LEVEL = {q.MIN_COMPAT_LEVEL};"))
+            f"OPENJSON needs {tsql.MIN_COMPAT_LEVEL} or higher",
+            f"ALTER DATABASE {db} SET COMPATIBILITY_LEVEL = {tsql.MIN_COMPAT_LEVEL};"))
     updateable = _one(cur, "db_updateability")
     if updateable is not None and updateable != "READ_WRITE":
         out.append(Finding(
@@ -77,8 +77,8 @@ def database(cur: Any, *, source: bool, retention_days: float) -> list[Finding]:
         return out
     if _one(cur, "db_snapshot_state") != "ON":
         out.append(Finding(ERROR, f"snapshot isolation is not allowed on {db} (Msg 3952 on "
-                           "the first change read)", _stmt(q.enable_db_snapshot(name))))
-    row = cur.execute(q.static("db_ct_state").sql).fetchone()
+                           "the first change read)", _stmt(tsql.enable_db_snapshot(name))))
+    row = cur.execute(tsql.static("db_ct_state").sql).fetchone()
     want = max(1, round(retention_days))
     if row is None and _one(cur, "db_ct_version") is not None:
         # On, but this login cannot see sys.change_tracking_databases (reference §1.1 note)
@@ -88,7 +88,7 @@ def database(cur: Any, *, source: bool, retention_days: float) -> list[Finding]:
     elif row is None:
         out.append(Finding(
             ERROR, f"change tracking is off for {db} (or the login lacks VIEW DATABASE STATE "
-            "to see it)", _stmt(q.enable_db_ct(name, want))))
+            "to see it)", _stmt(tsql.enable_db_ct(name, want))))
     else:
         auto, period, unit = row[0], row[1], str(row[2]).upper()
         days = period * UNIT_DAYS.get(unit, 1.0)
@@ -96,7 +96,7 @@ def database(cur: Any, *, source: bool, retention_days: float) -> list[Finding]:
             out.append(Finding(
                 WARNING, f"change retention of {db} is {period} {unit}, shorter than the "
                 f"configured {retention_days:g} days: an outage longer than that forces a "
-                "full resync", _stmt(q.set_db_retention(name, want))))
+                "full resync", _stmt(tsql.set_db_retention(name, want))))
         if not auto:
             out.append(Finding(
                 WARNING, f"AUTO_CLEANUP is off on {db}: change tracking data grows forever",
@@ -107,17 +107,17 @@ def database(cur: Any, *, source: bool, retention_days: float) -> list[Finding]:
 def tables(cur: Any, roles: Iterable[Role], user: str | None) -> list[Finding]:
     """Per table: primary key and change tracking (sources), then the login's grants."""
     out: list[Finding] = []
-    who = q.qi(user) if user else "[<bridge user>]"
+    who = tsql.qi(user) if user else "[<bridge user>]"
     for r in roles:
-        obj = q.side_name(r.side)
+        obj = tsql.side_name(r.side)
         if r.source:
-            if cur.execute(q.static("table_pk").sql, obj).fetchone() is None:
+            if cur.execute(tsql.static("table_pk").sql, obj).fetchone() is None:
                 out.append(Finding(ERROR, f"{obj} has no primary key; change tracking needs one",
                                    f"ALTER TABLE {obj} ADD CONSTRAINT "
-                                   f"{q.qi(r.side.table + '_pk')} PRIMARY KEY (<key columns>);"))
-            elif cur.execute(q.static("table_ct_state").sql, obj).fetchone() is None:
+                                   f"{tsql.qi(r.side.table + '_pk')} PRIMARY KEY (<key columns>);"))
+            elif cur.execute(tsql.static("table_ct_state").sql, obj).fetchone() is None:
                 out.append(Finding(ERROR, f"change tracking is off for {obj}",
-                                   _stmt(q.enable_table_ct(r.side))))
+                                   _stmt(tsql.enable_table_ct(r.side))))
         missing = [p for p in required(r) if _one(cur, "has_perms", obj, p) != 1]
         if missing:
             out.append(Finding(ERROR, f"the login lacks {', '.join(missing)} on {obj}",
@@ -155,6 +155,9 @@ def bookkeeping(r: Role) -> list[tuple[str, list[str]]]:
                 ("[sync].[ct_client]", ["SELECT", "INSERT", "UPDATE"])]
     if r.sink:
         out.append(("[sync].[applied_batches]", ["SELECT", "INSERT", "DELETE"]))
+    if r.source and r.sink:  # a two-way link: bases and resends (migration 0003)
+        out += [("[sync].[row_state]", ["SELECT", "INSERT", "UPDATE", "DELETE"]),
+                ("[sync].[resend]", ["SELECT", "INSERT", "DELETE"])]
     return out
 
 

@@ -1,4 +1,5 @@
-"""Every T-SQL statement the engine sends to a SQL Server peer, rendered from sql/sqlserver/ct.sql.
+"""The T-SQL the engine sends to a SQL Server peer, rendered from sql/sqlserver/ct.sql,
+and the one quoting helper (`qi`) every T-SQL template is filled with.
 
 The static text lives in the .sql file; this module only splices in
 identifiers quoted by `qi` (brackets, `]` doubled), type names that passed a
@@ -9,29 +10,24 @@ statement of the batch can use them by name.
 Each renderer returns a `Rendered`: the SQL and the names of its `?`
 parameters in order, so the adapter binds by name and a test can check both.
 
-Rows travel to the apply batch as one JSON array (reference §2.1, OPENJSON).
-Its objects use positional keys "c0", "c1", ... in `LinkShape.cols(side)`
-order (key columns first), so no column name ever appears inside a JSON path
-or a string literal, whatever characters it contains.
+Change tracking setup and the reads are here; the statements that carry rows
+as one OPENJSON parameter (the apply batch) are in openjson.py.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
 from dataclasses import dataclass
 
-from syncbridge.engine.catalog import LinkShape, Table
+from syncbridge.engine import sqlfiles
+from syncbridge.engine.catalog import LinkShape
 from syncbridge.engine.config import Side
-from syncbridge.engine.sqlfiles import query
 from syncbridge.engine.sqlserver import types
 
-SQL_FILE = "sqlserver/ct.sql"
+SQL = sqlfiles.Queries("sqlserver/ct.sql")
 MAX_IDENTIFIER = 128  # sysname
 RETENTION_UNITS = ("DAYS", "HOURS", "MINUTES")
 MIN_COMPAT_LEVEL = 130  # OPENJSON (learn.microsoft.com/sql/t-sql/functions/openjson-transact-sql)
-APPLY_PARAMS = ("ctx", "rows", "dels", "batch", "link", "source_side", "signals", "version",
-                "db_identity")
 
 _TYPE = re.compile(r"^[a-z][a-z0-9]*(\((max|\d{1,4})(,\d{1,2})?\))?$")
 _COLLATION = re.compile(r"^[A-Za-z0-9_]{1,128}$")
@@ -69,7 +65,7 @@ def sql_type(spelled: str) -> str:
     return t
 
 
-def _collate(collation: str | None) -> str:
+def collate(collation: str | None) -> str:
     if not collation:
         return ""
     if not _COLLATION.match(collation):
@@ -77,8 +73,18 @@ def _collate(collation: str | None) -> str:
     return f" COLLATE {collation}"
 
 
-def _q(name: str, **fields: str) -> str:
-    return query(SQL_FILE, name).format(**fields)
+def render_tsql(queries: sqlfiles.Queries, name: str, **fields: str | tuple[str, ...]) -> str:
+    """A T-SQL template of `queries` with its {fields} filled (sqlfiles.Queries.render is
+    psycopg's, whose double-quoted identifiers are not T-SQL's): a tuple is an identifier
+    (qualified when longer than one), quoted by qi; a str is T-SQL text the caller built
+    from qi, sql_type and fixed words, never a value (values are `?` parameters)."""
+    return queries[name].format(**{
+        k: ".".join(qi(p) for p in v) if isinstance(v, tuple) else v
+        for k, v in fields.items()})
+
+
+def render(name: str, **fields: str | tuple[str, ...]) -> str:
+    return render_tsql(SQL, name, **fields)
 
 
 # --- change tracking setup (all autocommit: ALTER DATABASE cannot run in a transaction) -----
@@ -96,12 +102,21 @@ STATIC_PARAMS: dict[str, tuple[str, ...]] = {
     "client_version_read": ("link", "source_side"),
     "client_version_write": ("link", "source_side", "version"),
     "prune_applied": ("days",), "has_perms": ("object", "permission"),
+    "state_forget": ("link",), "resend_read": ("n", "link", "source_side"),
+    "resend_done": ("link", "source_side", "keys"),
+    "resend_request": ("link", "source_side", "keys"),
 }
 
 
 def static(name: str) -> Rendered:
     """A statement without placeholders (the names in STATIC_PARAMS)."""
-    return Rendered(query(SQL_FILE, name), STATIC_PARAMS[name])
+    return Rendered(SQL[name], STATIC_PARAMS[name])
+
+
+def state_write() -> Rendered:
+    """The bases of a SQL Server source, written after its Postgres sink committed the rows:
+    the apply batch's own state statement behind its two parameters."""
+    return Rendered(SQL["state_vars"] + "\n" + SQL["apply_state"], ("link", "states"))
 
 
 def poll_tables(count: int) -> Rendered:
@@ -109,44 +124,44 @@ def poll_tables(count: int) -> Rendered:
     if count < 1:
         raise ValueError("poll_tables needs at least one table")
     values = ", ".join(f"({i}, CAST(? AS nvarchar(600)))" for i in range(count))
-    return Rendered(_q("poll_tables", values=values), tuple(f"obj{i}" for i in range(count)))
+    return Rendered(render("poll_tables", values=values), tuple(f"obj{i}" for i in range(count)))
 
 
 def enable_db_snapshot(db: str) -> Rendered:
-    return Rendered(_q("enable_db_snapshot", db=qi(db)))
+    return Rendered(render("enable_db_snapshot", db=qi(db)))
 
 
 def enable_db_ct(db: str, retention: int = 7, unit: str = "DAYS") -> Rendered:
     """Database-level CT; retention must exceed the longest outage (default 7 days, MS: 2)."""
     if unit.upper() not in RETENTION_UNITS or not isinstance(retention, int) or retention < 1:
         raise ValueError(f"change retention {retention} {unit} is not valid")
-    return Rendered(_q("enable_db_ct", db=qi(db), retention=str(retention), unit=unit.upper()))
+    return Rendered(render("enable_db_ct", db=qi(db), retention=str(retention), unit=unit.upper()))
 
 
 def set_db_retention(db: str, retention: int, unit: str = "DAYS") -> Rendered:
     """A longer retention on a database that has change tracking on already."""
     if unit.upper() not in RETENTION_UNITS or not isinstance(retention, int) or retention < 1:
         raise ValueError(f"change retention {retention} {unit} is not valid")
-    return Rendered(_q("set_db_retention", db=qi(db), retention=str(retention),
+    return Rendered(render("set_db_retention", db=qi(db), retention=str(retention),
                        unit=unit.upper()))
 
 
 def disable_db_ct(db: str) -> Rendered:
-    return Rendered(_q("disable_db_ct", db=qi(db)))
+    return Rendered(render("disable_db_ct", db=qi(db)))
 
 
 def enable_table_ct(side: Side) -> Rendered:
-    return Rendered(_q("enable_table_ct", table=side_name(side)))
+    return Rendered(render("enable_table_ct", table=side_name(side)))
 
 
 def disable_table_ct(side: Side) -> Rendered:
-    return Rendered(_q("disable_table_ct", table=side_name(side)))
+    return Rendered(render("disable_table_ct", table=side_name(side)))
 
 
 # --- reading -----------------------------------------------------------------------------
 
 
-def _read_expr(alias: str, name: str, spelled: str) -> str:
+def read_expr(alias: str, name: str, spelled: str) -> str:
     """A column as the bridge reads it: datetimeoffset as text, since pyodbc cannot read -155."""
     col = f"{alias}.{qi(name)}"
     if types.parse_mssql(spelled).kind == "timestamptz":
@@ -173,13 +188,13 @@ def changes(shape: LinkShape, side: str, *, first: bool = True) -> Rendered:
     table = shape.table(side)
     keys, cols = shape.key_cols(side), shape.cols(side)
     select = [
-        _read_expr("ct" if c in keys else "t", c, table.columns[c].type) for c in cols
+        read_expr("ct" if c in keys else "t", c, table.columns[c].type) for c in cols
     ]
     key_vars = "" if first else ", " + ", ".join(
         f"@k{i} {sql_type(table.columns[k].type)} = ?" for i, k in enumerate(keys))
-    after = "" if first else "\n   AND (" + _after(keys, "ct") + ")"
+    after = "" if first else "\n   AND (" + keyset_after(keys, "ct") + ")"
     return Rendered(
-        _q(
+        render(
             "changes",
             present=qi(keys[0]),
             select_list=",\n       ".join(select),
@@ -205,193 +220,24 @@ def keys_page(shape: LinkShape, side: str, *, first: bool, values: bool = False)
     table = shape.table(side)
     keys = shape.key_cols(side)
     cols = shape.cols(side) if values else keys
-    select = ", ".join(_read_expr("t", c, table.columns[c].type) for c in cols)
+    select = ", ".join(read_expr("t", c, table.columns[c].type) for c in cols)
     order = ", ".join(f"t.{qi(k)}" for k in keys)
     name = qualified(table.schema, table.name)
     if first:
-        return Rendered(_q("keys_first_page", select_list=select, table=name, order=order), ("n",))
+        return Rendered(render("keys_first_page", select_list=select, table=name,
+                                order=order), ("n",))
     kvars = ", ".join(f"@k{i} {sql_type(table.columns[k].type)} = ?" for i, k in enumerate(keys))
     return Rendered(
-        _q("keys_next_page", key_vars=kvars, select_list=select, table=name,
-           after=_after(keys), order=order),
+        render("keys_next_page", key_vars=kvars, select_list=select, table=name,
+           after=keyset_after(keys), order=order),
         ("n", *(f"k{i}" for i in range(len(keys)))),
     )
 
 
-def _after(keys: list[str], alias: str = "t") -> str:
+def keyset_after(keys: list[str], alias: str = "t") -> str:
     """(k0 > @k0) OR (k0 = @k0 AND k1 > @k1) OR ... for a composite key."""
     terms = []
     for i, k in enumerate(keys):
         eq = [f"{alias}.{qi(keys[j])} = @k{j}" for j in range(i)]
         terms.append("(" + " AND ".join([*eq, f"{alias}.{qi(k)} > @k{i}"]) + ")")
     return "\n    OR ".join(terms)
-
-
-def rows_for_keys(shape: LinkShape, side: str,
-                  collations: Mapping[str, str] | None = None) -> Rendered:
-    """Current rows for the keys in @keys (JSON array of {"c0": ..} objects)."""
-    table = shape.table(side)
-    keys, cols = shape.key_cols(side), shape.cols(side)
-    select = ", ".join(_read_expr("t", c, table.columns[c].type) for c in cols)
-    return Rendered(
-        _q("rows_for_keys", select_list=select, table=qualified(table.schema, table.name),
-           json_keys=_json_with(table, keys, strict=True),
-           key_join=_positional_join(table, "t", "k", keys, collations)),
-        ("keys",),
-    )
-
-
-# --- applying ----------------------------------------------------------------------------
-
-
-def _json_type(spelled: str) -> str:
-    """Type in the OPENJSON WITH clause: text as nvarchar(max) so an over-long value is an
-    error on the INSERT below instead of a silent cut; binary as hex text (style 2)."""
-    kind = types.parse_mssql(spelled).kind
-    if kind == "text":
-        return "nvarchar(max)"
-    if kind == "bytes":
-        return "varchar(max)"
-    return sql_type(spelled)
-
-
-def _json_with(table: Table, cols: list[str], *, strict: bool) -> str:
-    """OPENJSON column list c0.. with 'strict $.cN' paths: a missing key is an error, never NULL."""
-    mode = "strict " if strict else ""
-    return ", ".join(
-        f"c{i} {_json_type(table.columns[c].type)} '{mode}$.c{i}'" for i, c in enumerate(cols)
-    )
-
-
-def _positional_join(table: Table, left: str, right: str, cols: list[str],
-                     collations: Mapping[str, str] | None) -> str:
-    """t.[name] = k.cN [COLLATE x]: the explicit collation wins over the staging column's.
-    A binary key arrives as hex text (OPENJSON has no binary input) and is converted
-    back to the column's own type, style 2 (hex without 0x, §2.1): compared as text
-    it would never match (issue 18 item 6)."""
-    terms = []
-    for i, c in enumerate(cols):
-        spelled = table.columns[c].type
-        if types.parse_mssql(spelled).kind == "bytes":
-            terms.append(f"{left}.{qi(c)} = CONVERT({sql_type(spelled)}, {right}.c{i}, 2)")
-        else:
-            terms.append(f"{left}.{qi(c)} = {right}.c{i}{_collate((collations or {}).get(c))}")
-    return " AND ".join(terms)
-
-
-def _exact(table: Table, alias: str, name: str, col: str) -> str:
-    """A column as the no-op filter compares it: text and datetimeoffset by their bytes,
-    since = ignores case under _CI collations and trailing spaces always, and compares
-    datetimeoffset in UTC; an update that only changes those must still be written."""
-    kind = types.parse_mssql(table.columns[name].type).kind
-    if kind in ("text", "timestamptz", "json"):
-        return f"CAST({alias}.{col} AS varbinary(max))"
-    return f"{alias}.{col}"
-
-
-def _stage_column(table: Table, name: str, i: int, is_key: bool,
-                  collations: Mapping[str, str] | None) -> str:
-    """@src column cN: the sink's own type (keys exactly, other text/binary as (max)),
-    with the sink column's collation so joins never hit a collation conflict."""
-    spelled = table.columns[name].type
-    t = types.parse_mssql(spelled)
-    typ = sql_type(spelled)
-    if not is_key and t.kind in ("text", "bytes") and not t.fixed:
-        typ = typ.split("(")[0] + "(max)"
-    coll = _collate((collations or {}).get(name)) if t.kind == "text" else ""
-    null = " NOT NULL" if is_key else ""
-    return f"c{i} {typ}{coll}{null}"
-
-
-def _stage_expr(table: Table, name: str, i: int) -> str:
-    if types.parse_mssql(table.columns[name].type).kind == "bytes":
-        return f"CONVERT(varbinary(max), c{i}, 2)"  # hex without 0x (§2.1)
-    return f"c{i}"
-
-
-def apply(shape: LinkShape, side: str, *, identity_insert: bool = False,
-          with_cursor: bool = False,
-          collations: Mapping[str, str] | None = None,
-          identity: frozenset[str] = frozenset()) -> Rendered:
-    """The whole apply batch for one chunk, to run in one pyodbc transaction (§2.1).
-
-    Parameters (APPLY_PARAMS): ctx (echo context), rows (JSON array of
-    {"c0":..} in cols order), dels (JSON array of key objects), batch, link,
-    source_side, signals, version and db_identity (the CT cursor of a SQL
-    Server source, only stored when with_cursor; pass None otherwise).
-    Returns one result set: updated, inserted, deleted.
-
-    Order: DELETE, UPDATE, INSERT, as the Postgres sink does: a key change is a
-    delete of the old key plus an insert of the new one, and the old row must be
-    gone first or a UNIQUE column still holding its value fails the insert (2601).
-    IDENTITY columns (`identity`) never go into the SET list: SQL Server cannot
-    update them (Msg 8102); they are only written by the INSERT under IDENTITY_INSERT.
-    """
-    table = shape.table(side)
-    keys, cols = shape.key_cols(side), shape.cols(side)
-    name = qualified(table.schema, table.name)
-    nk = len(keys)
-    values = [(nk + j, c) for j, c in enumerate(cols[nk:]) if c not in identity]
-    parts = [query(SQL_FILE, "apply_prologue")]
-    parts.append(_q(
-        "apply_stage",
-        src_columns=", ".join(
-            _stage_column(table, c, i, i < nk, collations) for i, c in enumerate(cols)),
-        src_keys=", ".join(f"c{i}" for i in range(nk)),
-        src_names=", ".join(f"c{i}" for i in range(len(cols))),
-        stage_select=", ".join(_stage_expr(table, c, i) for i, c in enumerate(cols)),
-        json_columns=_json_with(table, cols, strict=True),
-    ))
-    parts.append(_q(
-        "apply_delete", table=name,
-        json_keys=_json_with(table, keys, strict=True),
-        key_join=_positional_join(table, "t", "k", keys, collations),
-    ))
-    join = " AND ".join(f"t.{qi(k)} = s.c{i}" for i, k in enumerate(keys))
-    if values:
-        parts.append(_q(
-            "apply_update",
-            set_list=", ".join(f"t.{qi(c)} = s.c{i}" for i, c in values),
-            table=name, join=join,
-            src_values=", ".join(_exact(table, "s", c, f"c{i}") for i, c in values),
-            dst_values=", ".join(_exact(table, "t", c, qi(c)) for i, c in values),
-        ))
-    if identity_insert:
-        parts.append(_q("identity_on", table=name))
-    parts.append(_q(
-        "apply_insert", table=name, join=join,
-        target_cols=", ".join(qi(c) for c in cols),
-        source_cols=", ".join(f"s.c{i}" for i in range(len(cols))),
-    ))
-    if identity_insert:
-        parts.append(_q("identity_off", table=name))
-    if with_cursor:
-        parts.append(query(SQL_FILE, "apply_cursor"))
-    parts.append(query(SQL_FILE, "apply_record"))
-    parts.append(query(SQL_FILE, "apply_counts"))
-    return Rendered("\n".join(parts), APPLY_PARAMS)
-
-
-def all_statements(shape: LinkShape, side: str, db: str = "clinic") -> dict[str, Rendered]:
-    """Every statement the engine can emit for one SQL Server side, by name (tests, docs)."""
-    s = shape.link.side(side)
-    out = {n: static(n) for n in STATIC_PARAMS}
-    out.update(
-        enable_db_snapshot=enable_db_snapshot(db),
-        enable_db_ct=enable_db_ct(db),
-        disable_db_ct=disable_db_ct(db),
-        set_db_retention=set_db_retention(db, 7),
-        enable_table_ct=enable_table_ct(s),
-        disable_table_ct=disable_table_ct(s),
-        poll_tables=poll_tables(2),
-        changes=changes(shape, side),
-        changes_next_page=changes(shape, side, first=False),
-        keys_first_page=keys_page(shape, side, first=True),
-        keys_next_page=keys_page(shape, side, first=False),
-        rows_first_page=keys_page(shape, side, first=True, values=True),
-        rows_next_page=keys_page(shape, side, first=False, values=True),
-        rows_for_keys=rows_for_keys(shape, side),
-        apply=apply(shape, side),
-        apply_identity_cursor=apply(shape, side, identity_insert=True, with_cursor=True),
-    )
-    return out

@@ -1,4 +1,4 @@
-"""Column types between Postgres and SQL Server: what fits, why not, and how values travel.
+"""Column types between Postgres and SQL Server: what fits, and why not.
 
 A link is refused at startup when a source column can hold a value the sink
 column cannot store exactly (sync must never round, truncate or drop an
@@ -6,25 +6,13 @@ offset silently). `explain` says why in words an operator can act on;
 `compatible` is its boolean. `type_checker` adapts them to the two-argument
 `check_types` callback of `catalog.shape`.
 
-Values: rows read from Postgres (asyncpg types) become JSON-safe values for the
-OPENJSON apply batch (reference §2.1: decimals and integers as strings, binary
-as hex without 0x, datetimeoffset as ISO 8601 with 6 fractional digits and an
-offset); rows read from SQL Server (pyodbc types) become values asyncpg
-accepts. Both conversions refuse values the other side cannot hold (NaN,
-Infinity, NUL characters) with a ValueError naming the problem, so the drain
-loop can dead-letter that one row.
+How values of these types travel is engine/sqlserver/convert.py.
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import math
-import re
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from decimal import Decimal
-from typing import Any
 
 from syncbridge.engine import catalog
 
@@ -379,127 +367,3 @@ _RULES: dict[tuple[str, str], Callable[[SqlType, SqlType], str | None]] = {
     ("text", "json"): _text_to_json,
     ("json", "json"): _same,
 }
-
-
-# --- values: Postgres -> OPENJSON transport --------------------------------------------------
-
-
-def to_transport(value: Any, mssql_type: str) -> Any:
-    """One value read by asyncpg -> a JSON-safe value the apply batch's OPENJSON reads exactly.
-
-    Integers and decimals become strings (JSON numbers would pass through a
-    float somewhere), binary becomes hex without 0x (CONVERT style 2), times
-    keep all 6 fractional digits, and tz-aware datetimes carry their offset.
-    """
-    if value is None:
-        return None
-    t = parse_mssql(mssql_type)
-    if isinstance(value, bool):
-        return 1 if value else 0
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, Decimal):
-        if not value.is_finite():
-            raise ValueError(f"{value} cannot be stored in SQL Server {mssql_type}")
-        return format(value, "f")
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise ValueError(f"{value} cannot be stored in SQL Server {mssql_type}")
-        return value
-    if isinstance(value, uuid.UUID):
-        return str(value)
-    if isinstance(value, dt.datetime):
-        return _datetime_text(value, t)
-    if isinstance(value, dt.date):
-        return value.isoformat()
-    if isinstance(value, dt.time):
-        return value.replace(tzinfo=None).isoformat(timespec="microseconds")
-    if isinstance(value, bytes | bytearray | memoryview):
-        return bytes(value).hex()
-    if isinstance(value, dict | list):
-        import json
-
-        return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-    if isinstance(value, str):
-        return value
-    raise ValueError(f"cannot send a {type(value).__name__} to SQL Server {mssql_type}")
-
-
-def _datetime_text(value: dt.datetime, t: SqlType) -> str:
-    if value in (dt.datetime.max, dt.datetime.min) or value.year < 1:
-        raise ValueError(f"{value} (infinity?) is outside SQL Server's 0001-9999 range")
-    if t.kind == "timestamptz":
-        if value.tzinfo is None:
-            raise ValueError(f"{value} has no offset for SQL Server {t.spelled}")
-        return value.isoformat(timespec="microseconds")
-    if value.tzinfo is not None:
-        raise ValueError(f"{value} carries an offset but SQL Server {t.spelled} has none")
-    return value.isoformat(timespec="microseconds")
-
-
-# --- values: pyodbc -> Postgres -------------------------------------------------------------
-
-_DTO = re.compile(
-    r"^(\d{4}-\d{2}-\d{2})[ T](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,7}))?"
-    r"\s*(?:([+-])(\d{2}):(\d{2})|Z)$"
-)
-
-
-def parse_datetimeoffset(text: str) -> dt.datetime:
-    """'2024-05-01 10:00:00.1234560 +02:00' (CAST(col AS nvarchar(40))) -> aware datetime.
-
-    A 7th fractional digit that is not 0 would be lost: the type check only lets
-    datetimeoffset(<=6) feed Postgres, so a non-zero one is refused here loudly.
-    """
-    m = _DTO.match(text.strip())
-    if not m:
-        raise ValueError(f"not a datetimeoffset: {text!r}")
-    day, hh, mi, ss, frac, sign, oh, om = m.groups()
-    frac = (frac or "").ljust(7, "0")
-    if frac[6] != "0":
-        raise ValueError(f"{text!r} has 100-nanosecond ticks Postgres cannot hold")
-    offset = dt.timedelta(hours=int(oh or 0), minutes=int(om or 0))
-    tz = dt.timezone(-offset if sign == "-" else offset)
-    d = dt.date.fromisoformat(day)
-    return dt.datetime(d.year, d.month, d.day, int(hh), int(mi), int(ss), int(frac[:6]), tz)
-
-
-def datetimeoffset_from_odbc(raw: bytes) -> dt.datetime:
-    """Output converter for ODBC type -155 (SQL_SS_TIMESTAMPOFFSET), layout from SQLAlchemy.
-
-    Registered with `cnxn.add_output_converter(-155, datetimeoffset_from_odbc)`
-    as a safety net; the engine's own SELECTs already CAST such columns to text.
-    """
-    import struct
-
-    y, mo, d, h, mi, s, ns, oh, om = struct.unpack("<6hI2h", raw)
-    tz = dt.timezone(dt.timedelta(hours=oh, minutes=om))
-    return dt.datetime(y, mo, d, h, mi, s, ns // 1000, tz)
-
-
-def to_postgres(value: Any, mssql_type: str, pg_type: str | None = None) -> Any:
-    """One value read by pyodbc -> a value asyncpg accepts for the linked Postgres column."""
-    if value is None:
-        return None
-    t = parse_mssql(mssql_type)
-    if t.kind == "uuid":
-        return value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
-    if t.kind == "timestamptz":
-        return value if isinstance(value, dt.datetime) else parse_datetimeoffset(str(value))
-    if t.kind == "timestamp" and isinstance(value, str):
-        return dt.datetime.fromisoformat(value[:26])
-    if t.kind == "date" and isinstance(value, str):
-        return dt.date.fromisoformat(value)
-    if t.kind == "time" and isinstance(value, str):
-        return dt.time.fromisoformat(value[:15])
-    if t.kind == "text" and isinstance(value, str):
-        if "\x00" in value:
-            raise ValueError("Postgres text cannot hold the NUL character (\\x00)")
-        if pg_type is not None and parse_pg(pg_type).kind == "json":
-            return value  # asyncpg's default json/jsonb codec takes the text
-        return value
-    if t.kind in ("decimal", "money") and not isinstance(value, Decimal):
-        return Decimal(str(value))
-    if t.kind == "bytes":
-        return bytes(value)
-    return value

@@ -31,11 +31,18 @@ from urllib.parse import urlencode, urlsplit
 
 from yoyo.backends.base import DatabaseBackend
 
-from syncbridge.engine.sqlserver.peer import check_driver, import_pyodbc, odbc_connection_string
+from syncbridge.engine import sqlfiles
+from syncbridge.engine.sqlserver import sql as tsql
+from syncbridge.engine.sqlserver.connection import (
+    check_driver,
+    import_pyodbc,
+    odbc_connection_string,
+)
 
 SCHEME = "mssql"
 _SAVEPOINT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,31}$")  # T-SQL savepoint names: <= 32 chars
 INTERNAL_SCHEMA_VERSION = 2  # yoyo/internalmigrations: the version these tables match
+SQL = sqlfiles.Queries("sqlserver/yoyo.sql")
 
 
 class MSSQLBackend(DatabaseBackend):
@@ -46,13 +53,7 @@ class MSSQLBackend(DatabaseBackend):
         "SELECT table_name FROM information_schema.tables WHERE table_schema = SCHEMA_NAME()"
     )
     # DATETIME2 instead of TIMESTAMP (= rowversion on SQL Server, Msg 273 on insert).
-    create_lock_table_sql = (
-        "CREATE TABLE {0.lock_table_quoted} ("
-        "{quoted.locked} INT DEFAULT 1, "
-        "{quoted.ctime} DATETIME2,"
-        "{quoted.pid} INT NOT NULL,"
-        "PRIMARY KEY ({quoted.locked}))"
-    )
+    create_lock_table_sql = SQL["create_lock_table"]
 
     def __init__(self, dburi: Any, migration_table: str) -> None:
         self._saved: dict[str, bool] = {}
@@ -130,20 +131,12 @@ class MSSQLBackend(DatabaseBackend):
 
     def internal_tables_sql(self) -> list[str]:
         """yoyo/internalmigrations/v2.py's three tables with DATETIME2 for TIMESTAMP."""
-        qi = self.quote_identifier
-        return [
-            f"CREATE TABLE {self.migration_table_quoted} ("
-            f"{qi('migration_hash')} VARCHAR(64), {qi('migration_id')} VARCHAR(255), "
-            f"{qi('applied_at_utc')} DATETIME2, PRIMARY KEY ({qi('migration_hash')}))",
-            f"CREATE TABLE {self.log_table_quoted} ("
-            f"{qi('id')} VARCHAR(36), {qi('migration_hash')} VARCHAR(64), "
-            f"{qi('migration_id')} VARCHAR(255), {qi('operation')} VARCHAR(10), "
-            f"{qi('username')} VARCHAR(255), {qi('hostname')} VARCHAR(255), "
-            f"{qi('comment')} VARCHAR(255), {qi('created_at_utc')} DATETIME2, "
-            f"PRIMARY KEY ({qi('id')}))",
-            f"CREATE TABLE {self.version_table_quoted} ("
-            f"{qi('version')} INT NOT NULL PRIMARY KEY, {qi('installed_at_utc')} DATETIME2)",
-        ]
+        return [self.format_sql(SQL[name]) for name in
+                ("create_migration_table", "create_log_table", "create_version_table")]
+
+    def quote_identifier(self, s: str) -> str:
+        """T-SQL brackets (sql.qi), the one quoting the engine uses for SQL Server."""
+        return tsql.qi(s)
 
 
 def _savepoint_name(id: str) -> str:

@@ -1,5 +1,5 @@
 -- Runtime SQL (asyncpg, $n parameters) of the drains whose other side is SQL
--- Server (engine/mssql_drain.py). The T-SQL side lives in sql/sqlserver/ct.sql;
+-- Server (engine/sqlserver/ct_to_pg.py, pg_to_ct.py). The T-SQL side lives in sql/sqlserver/ct.sql;
 -- the statements shared with Postgres-to-Postgres links stay in bridge.sql.
 
 -- name: ct_cursor_read
@@ -43,3 +43,43 @@ select key::text as key from sync.dead_letter
 -- Hub: the retried keys were read again; entries that fail again are refreshed by dead_letter.
 update sync.dead_letter set status = 'open', last_seen = clock_timestamp()
  where link = $1 and source_side = $2 and key = any($3::jsonb[]) and status = 'retry'
+
+-- name: sweep_first
+-- Postgres sink of a SQL Server source, resync sweep: the first page of sink keys (jsonb text, sink names) in key order; keyset pages, never OFFSET.
+select {key_obj}::text as key from {table} t order by {order} limit $1
+
+-- name: sweep_next
+-- Resync sweep: the page of sink keys after key $2 (jsonb, sink names).
+select {key_obj}::text as key
+  from {table} t, jsonb_populate_record(null::{table}, $2::jsonb) a
+ where ({order}) > ({after})
+ order by {order}
+ limit $1
+
+-- name: sweep_delete
+-- Resync sweep: delete the page's keys ($1) the source lacks ($2 = keys it has), sparing keys with a signal queued at the sink ($3 link, $4 sink side): a local write of a two-way link not yet at the source. Returns the deleted keys named as on side a (two-way links forget their bases).
+delete from {table} t
+ using jsonb_to_recordset($1::jsonb) as k({defs})
+ where {tk_join}
+   and not exists (select 1 from jsonb_to_recordset($2::jsonb) as p({defs}) where {pt_join})
+   and not exists (select 1 from sync.queue sq
+                    where sq.link = $3 and sq.side = $4 and sq.key = {key_obj})
+returning {ka_obj}::text as ka
+
+-- name: typed_read
+-- Postgres source of a SQL Server sink: current rows for $1 (jsonb keys, source names) as typed columns k0.., c0.. (asyncpg's Decimal, datetime, bytes: never through a float); present is false for a gone key; ka and img (two-way links) are the key and the row named as on side a, values as text (img null when gone).
+select {skey}::text as skey, {first_key} is not null as present, {key_list}, {col_list},
+       {ka}::text as ka, {img}::text as img
+  from jsonb_to_recordset($1::jsonb) as k({defs})
+  left join {table} t on {join}
+
+-- name: pg_rows
+-- Two-way links with a SQL Server side: rows given as JSON ($1: array of objects in this Postgres table's column names) read through the table's own column types (json columns cast from their text, as the upsert does): image is the row named as on side a, each value as its text, exactly what a stored row shows (the canonical form both sides' bases use); c0.. the typed values.
+select x.n, {image}::text as image, {typed_list}
+  from jsonb_array_elements($1::jsonb) with ordinality as x(elem, n),
+       lateral (select {typed} from jsonb_to_record(x.elem) as r({defs})) t
+ order by x.n
+
+-- name: resolver_call
+-- Hub: a conflict = "function:schema.fn" resolver, fn(link, key, a, b, base) -> the row to keep or NULL (delete on both sides).
+select {fn}($1::text, $2::jsonb, $3::jsonb, $4::jsonb, $5::jsonb)::text

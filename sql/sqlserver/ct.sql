@@ -1,6 +1,6 @@
 -- T-SQL the bridge sends to a SQL Server peer: change tracking setup, the
 -- snapshot read of changes, the set-based apply and its bookkeeping.
--- Rendered by engine/mssql_sql.py: {placeholders} are filled only with
+-- Rendered by engine/sqlserver/sql.py (render_tsql): {placeholders} are filled only with
 -- bracket-quoted identifiers (qi(): ']' doubled), validated type names, or
 -- lists built from them; every value travels as a `?` parameter. Every
 -- statement ends with ';' (WITH CHANGE_TRACKING_CONTEXT needs it before).
@@ -113,7 +113,8 @@ SELECT {select_list}
 SET NOCOUNT ON; SET XACT_ABORT ON;
 DECLARE @ctx varbinary(128) = ?, @rows nvarchar(max) = ?, @dels nvarchar(max) = ?,
         @batch uniqueidentifier = ?, @link nvarchar(128) = ?, @source_side nchar(1) = ?,
-        @signals int = ?, @version bigint = ?, @db_identity nvarchar(64) = ?;
+        @signals int = ?, @version bigint = ?, @db_identity nvarchar(64) = ?,
+        @states nvarchar(max) = ?, @resend nvarchar(max) = ?;
 DECLARE @u int = 0, @i int = 0, @d int = 0;
 
 -- name: apply_stage
@@ -252,3 +253,82 @@ SELECT CONVERT(nvarchar(128), DATABASEPROPERTYEX(DB_NAME(), 'Collation'));
 -- name: server_facts
 -- Doctor: product version, the server's UTC clock (skew against the bridge host), the database user the grants go to.
 SELECT CONVERT(nvarchar(128), SERVERPROPERTY('ProductVersion')), SYSUTCDATETIME(), USER_NAME();
+
+-- Two-way links (issue 18 item 15): bases in [sync].[row_state], resends in
+-- [sync].[resend] (migrations/sqlserver/0003_two_way_state.sql). A key text is
+-- found by its SHA-256 (HASHBYTES of the nvarchar text; no input limit since
+-- SQL Server 2016, which OPENJSON needs anyway), computed alike everywhere.
+
+-- name: state_read
+-- Two-way sink, first statement of the apply transaction: the sink's current row and base of each key in @keys (objects of n, ka = the a-key text, c0.. = the key); UPDLOCK, HOLDLOCK keep the rows (and absent keys' ranges) until the apply batch commits, so no write slips in between the decision and the apply.
+SET NOCOUNT ON;
+DECLARE @keys nvarchar(max) = ?, @link nvarchar(128) = ?;
+SELECT k.n, CASE WHEN t.{present} IS NULL THEN 0 ELSE 1 END AS sb_present,
+       rs.image, CONVERT(int, rs.known) AS known, CASE WHEN rs.link IS NULL THEN 0 ELSE 1 END AS sb_based,
+       {select_list}
+  FROM OPENJSON(@keys) WITH (n int 'strict $.n', ka nvarchar(max) 'strict $.ka', {json_keys}) AS k
+  LEFT OUTER JOIN {table} AS t WITH (UPDLOCK, HOLDLOCK) ON {key_join}
+  LEFT OUTER JOIN [sync].[row_state] AS rs
+    ON rs.link = @link AND rs.key_hash = CONVERT(binary(32), HASHBYTES('SHA2_256', k.ka))
+ ORDER BY k.n;
+
+-- name: apply_state
+-- Two-way sink: the base (image last synced, null = absent) of each key this batch settled, in the batch's transaction (@states: [{"key": a-key text, "image": image text or null}], one entry per key).
+UPDATE rs SET image = s.image, known = 1, synced_at = SYSUTCDATETIME()
+  FROM [sync].[row_state] AS rs WITH (UPDLOCK, SERIALIZABLE)
+  JOIN OPENJSON(@states) WITH ([key] nvarchar(max) 'strict $.key', image nvarchar(max) '$.image') AS s
+    ON rs.link = @link AND rs.key_hash = CONVERT(binary(32), HASHBYTES('SHA2_256', s.[key]));
+INSERT [sync].[row_state] (link, key_hash, [key], image, known, synced_at)
+SELECT @link, CONVERT(binary(32), HASHBYTES('SHA2_256', s.[key])), s.[key], s.image, 1, SYSUTCDATETIME()
+  FROM OPENJSON(@states) WITH ([key] nvarchar(max) 'strict $.key', image nvarchar(max) '$.image') AS s
+ WHERE NOT EXISTS (SELECT 1 FROM [sync].[row_state] AS rs WITH (UPDLOCK, SERIALIZABLE)
+                    WHERE rs.link = @link
+                      AND rs.key_hash = CONVERT(binary(32), HASHBYTES('SHA2_256', s.[key])));
+
+-- name: apply_resend
+-- Two-way sink: keys whose row here must go back to the other side unchecked (the sink won, or a merged row was written), in the batch's transaction (@resend: JSON array of key texts in this side's names); the change-tracking drain of the link reads them.
+INSERT [sync].[resend] (link, source_side, key_hash, [key])
+SELECT DISTINCT @link, CASE WHEN @source_side = N'a' THEN N'b' ELSE N'a' END,
+       CONVERT(binary(32), HASHBYTES('SHA2_256', j.[value])), j.[value]
+  FROM OPENJSON(@resend) AS j
+ WHERE NOT EXISTS (SELECT 1 FROM [sync].[resend] AS r WITH (UPDLOCK, SERIALIZABLE)
+                    WHERE r.link = @link
+                      AND r.source_side = CASE WHEN @source_side = N'a' THEN N'b' ELSE N'a' END
+                      AND r.key_hash = CONVERT(binary(32), HASHBYTES('SHA2_256', j.[value])));
+
+-- name: state_vars
+-- The parameters of a standalone state write (state_write = state_vars + apply_state): the bases of a SQL Server SOURCE, written after its Postgres sink committed the rows.
+SET NOCOUNT ON; SET XACT_ABORT ON;
+DECLARE @link nvarchar(128) = ?, @states nvarchar(max) = ?;
+
+-- name: state_forget
+-- Two-way: every base of a link (its table was truncated).
+DELETE FROM [sync].[row_state] WHERE link = ?;
+
+-- name: resend_read
+-- Keys of this SQL Server side to send to the other side unchecked, oldest first.
+SET NOCOUNT ON;
+DECLARE @n int = ?, @link nvarchar(128) = ?, @source_side nchar(1) = ?;
+SELECT TOP (@n) [key] FROM [sync].[resend]
+ WHERE link = @link AND source_side = @source_side
+ ORDER BY queued_at;
+
+-- name: resend_done
+-- The resent keys (@keys: JSON array of key texts) were committed at the other side.
+SET NOCOUNT ON;
+DECLARE @link nvarchar(128) = ?, @source_side nchar(1) = ?, @keys nvarchar(max) = ?;
+DELETE r FROM [sync].[resend] AS r
+  JOIN OPENJSON(@keys) AS j
+    ON r.key_hash = CONVERT(binary(32), HASHBYTES('SHA2_256', j.[value]))
+ WHERE r.link = @link AND r.source_side = @source_side;
+
+-- name: resend_request
+-- sync.resolve_conflict() chose this side, or the operator asks for a key: queue keys (@keys: JSON array of key texts in this side's names) to be sent to the other side unchecked.
+SET NOCOUNT ON;
+DECLARE @link nvarchar(128) = ?, @source_side nchar(1) = ?, @keys nvarchar(max) = ?;
+INSERT [sync].[resend] (link, source_side, key_hash, [key])
+SELECT DISTINCT @link, @source_side, CONVERT(binary(32), HASHBYTES('SHA2_256', j.[value])), j.[value]
+  FROM OPENJSON(@keys) AS j
+ WHERE NOT EXISTS (SELECT 1 FROM [sync].[resend] AS r WITH (UPDLOCK, SERIALIZABLE)
+                    WHERE r.link = @link AND r.source_side = @source_side
+                      AND r.key_hash = CONVERT(binary(32), HASHBYTES('SHA2_256', j.[value])));
