@@ -69,18 +69,17 @@ class Link:
     merge_fallback: str = "a_wins"
     check_every: float | None = None  # seconds between background checks; None = never
     repair: str = "manual"  # "auto": repair after a background check that differed
+    # side -> SQL condition its rows are read through (source sides only; docs/filters.md)
+    where: dict[str, str] = field(default_factory=dict)
+    # source column -> SQL expression read in its place (one-way links only)
+    transform: dict[str, str] = field(default_factory=dict)
 
     def side(self, name: str) -> Side:
         return self.a if name == "a" else self.b
 
     def directions(self) -> list[tuple[str, str]]:
         """(source side, sink side) pairs this link moves data along."""
-        out = []
-        if self.direction in ("a_to_b", "both"):
-            out.append(("a", "b"))
-        if self.direction in ("b_to_a", "both"):
-            out.append(("b", "a"))
-        return out
+        return _directions(self.direction)
 
 
 @dataclass(frozen=True)
@@ -205,11 +204,81 @@ def _link(body: LinkFile, bridge: BridgeSettings, peers: dict[str, Peer]) -> Lin
     if (body.direction == "both" and eff["merge_fallback"] == "newest_wins"
             and eff["conflict"] == "merge" and not eff["newest_column"]):
         raise ConfigError(f"link {name!r}: merge_fallback newest_wins needs newest_column")
+    where = _where(body)
+    _check_filters(name, peers, a, b, body, where)
     return Link(
         name=name, a=a, b=b, key=tuple(body.key),
         columns=dict(body.columns) if body.columns is not None else None,
         exclude=tuple(body.exclude), direction=body.direction, conflict=eff["conflict"],
         newest_column=eff["newest_column"], notify=eff["notify"], batch_size=eff["batch_size"],
         merge_fallback=eff["merge_fallback"], check_every=body.check_every, repair=body.repair,
+        where=where, transform=dict(body.transform),
     )
 
+
+def _where(body: LinkFile) -> dict[str, str]:
+    """`where` as side -> condition. A string is the source side's filter of a one-way
+    link; a two-way link names both sides (their columns may be named differently, and
+    a condition given for one side only would move rows out on one way and not back)."""
+    name, sources = body.name, [d[0] for d in _directions(body.direction)]
+    if body.where is None:
+        return {}
+    if isinstance(body.where, str):
+        if len(sources) == 2:
+            raise ConfigError(
+                f"link {name!r}: direction = \"both\" needs where = {{ a = \"...\", b = "
+                "\"...\" }: the condition over each side's own columns")
+        out = {sources[0]: body.where}
+    else:
+        out = {s: c for s, c in (("a", body.where.a), ("b", body.where.b)) if c is not None}
+        for side in out:
+            if side not in sources:
+                raise ConfigError(
+                    f"link {name!r}: where.{side}: side {side} is the sink of a "
+                    f"{body.direction} link; a filter applies to the side rows are read from "
+                    f"(where.{sources[0]})")
+        missing = [s for s in sources if s not in out]
+        if missing:
+            raise ConfigError(f"link {name!r}: where.{missing[0]} is missing: a filtered "
+                              "two-way link needs the condition for both sides")
+    for side, cond in out.items():
+        if not cond.strip():
+            raise ConfigError(f"link {name!r}: where for side {side} is empty")
+    return out
+
+
+def _check_filters(name: str, peers: dict[str, Peer], a: Side, b: Side, body: LinkFile,
+                   where: dict[str, str]) -> None:
+    """Refuse what filters and transforms cannot do soundly (docs/filters.md)."""
+    if not where and not body.transform:
+        return
+    what = "where" if where else "transform"
+    if "sqlserver" in {peers[a.peer].dialect, peers[b.peer].dialect}:
+        raise ConfigError(f"link {name!r}: {what} is supported on Postgres-to-Postgres links "
+                          "only (the SQL Server paths read rows without it)")
+    if body.transform and body.direction == "both":
+        raise ConfigError(
+            f"link {name!r}: transform is not supported on two-way links: the base image of a "
+            "row would be the transformed one, which the untransformed source row never "
+            "equals, so every change coming back would be judged a conflict")
+    for column, expr in body.transform.items():
+        if not expr.strip():
+            raise ConfigError(f"link {name!r}: transform of column {column!r} is empty")
+
+
+def _directions(direction: str) -> list[tuple[str, str]]:
+    """(source, sink) pairs of a direction: the one rule Link.directions() also uses."""
+    return [p for p, on in ((("a", "b"), direction in ("a_to_b", "both")),
+                            (("b", "a"), direction in ("b_to_a", "both"))) if on]
+
+
+def _check_mixed_conflicts(name: str, peers: dict[str, Peer], a: Side, b: Side,
+                           direction: str, conflict: str) -> None:
+    """Two-way links with a SQL Server side are not conflict-checked (engine/sqlserver/drain.py):
+    a manual policy would promise parked conflicts that never come, so it is refused."""
+    if direction != "both" or conflict != "manual":
+        return
+    if "sqlserver" in {peers[a.peer].dialect, peers[b.peer].dialect}:
+        raise ConfigError(
+            f"link {name!r}: conflict = \"manual\" is not supported on two-way links with a "
+            "SQL Server side (they are not conflict-checked; see docs/sqlserver.md)")

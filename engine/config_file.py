@@ -23,7 +23,9 @@ from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
+    Discriminator,
     Field,
+    Tag,
     ValidationError,
     model_validator,
 )
@@ -149,6 +151,22 @@ class SideFile(_Strict):
     table: str  # "schema.table" or "table" (public / dbo)
 
 
+class WhereFile(_Strict):
+    """`where = { a = "...", b = "..." }`: a row filter per source side, over its columns."""
+
+    a: str | None = None
+    b: str | None = None
+
+
+# a string, or a table of sides: one error message for the form given, not one per form
+Where = Annotated[
+    Annotated[str, Tag("text")] | Annotated[WhereFile, Tag("sides")],
+    Discriminator(lambda v: "text" if isinstance(v, str) else "sides" if isinstance(v, dict)
+                  else None, custom_error_type="where",
+                  custom_error_message='must be a SQL condition or { a = "...", b = "..." }')]
+_TAGS = ("text", "sides")  # left out of the place an error names
+
+
 class LinkFile(_Strict):
     name: Name
     a: SideFile
@@ -164,6 +182,8 @@ class LinkFile(_Strict):
     batch_size: PositiveInt | None = None
     check_every: Duration | None = None  # the bridge runs `check` this often ("1h")
     repair: Literal["auto", "manual"] = "manual"  # auto: repair after a check that differed
+    where: Where | None = None  # SQL condition over the source rows (docs/filters.md)
+    transform: dict[str, str] = {}  # source column -> SQL expression read in its place
 
 
 class RuleFile(_Strict):
@@ -234,7 +254,9 @@ def explain(e: ValidationError, raw: dict[str, Any]) -> str:
 
 
 def _one(err: Any, raw: dict[str, Any]) -> str:
-    where, field_path = _where(list(err["loc"]), raw)
+    loc = list(err["loc"])
+    loc = [p for i, p in enumerate(loc) if not (i and loc[i - 1] == "where" and p in _TAGS)]
+    where, field_path = _where(loc, raw)
     msg = str(err["msg"]).removeprefix("Value error, ")
     kind = err["type"]
     if kind == "missing":

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import psycopg
 
-from syncbridge.engine.catalog import LinkShape, table_identifier
+from syncbridge.engine.catalog import LinkShape
 from syncbridge.engine.config import Config
 from syncbridge.engine.postgres import base, capture, two_way
 from syncbridge.engine.postgres import sql as pg_sql
@@ -64,7 +64,7 @@ def _sink_note(config: Config, shape: LinkShape, src: str, dst: str) -> str | No
         return None
     with psycopg.connect(config.peers[s.peer].dsn) as conn:
         has_rows = conn.execute(pg_sql.READ.compose(
-            "has_rows", table=table_identifier(s))).fetchone()[0]
+            "has_rows", table=pg_sql.source_rows(shape, src))).fetchone()[0]
     if not has_rows:
         return None
     side = f" --side {src}" if src != shape.link.directions()[0][0] else ""  # default: a

@@ -18,7 +18,8 @@ def _link_shape(a: Table, b: Table, pairs: tuple[tuple[str, str], ...]) -> LinkS
     """A LinkShape of two catalog tables, with only the link fields the renderers read."""
     sides = {"a": SimpleNamespace(schema=a.schema, table=a.name),
              "b": SimpleNamespace(schema=b.schema, table=b.name)}
-    link = SimpleNamespace(name="L", key=list(a.pk), side=sides.__getitem__)
+    link = SimpleNamespace(name="L", key=list(a.pk), side=sides.__getitem__, where={},
+                           transform={}, directions=lambda: [("a", "b")])
     return LinkShape(link, a, b, pairs)
 
 
@@ -99,7 +100,8 @@ SPAN = (
 
 PAGE = (
     'with page as (\n'
-    '    select t."k1", t."k2" from "we""ird"."Ta%ble{x}" t\n'
+    # the table name's % is escaped too: the page runs with psycopg parameters
+    '    select t."k1", t."k2" from "we""ird"."Ta%%ble{x}" t\n'
     '     where (t."k1", t."k2") > (%(k0)s::text::text, %(k1)s::text::timestamp with time'
     " zone) and (v like '%%x' and {a})\n"
     '     order by t."k1", t."k2"\n'

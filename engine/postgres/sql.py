@@ -37,6 +37,27 @@ def table_name(shape: LinkShape, side: str) -> sql.Identifier:
     return table_identifier(shape.link.side(side))
 
 
+def transforms(shape: LinkShape, side: str) -> dict[str, str]:
+    """The side's transformed columns (column -> expression): only a source side has them."""
+    return shape.link.transform if side in (s for s, _ in shape.link.directions()) else {}
+
+
+def source_rows(shape: LinkShape, side: str) -> sql.Composable:
+    """A side's rows as the link reads them (docs/filters.md): only those its `where`
+    matches, each `transform` expression in place of its column; the plain table when the
+    side has neither. Every reader of a source side (the drain, check, backfill) goes
+    through this, so they all see the same rows. Both are trusted config spliced as SQL,
+    and evaluated inside the subquery, so their column names resolve to the table alone."""
+    cond, done = shape.link.where.get(side), transforms(shape, side)
+    if cond is None and not done:
+        return table_name(shape, side)
+    cols = sql.SQL(", ").join(
+        sql.SQL("({}) as {}").format(sql.SQL(done[c]), sql.Identifier(c)) if c in done
+        else sql.Identifier("t", c) for c in shape.cols(side))
+    return READ.compose("source_rows", cols=cols, table=table_name(shape, side),
+                        where=sql.SQL(cond or "true"))
+
+
 def key_defs(shape: LinkShape, side: str) -> sql.Composed:
     """`key type, ...` of a side's key columns: the record of jsonb_to_recordset."""
     t = shape.table(side)
@@ -104,7 +125,9 @@ def render(shape: LinkShape, source: str, sink: str) -> PgLinkSql:
 
 
 def _read_rows(shape: LinkShape, source: str, sink: str) -> str:
-    """A found row's key as the row holds it (a citext key's case, numeric scale), not as
+    """The rows are read through source_rows: a row the filter does not match reads as
+    absent, so it is deleted at the sink (moved out) and inserted when it matches again.
+    A found row's key as the row holds it (a citext key's case, numeric scale), not as
     the signal spelled it: two signals of one row then name one sink row."""
     src_keys, dst_keys, a_keys = shape.key_cols(source), shape.key_cols(sink), shape.key_cols("a")
     img: sql.Composable = sql.SQL("null::jsonb")
@@ -117,7 +140,7 @@ def _read_rows(shape: LinkShape, source: str, sink: str) -> str:
         key_signal=typed_obj(dst_keys, "k", src_keys), key_found=typed_obj(dst_keys, "t", src_keys),
         ka_signal=typed_obj(a_keys, "k", src_keys), ka_found=typed_obj(a_keys, "t", src_keys),
         skey=typed_obj(src_keys, "k", src_keys), img=img, key_defs=key_defs(shape, source),
-        table=table_name(shape, source), join=key_match("t", "k", src_keys))
+        table=source_rows(shape, source), join=key_match("t", "k", src_keys))
 
 
 def _upsert(shape: LinkShape, sink: str) -> str:

@@ -35,6 +35,7 @@ from psycopg.types.json import Jsonb
 from syncbridge.engine import faults, sqlfiles
 from syncbridge.engine.catalog import LinkShape
 from syncbridge.engine.config import Config, ConfigError
+from syncbridge.engine.postgres import sql as pg_sql
 
 CHUNK = 1_000  # keys signalled per transaction
 MAX_PENDING = 3_000  # backfill signals of a link side in the queue at once: ~3 bridge batches
@@ -78,11 +79,12 @@ class _Pager:
     """The keyset page statement of one link side, with an optional operator filter."""
 
     def __init__(self, shape: LinkShape, side: str, where: str | None) -> None:
-        s = shape.link.side(side)
         t = shape.table(side)
         self.keys = shape.key_cols(side)
         self.types = [t.columns[k].type for k in self.keys]
-        self.table = (s.schema, s.table)
+        # the link's own filter and transforms (docs/filters.md), '%' escaped: these
+        # statements run with psycopg parameters
+        self.table = sql.SQL(pg_sql.source_rows(shape, side).as_string(None).replace("%", "%%"))
         self.cols = sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(k))
                                        for k in self.keys)
         # the operator's condition is SQL by design (like psql); only '%' needs escaping

@@ -12,6 +12,7 @@ from psycopg import sql
 
 from syncbridge.engine import sqlfiles
 from syncbridge.engine.catalog import LinkShape
+from syncbridge.engine.postgres import sql as pg_sql
 from syncbridge.engine.reconcile import canonical
 
 SQL = sqlfiles.Queries("queries/reconcile.sql")
@@ -42,7 +43,9 @@ class SideSql:
         self.key_types = [table.columns[k].type for k in self.keys]
         # both sides are Postgres here (a SQL Server side is refused by check_all): exact texts
         fields = [(c.as_string(None), canonical.EXACT) for c in _cols(self.cols)]
-        self.table = (s.schema, s.table)
+        # a source side is compared as the link reads it (its filter, its transforms);
+        # the sink side of a one-way link is its whole table (docs/filters.md)
+        self.table = pg_sql.source_rows(shape, side)
         self.row = sql.SQL(canonical.pg_row(fields))
         self.ckey = sql.SQL(canonical.pg_row(fields[: len(self.keys)]))
         self.fields = sql.SQL(", ".join(canonical.pg_field(c, k) for c, k in fields))
@@ -52,7 +55,7 @@ class SideSql:
             for k, c in zip(self.keys, _cols(self.keys), strict=True)]))
         self.int_key = len(self.keys) == 1 and classes[0] == "int"
         self.span = SQL.render("key_span", key=self.keys[0], table=self.table,
-                               table_literal=sql.Literal(sql.Identifier(*self.table)
+                               table_literal=sql.Literal(sql.Identifier(s.schema, s.table)
                                                          .as_string(None)))
         self.count_rows = SQL.render("count_rows", table=self.table, where=sql.SQL(""))
         self._cache: dict[tuple[str, bool, bool], str] = {}

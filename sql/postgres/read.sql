@@ -29,5 +29,21 @@ select {ka_signal}::text as ka,
    and rs.key = case when t.{first_key} is null then {ka_signal} else {ka_found} end
 
 -- name: has_rows
--- Does the table hold any row (install says then what to backfill).
-select exists (select 1 from {table})
+-- Does the table (as the link reads it) hold any row (install says then what to backfill).
+select exists (select 1 from {table} t)
+
+-- name: source_rows
+-- A source side as the link reads it: the rows its filter matches, a transformed column in place of the column.
+(select {cols} from {table} t where ({where}))
+
+-- name: probe_where
+-- Validate a link filter against its table without reading a row.
+select 1 from {table} t where ({where}) limit 0
+
+-- name: probe_transform
+-- Validate a transform expression against its table without reading a row (its result type).
+select ({expr}) as v from {table} t limit 0
+
+-- name: type_name
+-- A result column type as the catalog spells it (run under search_path pg_catalog).
+select format_type(%s, %s)
