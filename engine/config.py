@@ -270,15 +270,3 @@ def _directions(direction: str) -> list[tuple[str, str]]:
     """(source, sink) pairs of a direction: the one rule Link.directions() also uses."""
     return [p for p, on in ((("a", "b"), direction in ("a_to_b", "both")),
                             (("b", "a"), direction in ("b_to_a", "both"))) if on]
-
-
-def _check_mixed_conflicts(name: str, peers: dict[str, Peer], a: Side, b: Side,
-                           direction: str, conflict: str) -> None:
-    """Two-way links with a SQL Server side are not conflict-checked (engine/sqlserver/drain.py):
-    a manual policy would promise parked conflicts that never come, so it is refused."""
-    if direction != "both" or conflict != "manual":
-        return
-    if "sqlserver" in {peers[a.peer].dialect, peers[b.peer].dialect}:
-        raise ConfigError(
-            f"link {name!r}: conflict = \"manual\" is not supported on two-way links with a "
-            "SQL Server side (they are not conflict-checked; see docs/sqlserver.md)")
