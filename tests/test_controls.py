@@ -216,21 +216,14 @@ def test_active_hours_accepts_a_window_past_midnight_and_seconds():
 
 def test_the_window_check_in_sql_wraps_past_midnight(new_db, tmp_path):
     rig = make_rig(new_db, tmp_path, SCHEMA, [link("items", "items", ["id"], "a_to_b")])
-    cases = rig.query("a", """
-        select h, sync.in_active_hours(h, 'UTC')
-          from (values (to_char(clock_timestamp() at time zone 'UTC' - interval '1 hour',
-                                'HH24:MI') || '-' ||
-                        to_char(clock_timestamp() at time zone 'UTC' + interval '1 hour',
-                                'HH24:MI')),
-                       (to_char(clock_timestamp() at time zone 'UTC' + interval '1 hour',
-                                'HH24:MI') || '-' ||
-                        to_char(clock_timestamp() at time zone 'UTC' - interval '1 hour',
-                                'HH24:MI')),
-                       (to_char(clock_timestamp() at time zone 'UTC' + interval '1 hour',
-                                'HH24:MI') || '-' ||
-                        to_char(clock_timestamp() at time zone 'UTC' + interval '2 hours',
-                                'HH24:MI'))) w(h)""")
-    assert [inside for _, inside in cases] == [True, False, False], cases
+    now = rig.query("a", "select clock_timestamp() at time zone 'UTC'")[0][0]
+    hour = dt.timedelta(hours=1)
+    cases = {_window(now - hour, 2 * hour): True,  # around now (past midnight or not)
+             f"{now + hour:%H:%M:%S}-{now - hour:%H:%M:%S}": False,  # the other 22 hours
+             _window(now + hour, hour): False}
+    for hours, inside in cases.items():
+        assert rig.query("a", "select sync.in_active_hours(%s, 'UTC')", (hours,)) \
+            == [(inside,)], hours
 
 
 def test_ignoring_deletes_or_truncates_is_refused_on_two_way_links():
