@@ -1,4 +1,4 @@
-"""The `syncbridge` command: migrate, install, run, status, systemd, demo, bench, ...
+"""The `syncbridge` command: migrate, install, run, status, pause, resume, set-rate, ...
 
 Options may come before or after the subcommand (`syncbridge run --config x`).
 Every option that has an environment variable names it in its help.
@@ -207,6 +207,9 @@ def _parser() -> argparse.ArgumentParser:
     from syncbridge.bridge import reconcile_cli  # backfill, check, repair, bench-check
 
     reconcile_cli.register(add)
+    from syncbridge.bridge import control_cli  # pause, resume, set-rate
+
+    control_cli.register(add)
     _bench_check_arguments(sub.choices["bench-check"])
     add("doctor", cmd_doctor, "check every peer is ready (read-only); exit 0 when it is")
     return p

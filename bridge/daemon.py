@@ -65,7 +65,8 @@ class Bridge(Upkeep):
         self.drains: list[Drain] = []
         self.events: dict[str, asyncio.Event] = {}
         self.control = asyncio.Event()  # sync.link_control changed
-        self.paused: dict[str, str] = {}  # link -> reason
+        self.paused: dict[str, str] = {}  # link -> reason (held: paused or outside active_hours)
+        self.rates: dict[str, float] = {}  # link -> rows per second (sync.set_rate)
         self.upkeep = asyncio.Event()  # dead-letter retries / resolutions wait (heartbeat)
         self.resyncs = asyncio.Event()  # sync.resync() requests wait (heartbeat)
         self.quiet: set[tuple[str, str]] = set()  # directions idle since their last wake
@@ -189,7 +190,7 @@ class Bridge(Upkeep):
         self.leader_ok_at = time.monotonic()
         log.info("event=active instance=%s links=%d", self.instance, len(self.shapes))
         self.ticks = {}
-        self.paused, self.quiet, self.depths = {}, set(), {}
+        self.paused, self.rates, self.quiet, self.depths = {}, {}, set(), {}
         self.upkeep.set()  # look for retries and resolutions once at the start of a term
         try:  # a pool's first connection to a server still recovering was seen to hang
             await asyncio.wait_for(self._connect(), CONNECT_TIMEOUT)
@@ -261,7 +262,7 @@ class Bridge(Upkeep):
 
     async def _check_leader(self, lease: Lease) -> None:
         try:
-            paused, upkeep = await lease.beat(self.role, self._quiet_directions())
+            controls, upkeep = await lease.beat(self.role, self._quiet_directions())
         except Exception as e:
             if not retryable(e):
                 raise
@@ -269,7 +270,7 @@ class Bridge(Upkeep):
             self.halt.set()
             raise LostLeadership(self.lost) from e
         self.leader_ok_at = time.monotonic()
-        self._set_paused(paused)
+        self._set_controls(controls)
         if upkeep:
             self.upkeep.set()
             self.resyncs.set()

@@ -30,6 +30,7 @@ from syncbridge.engine.postgres import session as pg_session
 from syncbridge.engine.postgres.drain import PgDrain
 from syncbridge.engine.validate import shapes
 
+from .controls import LinkControls
 from .waits import HUB_ERRORS, backoff, retryable, wait_any
 
 log = logging.getLogger("syncbridge.bridge")
@@ -68,7 +69,7 @@ def _keepalive(conn: asyncpg.Connection) -> None:
             sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
 
 
-class Draining:
+class Draining(LinkControls):
     """Connections, drains and their loops for one term of leadership."""
 
     config: Config
@@ -116,6 +117,7 @@ class Draining:
                 self.to_clear.add(d.name)
                 self.events.setdefault(f"{shape.link.name}:{src}", asyncio.Event())
         self.events.setdefault("webhook", asyncio.Event())
+        await self._publish_link_options()
 
     def _make_drain(self, shape: LinkShape, src: str, dst: str) -> Drain:
         """PgDrain between Postgres peers; the SQL Server drains when either side is one."""
@@ -214,39 +216,6 @@ class Draining:
 
     def _on_control(self, _conn: Any, _pid: int, _channel: str, _payload: str) -> None:
         self.control.set()
-
-    # -- pause / resume --------------------------------------------------------
-    async def _read_control(self) -> None:
-        """Take sync.link_control's paused links as this bridge's self.paused."""
-        self._set_paused(await report.paused_links(self.pools[self.config.hub], self.hb))
-
-    def _set_paused(self, paused: dict[str, str]) -> None:
-        """The paused links as the hub has them (read on NOTIFY and with every beat)."""
-        for link in paused.keys() - self.paused.keys():
-            log.info("event=paused link=%s reason=%s", link, paused[link])
-        for link in self.paused.keys() - paused.keys():
-            log.info("event=resumed link=%s", link)
-            for key, ev in self.events.items():
-                if key.startswith(f"{link}:"):
-                    ev.set()
-        self.paused = paused
-
-    async def _control_loop(self) -> None:
-        """Follow sync.link_control: a paused link is not drained (its signals queue).
-
-        Woken by sync.pause/sync.resume's NOTIFY (and a LISTEN reconnect); the
-        heartbeat reads the same, so a missed notify costs one interval, not a poll."""
-        while not self.halt.is_set():
-            self.ticks["control"] = time.monotonic()
-            self.control.clear()
-            try:
-                await self._read_control()
-            except Exception as e:
-                if not retryable(e):
-                    raise
-                log.warning("event=control_failed error=%s", errors.describe(e))
-            self.ticks.pop("control", None)  # waiting for a NOTIFY is not being stuck
-            await wait_any([self.control], self.halt, None)
 
     # -- retries -----------------------------------------------------------------
     async def _retrying(self, name: str, fn: Callable[[], Awaitable[Any]],
@@ -349,7 +318,7 @@ class Draining:
         self.tick_every[f"drain:{link.name}"] = max(timeout_idle or ceiling, 1.0)
         while not self.halt.is_set():
             self.ticks[f"drain:{link.name}"] = time.monotonic()
-            if link.name in self.paused:  # sync.pause: nothing claimed until resumed
+            if link.name in self.paused:  # held (sync.link_holds): nothing claimed until it flows
                 await wait_any([*events, self.control], self.halt, 1.0)
                 continue
             await self._fence()
@@ -359,9 +328,12 @@ class Draining:
                 recovered = True
             for ev in events:
                 ev.clear()
+            started = time.monotonic()
+            self._limit_claims(link.name, drains)
             n, drains = await self._drain_round(drains)
             if n:
                 idle = floor
+                await self._pace(link.name, n, started)  # sync.set_rate
                 continue
             # something queued that no claim takes yet (deferred keys): poll for it
             backlog = any(self.depths.get((d.link.name, d.src), 1) for d in drains)

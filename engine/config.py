@@ -73,6 +73,9 @@ class Link:
     where: dict[str, str] = field(default_factory=dict)
     # source column -> SQL expression read in its place (one-way links only)
     transform: dict[str, str] = field(default_factory=dict)
+    active_hours: str | None = None  # "22:00-06:00" in the hub server's TimeZone; None = always
+    deletes: str = "propagate"  # "ignore": a row deleted at the source stays at the sink
+    truncate: str = "propagate"  # "ignore": not propagated; "refuse": the source's TRUNCATE fails
 
     def side(self, name: str) -> Side:
         return self.a if name == "a" else self.b
@@ -206,6 +209,7 @@ def _link(body: LinkFile, bridge: BridgeSettings, peers: dict[str, Peer]) -> Lin
         raise ConfigError(f"link {name!r}: merge_fallback newest_wins needs newest_column")
     where = _where(body)
     _check_filters(name, peers, a, b, body, where)
+    _check_propagation(name, peers, a, b, body)
     return Link(
         name=name, a=a, b=b, key=tuple(body.key),
         columns=dict(body.columns) if body.columns is not None else None,
@@ -213,7 +217,30 @@ def _link(body: LinkFile, bridge: BridgeSettings, peers: dict[str, Peer]) -> Lin
         newest_column=eff["newest_column"], notify=eff["notify"], batch_size=eff["batch_size"],
         merge_fallback=eff["merge_fallback"], check_every=body.check_every, repair=body.repair,
         where=where, transform=dict(body.transform),
+        active_hours=body.active_hours, deletes=body.deletes, truncate=body.truncate,
     )
+
+
+def _check_propagation(name: str, peers: dict[str, Peer], a: Side, b: Side,
+                       body: LinkFile) -> None:
+    """deletes / truncate other than "propagate": refused where they would be unsound.
+
+    On a two-way link a row kept on one side and gone on the other is brought back
+    (or made a conflict) by its next edit, so ignoring deletes or truncates there
+    breaks the link's promise that both sides converge. The SQL Server drains
+    (and change tracking) do not implement the options, so they are refused there."""
+    ignores = [f"{k} = \"ignore\"" for k in ("deletes", "truncate")
+               if getattr(body, k) == "ignore"]
+    if body.direction == "both" and ignores:
+        raise ConfigError(
+            f"link {name!r}: {' and '.join(ignores)} is refused on a two-way link: a row "
+            "deleted on one side and kept on the other would come back with its next edit "
+            "(or conflict); use a one-way link for an archive")
+    dialects = {peers[a.peer].dialect, peers[b.peer].dialect}
+    if "sqlserver" in dialects and (body.deletes != "propagate" or body.truncate != "propagate"):
+        raise ConfigError(
+            f"link {name!r}: deletes and truncate other than \"propagate\" are supported "
+            "only between Postgres peers")
 
 
 def _where(body: LinkFile) -> dict[str, str]:

@@ -67,6 +67,25 @@ def _name(value: str) -> str:
     return value
 
 
+_CLOCK = r"([01]\d|2[0-3]):([0-5]\d)(?::([0-5]\d))?"
+_HOURS = re.compile(rf"^{_CLOCK}-(?:{_CLOCK}|(24):(00)(?::(00))?)$")
+
+
+def _active_hours(value: str) -> str:
+    """'22:00-06:00' (24-hour clock, seconds optional, end 24:00 allowed; a start
+    after the end wraps past midnight), normalised without spaces."""
+    text = value.replace(" ", "")
+    m = _HOURS.match(text)
+    if not m:
+        raise ValueError(f"active_hours {value!r} is not a window like \"22:00-06:00\" "
+                         "(HH:MM-HH:MM on a 24-hour clock, seconds optional)")
+    start, end = (t if len(t) == 8 else t + ":00" for t in text.split("-"))
+    if start == end:
+        raise ValueError(f"active_hours {value!r} starts where it ends; leave active_hours "
+                         "out for a link that always flows")
+    return text
+
+
 def _conflict(value: str) -> str:
     if value in CONFLICT_POLICIES or _FUNCTION.match(value):
         return value
@@ -81,6 +100,7 @@ PositiveInt = Annotated[int, Field(gt=0)]
 Seconds = Annotated[int, Field(ge=0)]  # 0 = no limit
 NonNegative = Annotated[float, Field(ge=0)]
 Conflict = Annotated[str, AfterValidator(_conflict)]
+ActiveHours = Annotated[str, AfterValidator(_active_hours)]
 MergeFallback = Literal["a_wins", "b_wins", "newest_wins", "manual"]
 StrList = Annotated[list[str], BeforeValidator(lambda v: [v] if isinstance(v, str) else v)]
 
@@ -184,6 +204,9 @@ class LinkFile(_Strict):
     repair: Literal["auto", "manual"] = "manual"  # auto: repair after a check that differed
     where: Where | None = None  # SQL condition over the source rows (docs/filters.md)
     transform: dict[str, str] = {}  # source column -> SQL expression read in its place
+    active_hours: ActiveHours | None = None  # "22:00-06:00", hub server's TimeZone; None = always
+    deletes: Literal["propagate", "ignore"] = "propagate"  # ignore: the sink keeps deleted rows
+    truncate: Literal["propagate", "ignore", "refuse"] = "propagate"  # refuse: TRUNCATE fails
 
 
 class RuleFile(_Strict):

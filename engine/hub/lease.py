@@ -14,6 +14,7 @@ import socket
 import asyncpg
 
 from syncbridge.engine import sqlfiles
+from syncbridge.engine.hub.report import Controls
 
 SQL = sqlfiles.Queries("hub/lease.sql")
 log = logging.getLogger("syncbridge.bridge")
@@ -35,17 +36,24 @@ class Lease:
         return bool(await self.conn.fetchval(SQL["try_lock"], self.key))
 
     async def beat(self, role: str, quiet: list[tuple[str, str]] | None = None
-                   ) -> tuple[dict[str, str], bool]:
+                   ) -> tuple[Controls, bool]:
         """One heartbeat: alive, the quiet directions' samples kept fresh (the bridge
-        vouches that nothing is queued there); returns the paused links {link: reason}
-        and whether dead-letter retries or conflict resolutions wait (sync.retry_dead,
-        sync.resolve_conflict). It is also the check that the lock's session answers."""
+        vouches that nothing is queued there); returns the held links and rate limits
+        (report.Controls) and whether dead-letter retries or conflict resolutions wait
+        (sync.retry_dead, sync.resolve_conflict). It is also the check that the lock's
+        session answers."""
         rows = await self.conn.fetch(
             SQL["heartbeat"], self.instance, socket.gethostname(), os.getpid(), role, self.hb,
             json.dumps([{"link": link, "side": side} for link, side in quiet or []]),
             timeout=self.hb)
-        paused = {r["link"]: r["paused_reason"] for r in rows if r["link"] is not None}
-        return paused, any(r["link"] is None for r in rows)
+        return Controls.from_rows(rows), any(r["link"] is None for r in rows)
+
+    async def publish_link_options(self, hours: dict[str, str | None]) -> None:
+        """At the start of a term: each link's active_hours, with the zone they are read
+        in. On this session, not a pool's: its TimeZone is the server's own setting
+        (the pools pin UTC as a startup parameter, which is also their reset value)."""
+        await self.conn.execute(SQL["publish_link_options"], json.dumps(
+            [{"link": link, "hours": h} for link, h in sorted(hours.items())]))
 
     async def fence_stale(self) -> None:
         """End the session of a lock holder that missed two heartbeats."""

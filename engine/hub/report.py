@@ -3,11 +3,12 @@
 Every figure is written by the loop that knows it: depth samples by the stats
 loop (with the thresholds sync.status judges staleness by), batch counts and
 retries by the drain that did them, errors by the retry loop (cleared by the
-first success after them), canaries end to end. Link control (pause/resume)
-is read from here too."""
+first success after them), canaries end to end. Link control (pause/resume,
+active_hours, rate limits: sync.link_holds) is read from here too."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
@@ -70,10 +71,24 @@ async def send_canaries(hub: asyncpg.Pool, drains: list[Drain], paused: dict[str
     return sent
 
 
-async def paused_links(hub: asyncpg.Pool, timeout: float) -> dict[str, str]:
-    """sync.link_control's paused links: {link: reason}."""
-    return {r["link"]: r["paused_reason"]
-            for r in await hub.fetch(SQL["paused_links"], timeout=timeout)}
+@dataclass(frozen=True)
+class Controls:
+    """What sync.link_holds says the bridge must do: the held links {link: reason}
+    (paused, or outside active_hours) and the rate limits {link: rows per second}."""
+
+    paused: dict[str, str] = field(default_factory=dict)
+    rates: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def from_rows(cls, rows: list[Any]) -> Controls:
+        """Rows of (link, held_reason, rate_limit); a row with no link is not a link's."""
+        return cls({r[0]: r[1] for r in rows if r[0] is not None and r[1] is not None},
+                   {r[0]: float(r[2]) for r in rows if r[0] is not None and r[2] is not None})
+
+
+async def link_controls(hub: asyncpg.Pool, timeout: float) -> Controls:
+    """The held links and rate limits (the heartbeat returns the same)."""
+    return Controls.from_rows(await hub.fetch(SQL["link_controls"], timeout=timeout))
 
 
 async def pause(hub: asyncpg.Pool, link: str, reason: str) -> None:

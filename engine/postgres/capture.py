@@ -3,6 +3,8 @@
 One plpgsql function per (link, side) rendered from sql/postgres/capture.sql
 and four statement-level triggers (transition tables allow one event per
 trigger), all named after the link so uninstall finds exactly what install made.
+The link's `truncate` option picks the TRUNCATE branch (queue it, ignore it, or
+refuse the statement), so a change of that option takes effect at `install`.
 """
 
 from __future__ import annotations
@@ -55,6 +57,8 @@ def render_function(shape: LinkShape, side: str) -> sql.Composed:
         key_new=pg_sql.typed_obj(keys, "n", keys),
         key_old=pg_sql.typed_obj(keys, "o", keys),
         notify=notify,
+        truncate=SQL.compose(f"truncate_{link.truncate}", link=sql.Literal(link.name),
+                             side=sql.Literal(side)),
     )
 
 

@@ -93,6 +93,7 @@ class QueueDrain:
     source: asyncpg.Pool
     open_dead_letters: bool = True  # refreshed by the stats task; True = check
     poll_interval: float | None = None  # woken by the source's NOTIFY
+    claim_limit: int | None = None  # set by the drain loop under a rate limit: smaller batches
 
     @property
     def name(self) -> str:
@@ -144,6 +145,9 @@ class PgDrain(QueueDrain):
         # an image named as on side a -> the sink's column names (merged rows)
         self.to_sink = {ca: (ca if self.dst == "a" else cb) for ca, cb in shape.pairs}
         self.resolver = _resolver_sql(self.link.conflict)
+        sink_table = pg_sql.table_name(shape, self.dst)
+        self.sink_table = sink_table.as_string(None)
+        self.truncate_table = pg_sql.APPLY.render("truncate_table", table=sink_table)
 
     async def check_shape(self) -> None:
         """Raise SchemaChanged when either linked table differs from the validated shape."""
@@ -169,8 +173,8 @@ class PgDrain(QueueDrain):
         batch of canaries only is not traffic, so it leaves the direction quiet)."""
         batch_id = uuid.uuid4()
         signals = await self.source.fetch(
-            SQL["claim"], self.link.name, self.src, self.link.batch_size, batch_id
-        )
+            SQL["claim"], self.link.name, self.src,
+            min(self.link.batch_size, self.claim_limit or self.link.batch_size), batch_id)
         if signals:
             try:
                 await self.check_shape()
@@ -194,9 +198,11 @@ class PgDrain(QueueDrain):
                 canary = await conn.fetchrow(SQL["canary_applied"], self.link.name, self.src,
                                              json_array(canaries))
             if truncate:
-                await conn.execute(self.sql.truncate)
+                await conn.execute(await self._truncate_statement(conn))
                 if self.two_way:
                     await conn.execute(SQL["forget_state"], self.link.name)
+            if self.link.deletes == "ignore":  # an archive (one-way only): the sink keeps them
+                deletes = []
             if self.two_way:
                 upserts, deletes = await self._settle(conn, upserts, deletes, forced, out)
             # deletes first: a changed key frees unique values before the new row arrives
@@ -215,6 +221,14 @@ class PgDrain(QueueDrain):
         if canary is not None:
             await report.canary_arrived(self.hub, self.link.name, self.src, canary["sent_at"],
                                         canary["applied_at"])
+
+    async def _truncate_statement(self, conn: asyncpg.Connection) -> str:
+        """TRUNCATE where the sink's catalog allows it (sink_truncatable says when not),
+        else DELETE. Read when a truncate is applied, in its transaction: a foreign key
+        added while the bridge runs is seen, and truncates are rare."""
+        if await conn.fetchval(SQL["sink_truncatable"], self.sink_table):
+            return self.truncate_table
+        return self.sql.truncate
 
     async def send_canary(self) -> Any:
         """Queue an end-to-end canary at the source; returns when it was sent."""

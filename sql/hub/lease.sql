@@ -4,8 +4,9 @@
 -- Hub, once per heartbeat interval, the bridge's only statement while idle: this bridge
 -- is alive (gone after two missed beats); the depth samples of its quiet directions
 -- ($6: [{link, side}] woken by NOTIFY, nothing queued at their last sample, nothing
--- claimed since) stay fresh; returns the paused links (sync.link_control), and a row
--- with no link when the bridge has upkeep to do (so none of that is polled either).
+-- claimed since) stay fresh; returns the held links and the rate limits
+-- (sync.link_holds: paused, or outside active_hours), and a row with no link when
+-- the bridge has upkeep to do (so none of that is polled either).
 with beat as (
     insert into sync.bridges (instance, host, pid, role, heartbeat_interval)
     values ($1, $2, $3, $4, make_interval(secs => $5))
@@ -20,9 +21,10 @@ with beat as (
     delete from sync.bridges
      where heartbeat < clock_timestamp() - greatest(interval '1 minute', 2 * heartbeat_interval)
 )
-select link, paused_reason from sync.link_control where paused_reason is not null
+select link, held_reason, rate_limit from sync.link_holds
+ where held_reason is not null or rate_limit is not null
 union all  -- a row with no link: an operator asked for dead-letter retries, resolutions
-select null, null  -- or a resync
+select null, null, null  -- or a resync
  where exists (select 1 from sync.dead_letter where status = 'retry')
     or exists (select 1 from sync.conflicts where status = 'resolving')
     or exists (select 1 from sync.backfill_runs where status = 'requested')
@@ -56,3 +58,15 @@ select 1
 -- name: fence_stale
 -- Hub: end the session of a lock holder that missed its heartbeats.
 select pg_terminate_backend($1)
+
+-- name: publish_link_options
+-- Hub, at the start of a term, on the leader's own session (its TimeZone is the
+-- server's, not the pinned UTC of the pools): each link's active_hours ($1:
+-- [{link, hours}]) and the server zone the window is read in.
+insert into sync.link_control as c (link, active_hours, active_zone)
+select x.link, x.hours, (select reset_val from pg_settings where name = 'TimeZone')
+  from jsonb_to_recordset($1::jsonb) as x(link text, hours text)
+on conflict (link) do update
+   set active_hours = excluded.active_hours, active_zone = excluded.active_zone
+ where (c.active_hours, c.active_zone) is distinct from (excluded.active_hours,
+                                                         excluded.active_zone)

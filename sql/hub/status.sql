@@ -65,13 +65,23 @@ on conflict (link, source_side) do update
    set canary_seen_sent_at = excluded.canary_seen_sent_at,
        canary_applied_at = excluded.canary_applied_at
 
--- name: paused_links
--- Hub: links an operator (sync.pause) or schema-change detection paused.
-select link, paused_reason from sync.link_control where paused_reason is not null
+-- name: link_controls
+-- Hub: held links (sync.pause, schema-change detection, outside active_hours) and rate
+-- limits, as the heartbeat returns them.
+select link, held_reason, rate_limit from sync.link_holds
+ where held_reason is not null or rate_limit is not null
 
 -- name: pause_link
 -- Hub: hold a link back with a reason (its signals keep queueing); sync.pause notifies.
 select sync.pause($1, $2)
+
+-- name: set_rate
+-- Hub: hold a link to this many rows per second (null or 0: unlimited); notifies.
+select sync.set_rate($1, $2)
+
+-- name: link_control
+-- Hub: a link's control row as sync.link_holds has it (no row: never controlled).
+select held_reason, rate_limit from sync.link_holds where link = $1
 
 -- name: resume_link
 -- Hub: let a paused link flow again (sync.resume wakes the bridge).

@@ -22,3 +22,7 @@ delete from {table} t
 -- name: truncate
 -- Empty the sink table: its source was truncated.
 delete from {table}
+
+-- name: truncate_table
+-- Empty the sink table with TRUNCATE (drain.py picks it when no foreign key references the table).
+truncate {table}

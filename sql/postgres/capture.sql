@@ -20,7 +20,7 @@ begin
         return null;
     end if;
     if tg_op = 'TRUNCATE' then
-        insert into sync.queue (link, side, op, origin) values ({link}, {side}, 'T', v_origin);
+        {truncate}
     elsif tg_op = 'INSERT' then
         insert into sync.queue (link, side, key, origin)
         select {link}, {side}, {key_new}, v_origin from new_rows n;
@@ -39,6 +39,23 @@ begin
     return null;
 end
 $body$;
+
+-- name: truncate_propagate
+-- The TRUNCATE branch of a link with truncate = propagate: the sink is emptied too.
+insert into sync.queue (link, side, op, origin) values ({link}, {side}, 'T', v_origin);
+
+-- name: truncate_ignore
+-- The TRUNCATE branch of a link with truncate = ignore: nothing is queued, the sink keeps its rows.
+return null;
+
+-- name: truncate_refuse
+-- The TRUNCATE branch of a link with truncate = refuse: the statement fails, nothing is emptied.
+raise exception using
+    errcode = 'feature_not_supported',
+    message = 'TRUNCATE of ' || tg_table_schema || '.' || tg_table_name
+              || ' is refused: syncbridge link ' || {link} || ' has truncate = refuse',
+    hint = 'delete the rows instead, or set truncate to propagate or ignore for the link '
+           'and run syncbridge install again';
 
 -- name: drop_trigger
 -- Drop one capture trigger of a table, if it is there.

@@ -111,3 +111,20 @@ returning sent_at, applied_at
 -- A batch still claimed at a source is at most minutes old, so its record is kept.
 delete from sync.applied_batches
  where applied_at < clock_timestamp() - make_interval(secs => $1 * 86400)
+
+-- name: sink_truncatable
+-- Sink, in the batch's transaction: may TRUNCATE empty this table instead of DELETE? Not when a
+-- foreign key references it or a table inheriting it (TRUNCATE would fail, or with CASCADE empty
+-- the referencing tables), a row-level DELETE trigger of the user's is on it (TRUNCATE fires
+-- none), or the bridge's role lacks the TRUNCATE privilege.
+with recursive tree (oid) as (
+    select $1::regclass::oid
+    union
+    select i.inhrelid from pg_inherits i join tree t on i.inhparent = t.oid
+)
+select not exists (select 1 from pg_constraint c
+                    where c.contype = 'f' and c.confrelid in (select oid from tree))
+   and not exists (select 1 from pg_trigger g
+                    where g.tgrelid in (select oid from tree) and not g.tgisinternal
+                      and g.tgtype::int & 1 = 1 and g.tgtype::int & 8 = 8)
+   and has_table_privilege($1::regclass, 'TRUNCATE')

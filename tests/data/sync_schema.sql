@@ -175,10 +175,25 @@ create table sync.link_control (
     link text not null,
     paused_reason text,
     paused_at timestamp with time zone,
-    paused_by text
+    paused_by text,
+    rate_limit double precision,
+    active_hours text,
+    active_zone text
 );
 alter table sync.link_control add constraint link_control_pkey PRIMARY KEY (link);
+alter table sync.link_control add constraint link_control_rate_limit_check CHECK ((rate_limit > (0)::double precision));
 -- grants on sync.link_control: default
+
+create view sync.link_holds as
+ SELECT link,
+    COALESCE(paused_reason,
+        CASE
+            WHEN active_hours IS NOT NULL AND NOT sync.in_active_hours(active_hours, active_zone) THEN 'outside active_hours '::text || active_hours
+            ELSE NULL::text
+        END) AS held_reason,
+    rate_limit
+   FROM sync.link_control c;
+-- grants on sync.link_holds: default
 
 create table sync.link_state (
     link text not null,
@@ -280,13 +295,14 @@ create view sync.status as
             COALESCE(s.source_local, s.link IS NULL) AS local,
             q.queued AS q_queued,
             q.oldest AS q_oldest,
-            c.paused_reason,
+            c.held_reason AS paused_reason,
+            c.rate_limit,
             (EXISTS ( SELECT 1
                    FROM live
                   WHERE live.role = 'active'::text)) AS bridge_alive
            FROM sides k
              LEFT JOIN sync.link_state s ON s.link = k.link AND s.source_side = k.source_side
-             LEFT JOIN sync.link_control c ON c.link = k.link
+             LEFT JOIN sync.link_holds c ON c.link = k.link
              LEFT JOIN LATERAL ( SELECT count(*) FILTER (WHERE queue.op <> 'C'::bpchar) AS queued,
                     min(queue.enqueued_at) FILTER (WHERE queue.op <> 'C'::bpchar) AS oldest
                    FROM sync.queue
@@ -314,6 +330,7 @@ create view sync.status as
             b.q_queued,
             b.q_oldest,
             b.paused_reason,
+            b.rate_limit,
             b.bridge_alive,
                 CASE
                     WHEN b.local THEN b.q_queued
@@ -390,7 +407,8 @@ create view sync.status as
            FROM sync.check_status c
           WHERE c.kind = 'link'::text AND c.name = f.link) AS last_check,
     ( SELECT string_agg((((((b.role || ' '::text) || b.host) || ':'::text) || b.pid) || ' '::text) || to_char(b.heartbeat, 'HH24:MI:SS'::text), ', '::text ORDER BY b.role, b.host) AS string_agg
-           FROM live b) AS bridges
+           FROM live b) AS bridges,
+    rate_limit
    FROM facts f
   ORDER BY link, source_side;
 -- grants on sync.status: default
@@ -479,6 +497,18 @@ begin
 end
 $function$;
 -- grants on sync.enqueue_webhook_v1(p_source text, p_event_id text, p_topic text, p_link text, p_side character, p_key jsonb, p_payload jsonb): {OWNER=X/OWNER}
+
+CREATE OR REPLACE FUNCTION sync.in_active_hours(p_hours text, p_zone text)
+ RETURNS boolean
+ LANGUAGE sql
+ STABLE
+AS $function$
+    select case when s < e then t >= s and t < e else t >= s or t < e end
+      from (select split_part(p_hours, '-', 1)::time as s,
+                   split_part(p_hours, '-', 2)::time as e,
+                   (clock_timestamp() at time zone coalesce(p_zone, 'UTC'))::time as t) w
+$function$;
+-- grants on sync.in_active_hours(p_hours text, p_zone text): default
 
 CREATE OR REPLACE FUNCTION sync.pause(p_link text, p_reason text)
  RETURNS void
@@ -605,6 +635,22 @@ begin
 end
 $function$;
 -- grants on sync.retry_webhook_v1(p_source text, p_event_id text): {OWNER=X/OWNER}
+
+CREATE OR REPLACE FUNCTION sync.set_rate(p_link text, p_rows_per_second double precision)
+ RETURNS void
+ LANGUAGE plpgsql
+AS $function$
+begin
+    if p_rows_per_second < 0 then
+        raise exception 'sync.set_rate: rows per second must be positive, or 0 / null for unlimited';
+    end if;
+    insert into sync.link_control as c (link, rate_limit)
+    values (p_link, nullif(p_rows_per_second, 0))
+    on conflict (link) do update set rate_limit = excluded.rate_limit;
+    perform pg_notify('syncbridge_control', p_link);
+end
+$function$;
+-- grants on sync.set_rate(p_link text, p_rows_per_second double precision): default
 
 CREATE OR REPLACE FUNCTION sync.table_shape(p_table regclass)
  RETURNS jsonb
