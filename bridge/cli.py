@@ -60,6 +60,26 @@ def cmd_adopt(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_seed(args: argparse.Namespace) -> int:
+    from syncbridge.engine.reconcile import seed
+    from syncbridge.engine.validate import shapes
+
+    config = _config(args)
+    shape = shapes(config, [args.link])[args.link]
+    try:
+        run = seed.seed(config, shape, workers=args.workers, chunk_rows=args.chunk_rows,
+                        progress=not args.quiet)
+    except seed.Refused as e:
+        print(f"syncbridge: seed refused: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    rate = run.total / run.seconds if run.seconds else 0.0
+    print(f"{args.link}: seed {'resumed and ' if run.resumed else ''}finished: {run.total} "
+          f"row(s) {run.src} -> {run.dst} in {run.chunks} chunk(s), {run.seconds:.1f}s "
+          f"({rate:,.0f} rows/s); {len(run.signals)} signal(s) from before the snapshot "
+          f"dropped, later ones are applied by the bridge (run {run.id})")
+    return EXIT_OK
+
+
 def cmd_uninstall(args: argparse.Namespace) -> int:
     from syncbridge.engine import install
 
@@ -176,6 +196,14 @@ def _parser() -> argparse.ArgumentParser:
         help="two-way links: make key sequences disjoint (side a odd, side b even)")
     add("adopt", cmd_adopt, "accept a schema change: re-validate a paused link, record base "
         "images for the new columns, resume it").add_argument("link", nargs="+")
+    sp = add("seed", cmd_seed, "first copy of a link into an empty sink table (COPY in parallel "
+             "key-range chunks, resumable), then hand over to the bridge")
+    sp.add_argument("link")
+    sp.add_argument("--workers", type=int, default=4, help="parallel COPY connections")
+    sp.add_argument("--chunk-rows", type=int, default=100_000,
+                    help="rows per chunk (a killed seed copies at most this many again per "
+                         "worker)")
+    sp.add_argument("--quiet", action="store_true", help="no progress bar")
     add("run", cmd_run, "run the bridge in the foreground (logs to stderr)")
     st = add("status", cmd_status, "print sync.status from the hub (fits 100 columns)")
     st.add_argument("--wide", action="store_true", help="every column of sync.status")
