@@ -278,7 +278,8 @@ def _bench_check_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dsn-a", help="source database (default: embedded PostgreSQL)")
     p.add_argument("--dsn-b", help="target database (default: embedded PostgreSQL)")
     p.add_argument("--only", default="check,check_diff,backfill",
-                   help="comma-separated parts: check, check_diff, backfill")
+                   help="comma-separated parts: check, check_diff, backfill, seed (seed, "
+                        "backfill and pg_dump | psql of the same table)")
     p.add_argument("--rows", type=int, default=1_000_000, help="rows in bench_items")
     p.add_argument("--diffs", type=int, default=100, help="check_diff: differences made")
     p.add_argument("--rate", type=int, default=50, help="backfill: live transactions per second")

@@ -17,8 +17,9 @@ import threading
 import psycopg
 import pytest
 
-from rigs import link
+from rigs import link, make_rig
 from syncbridge.bridge.bench.rig import Rig, wait_until
+from syncbridge.engine import config as config_mod
 from syncbridge.engine.reconcile import seed
 from syncbridge.engine.validate import shapes
 
@@ -172,3 +173,38 @@ def test_a_sink_with_rows_is_refused_and_the_link_left_running(rig):
     assert rig.query("a", "select count(*) from sync.link_control "
                           "where paused_reason is not null") == [(0,)]
     assert rig.query("b", "select count(*) from sync.seed_runs") == [(0,)]
+
+
+def test_a_sql_server_side_is_refused_with_the_reason():
+    cfg = config_mod.parse({
+        "peers": {"portal": {"dialect": "postgres", "dsn": "postgresql://x/portal"},
+                  "clinic": {"dialect": "sqlserver", "dsn": "mssql://sa:pw@nowhere/clinic"}},
+        "links": [{"name": "items", "a": {"peer": "portal", "table": "items"},
+                   "b": {"peer": "clinic", "table": "dbo.items"}, "key": ["id"],
+                   "direction": "a_to_b"}]})
+    with pytest.raises(seed.Refused, match="side b is on a sqlserver peer"):
+        seed.directions(cfg, cfg.links["items"])
+
+
+def test_a_two_way_seed_records_base_images_and_drops_the_sinks_old_signals(new_db, tmp_path):
+    r = make_rig(new_db, tmp_path, "create table t (id int primary key, v text);",
+                 [link("t", "t", ["id"], "both")])
+    try:
+        r.execute("a", "insert into t select g, 'a' || g from generate_series(1, 3000) g")
+        r.execute("b", "insert into t values (1, 'old'); truncate t")  # queued on b: K and T
+        assert r.query("b", "select count(*) from sync.queue") == [(2,)]
+        run = seed.seed(r.config, shapes(r.config, ["t"])["t"], chunk_rows=1000,
+                        progress=False)
+        assert len(run.sink_signals) == 2
+        # the copy sent nothing back, and b's truncate from before the copy is gone
+        assert r.query("b", "select count(*) from sync.queue") == [(0,)]
+        assert r.query("a", "select count(*) from sync.row_state where image is not null"
+                       ) == [(3000,)]
+        r.start_bridge()
+        r.execute("b", "update t set v = 'changed on b' where id <= 5")
+        r.wait_drained()
+        r.wait_equal({"t": ["id"]})
+        assert r.query("a", "select count(*) from sync.conflicts") == [(0,)]
+        assert r.query("a", "select count(*) from t where v = 'changed on b'") == [(5,)]
+    finally:
+        r.close()

@@ -48,7 +48,7 @@ from psycopg import sql
 
 from syncbridge.engine import faults, sqlfiles
 from syncbridge.engine.catalog import LinkShape
-from syncbridge.engine.config import Config, ConfigError
+from syncbridge.engine.config import Config, ConfigError, Link
 from syncbridge.engine.hub.report import SQL as STATUS
 from syncbridge.engine.postgres import base, capture
 from syncbridge.engine.postgres import session as pg_session
@@ -140,9 +140,9 @@ def _connect(dsn: str) -> psycopg.Connection:
     return conn
 
 
-def directions(config: Config, shape: LinkShape) -> tuple[str, str]:
-    """(source side, sink side); only Postgres-to-Postgres links are seeded."""
-    link = shape.link
+def directions(config: Config, link: Link) -> tuple[str, str]:
+    """(source side, sink side); only Postgres-to-Postgres links are seeded (a two-way
+    link from side a)."""
     for s in ("a", "b"):
         dialect = config.peers[link.side(s).peer].dialect
         if dialect != "postgres":
@@ -249,8 +249,8 @@ def seed(config: Config, shape: LinkShape, workers: int = WORKERS, chunk_rows: i
          progress: bool = True, quiesce_timeout: float = QUIESCE_TIMEOUT,
          on_chunk: Callable[[SeedRun], None] | None = None) -> SeedRun:
     """Copy the link's source table into its empty sink table, then hand over (see above)."""
-    src, dst = directions(config, shape)
     link = shape.link
+    src, dst = directions(config, link)
     plan = _Plan(shape, src, dst)
     dsn = {s: config.peers[link.side(s).peer].dsn for s in ("a", "b")}
     started = time.monotonic()

@@ -49,7 +49,7 @@ select count(*) from sync.queue
 -- name: unaware_bridges
 -- Hub: live active bridges, and those whose last heartbeat (which reads the pauses) may
 -- predate the pause (a beat that began before it commits a little later).
-select count(*) filter (where heartbeat <= %(since)s + interval '500 milliseconds'),
+select count(*) filter (where heartbeat <= %(since)s + interval '200 milliseconds'),
        count(*)
   from sync.bridges
  where role = 'active' and heartbeat > clock_timestamp() - 2 * heartbeat_interval
