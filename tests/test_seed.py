@@ -173,6 +173,10 @@ def test_a_sink_with_rows_is_refused_and_the_link_left_running(rig):
     assert rig.query("a", "select count(*) from sync.link_control "
                           "where paused_reason is not null") == [(0,)]
     assert rig.query("b", "select count(*) from sync.seed_runs") == [(0,)]
+    # paused for the seed beforehand (so no bridge fills the sink): a refusal keeps it so
+    rig.execute("a", "select sync.pause('items', 'seeding')")
+    assert _cli(rig).returncode == 2
+    assert rig.query("a", "select paused_reason from sync.link_control") == [("seeding",)]
 
 
 def test_a_sql_server_side_is_refused_with_the_reason():

@@ -179,6 +179,8 @@ class BenchCheck:
                 seeds.append(self.one_seed())
                 fills.append(self.one_backfill()[0])
                 dumps.append(self.one_dump())
+                _say(f"  run {len(seeds)}: seed {seeds[-1]:,.0f}, backfill {fills[-1]:,.0f}, "
+                     f"pg_dump | psql {dumps[-1]:,.0f} rows/s")
         finally:
             self.rig.stop_bridge()
         out = {"seed_rows_s": _median(seeds), "backfill_rows_s": _median(fills),
@@ -198,8 +200,11 @@ class BenchCheck:
         self.rig.execute("b", "truncate bench_items, bench_arrivals")
 
     def one_seed(self) -> float:
-        """`seed` with the live stream running (it queues, then drains after the handover)."""
+        """`seed` with the live stream running (it queues, then drains after the handover).
+        The link is paused before the stream starts, as README says: else the bridge would
+        apply the first live rows to the sink before the seed pauses it, and be refused."""
         self.empty_sink()
+        self.rig.execute("a", "select sync.pause('bench_items', 'seeding')")
         stop = threading.Event()
         writer = threading.Thread(target=self.live_writer, args=(stop,))
         writer.start()

@@ -10,8 +10,8 @@ snapshot, while capture keeps queueing changes. The handover rule:
    beaten since the pause and no batch of the link is still in flight;
 2. on the source, one REPEATABLE READ transaction exports its snapshot S and,
    in S, records the ids of this link side's queued signals (`sync.seed_runs`
-   on the sink): the copy already reflects them, since the drain would only
-   apply the rows as they are in S or later;
+   on the sink): the copy already reflects them (a signal stands for "send
+   this key's current row", and the copy holds every row as it is in S);
 3. workers `SET TRANSACTION SNAPSHOT` S and COPY key ranges (source columns
    in pair order -> the sink's linked columns; text format under the pinned
    session settings on both ends, so each value reads back exactly as the
@@ -135,8 +135,12 @@ class _Plan:
 
 
 def _connect(dsn: str) -> psycopg.Connection:
+    """A connection in the bridge's pinned settings, and in UTF8 like the bridge's (asyncpg
+    always is): COPY text from one server is then the other's input byte for byte, whatever
+    either database's encoding."""
     conn = pg_session.connect(dsn)
-    conn.execute("select set_config('application_name', %s, false)", (APP_NAME,))
+    conn.execute("select set_config('application_name', %s, false), "
+                 "set_config('client_encoding', 'UTF8', false)", (APP_NAME,))
     return conn
 
 
@@ -158,22 +162,25 @@ class _Hub:
     def __init__(self, config: Config, link: str) -> None:
         self.conn = psycopg.connect(config.hub_peer.dsn, autocommit=True)
         self.link = link
-        self.paused = False
+        self.held = False  # paused for seeding before this seed began (by an operator or a
+        # killed seed): a refused seed leaves it so
 
     def pause(self) -> datetime:
         """Pause the link for the seed; returns the hub's time just after the pause."""
         was = self.conn.execute(sqlfiles.for_psycopg(STATUS["link_paused"]),
                                 (self.link,)).fetchone()
-        if was and was[0] and was[0] != REASON:
-            raise Refused(f"link {self.link!r} is paused ({was[0]}): settle that and resume it "
+        reason = was[0] if was else None
+        if reason is not None and reason != REASON:
+            raise Refused(f"link {self.link!r} is paused ({reason}): settle that and resume it "
                           "before seeding")
+        self.held = reason == REASON
         self.conn.execute(sqlfiles.for_psycopg(STATUS["pause_link"]), (self.link, REASON))
-        self.paused = True
         return self.conn.execute("select clock_timestamp()").fetchone()[0]
 
-    def resume(self) -> None:
-        self.conn.execute(sqlfiles.for_psycopg(STATUS["resume_link"]), (self.link,))
-        self.paused = False
+    def resume(self, refused: bool = False) -> None:
+        """Let the link flow again; after a refusal only if the seed paused it itself."""
+        if not (refused and self.held):
+            self.conn.execute(sqlfiles.for_psycopg(STATUS["resume_link"]), (self.link,))
 
     def report(self, run: SeedRun, finished: bool = False) -> None:
         self.conn.execute(backfill.SQL["backfill_upsert"], run.progress(finished).params())
@@ -219,11 +226,10 @@ def _open_run(sink: psycopg.Connection, plan: _Plan, link: str) -> SeedRun | Non
     return run
 
 
-def _new_run(snap: psycopg.Connection, sink: psycopg.Connection, config: Config,
-             shape: LinkShape, plan: _Plan, src: str, dst: str, chunk_rows: int,
-             started: datetime) -> SeedRun:
+def _new_run(snap: psycopg.Connection, sink: psycopg.Connection, shape: LinkShape,
+             plan: _Plan, chunk_rows: int, started: datetime) -> SeedRun:
     """Plan the chunks and record the reflected signals, in the snapshot itself."""
-    link = shape.link.name
+    link, src, dst = shape.link.name, plan.src, plan.dst
     total = snap.execute(backfill.SQL.compose("count_rows", table=plan.table,
                                               where=sql.SQL("")), {}).fetchone()[0]
     step = max(chunk_rows, 1)
@@ -264,9 +270,9 @@ def seed(config: Config, shape: LinkShape, workers: int = WORKERS, chunk_rows: i
                 sink_since = sink.execute("select clock_timestamp()").fetchone()[0]
                 run = _open_run(sink, plan, link.name)
             except Refused:
-                hub.resume()
+                hub.resume(refused=True)
                 raise
-            run = _copy(config, shape, plan, dsn, run, workers, chunk_rows, sink_since, hub,
+            run = _copy(shape, plan, dsn, sink, run, workers, chunk_rows, sink_since, hub,
                         progress, on_chunk)
             _handover(config, shape, run, source, sink)
             hub.report(run, finished=True)
@@ -277,17 +283,17 @@ def seed(config: Config, shape: LinkShape, workers: int = WORKERS, chunk_rows: i
         hub.close()
 
 
-def _copy(config: Config, shape: LinkShape, plan: _Plan, dsn: dict[str, str],
+def _copy(shape: LinkShape, plan: _Plan, dsn: dict[str, str], sink: psycopg.Connection,
           run: SeedRun | None, workers: int, chunk_rows: int, since: datetime, hub: _Hub,
           progress: bool, on_chunk: Callable[[SeedRun], None] | None) -> SeedRun:
     """Copy every chunk not yet in, from one exported snapshot of the source."""
     src, dst = plan.src, plan.dst
-    with _connect(dsn[src]) as snap, _connect(dsn[dst]) as sink:
+    with _connect(dsn[src]) as snap:
         snap.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
         with snap.transaction():
             snapshot = snap.execute("select pg_export_snapshot()").fetchone()[0]
             if run is None:
-                run = _new_run(snap, sink, config, shape, plan, src, dst, chunk_rows, since)
+                run = _new_run(snap, sink, shape, plan, chunk_rows, since)
             todo = [i for i in range(run.chunks) if i not in run.done]
             hub.report(run)
             bar = backfill.Progress(f"seed {run.link} {run.src} -> {run.dst}", run.total,
