@@ -72,6 +72,9 @@ def cmd_seed(args: argparse.Namespace) -> int:
     except seed.Refused as e:
         print(f"syncbridge: seed refused: {e}", file=sys.stderr)
         return EXIT_ERROR
+    except seed.Unvouched as e:
+        print(f"syncbridge: seed failed: {e}", file=sys.stderr)
+        return EXIT_ERROR
     rate = run.total / run.seconds if run.seconds else 0.0
     print(f"{args.link}: seed {'resumed and ' if run.resumed else ''}finished: {run.total} "
           f"row(s) {run.src} -> {run.dst} in {run.chunks} chunk(s), {run.seconds:.1f}s "

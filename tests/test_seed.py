@@ -212,3 +212,17 @@ def test_a_two_way_seed_records_base_images_and_drops_the_sinks_old_signals(new_
         assert r.query("a", "select count(*) from t where v = 'changed on b'") == [(5,)]
     finally:
         r.close()
+
+
+def test_a_bridge_write_during_the_copy_fails_the_seed_and_keeps_the_link_paused(rig):
+    def bridge_wrote(run) -> None:  # what a bridge that ignored the pause leaves on the sink
+        if len(run.done) == 1:
+            rig.execute("b", "insert into sync.applied_batches (batch_id, link, source_side, "
+                             "signals, upserts, deletes) values (gen_random_uuid(), 'items', "
+                             "'a', 1, 1, 0)")
+
+    shape = shapes(rig.config, ["items"])["items"]
+    with pytest.raises(seed.Unvouched, match="1 batch"):
+        seed.seed(rig.config, shape, chunk_rows=20_000, progress=False, on_chunk=bridge_wrote)
+    assert rig.query("a", "select paused_reason from sync.link_control") == [("seeding",)]
+    assert rig.query("b", "select status from sync.seed_runs") == [("copying",)]

@@ -70,6 +70,10 @@ class Refused(ConfigError):
     """The seed cannot start (nothing was copied); the message says why."""
 
 
+class Unvouched(RuntimeError):
+    """Something else wrote the sink during the copy: the seed does not hand over."""
+
+
 @dataclass
 class SeedRun:
     id: str
@@ -383,7 +387,7 @@ def _handover(config: Config, shape: LinkShape, run: SeedRun, source: psycopg.Co
     writes = sink.execute(SQL["bridge_writes"], {"link": run.link, "side": run.src,
                                                  "since": run.started_at}).fetchone()[0]
     if writes:
-        raise RuntimeError(f"link {run.link!r}: a bridge applied {writes} batch(es) to the sink "
+        raise Unvouched(f"link {run.link!r}: a bridge applied {writes} batch(es) to the sink "
                            "while it was being seeded (it did not honour the pause); the copy "
                            "cannot be vouched for: empty the sink table, delete the run from "
                            "sync.seed_runs there and seed again")
