@@ -199,14 +199,8 @@ def _parser() -> argparse.ArgumentParser:
         help="two-way links: make key sequences disjoint (side a odd, side b even)")
     add("adopt", cmd_adopt, "accept a schema change: re-validate a paused link, record base "
         "images for the new columns, resume it").add_argument("link", nargs="+")
-    sp = add("seed", cmd_seed, "first copy of a link into an empty sink table (COPY in parallel "
-             "key-range chunks, resumable), then hand over to the bridge")
-    sp.add_argument("link")
-    sp.add_argument("--workers", type=int, default=4, help="parallel COPY connections")
-    sp.add_argument("--chunk-rows", type=int, default=100_000,
-                    help="rows per chunk (a killed seed copies at most this many again per "
-                         "worker)")
-    sp.add_argument("--quiet", action="store_true", help="no progress bar")
+    _seed_arguments(add("seed", cmd_seed, "first copy of a link into an empty sink table (COPY "
+                        "in parallel key-range chunks, resumable), then hand over to the bridge"))
     add("run", cmd_run, "run the bridge in the foreground (logs to stderr)")
     st = add("status", cmd_status, "print sync.status from the hub (fits 100 columns)")
     st.add_argument("--wide", action="store_true", help="every column of sync.status")
@@ -272,6 +266,16 @@ def _bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", metavar="FILE", help="--compare: write the figures as JSON")
     p.add_argument("--idle-seconds", type=float, default=10,
                    help="--compare: idle window for counting statements in the server log")
+
+
+def _seed_arguments(p: argparse.ArgumentParser) -> None:
+    """Options of `syncbridge seed` (engine/reconcile/seed.py)."""
+    p.add_argument("link")
+    p.add_argument("--workers", type=int, default=4, help="parallel COPY connections")
+    p.add_argument("--chunk-rows", type=int, default=100_000,
+                   help="rows per chunk (a killed seed copies at most this many again per "
+                        "worker)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def _bench_check_arguments(p: argparse.ArgumentParser) -> None:
