@@ -60,6 +60,29 @@ def cmd_adopt(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_seed(args: argparse.Namespace) -> int:
+    from syncbridge.engine.reconcile import seed
+    from syncbridge.engine.validate import shapes
+
+    config = _config(args)
+    shape = shapes(config, [args.link])[args.link]
+    try:
+        run = seed.seed(config, shape, workers=args.workers, chunk_rows=args.chunk_rows,
+                        progress=not args.quiet)
+    except seed.Refused as e:
+        print(f"syncbridge: seed refused: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    except seed.Unvouched as e:
+        print(f"syncbridge: seed failed: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    rate = run.total / run.seconds if run.seconds else 0.0
+    print(f"{args.link}: seed {'resumed and ' if run.resumed else ''}finished: {run.total} "
+          f"row(s) {run.src} -> {run.dst} in {run.chunks} chunk(s), {run.seconds:.1f}s "
+          f"({rate:,.0f} rows/s); {len(run.signals)} signal(s) from before the snapshot "
+          f"dropped, later ones are applied by the bridge (run {run.id})")
+    return EXIT_OK
+
+
 def cmd_uninstall(args: argparse.Namespace) -> int:
     from syncbridge.engine import install
 
@@ -176,6 +199,8 @@ def _parser() -> argparse.ArgumentParser:
         help="two-way links: make key sequences disjoint (side a odd, side b even)")
     add("adopt", cmd_adopt, "accept a schema change: re-validate a paused link, record base "
         "images for the new columns, resume it").add_argument("link", nargs="+")
+    _seed_arguments(add("seed", cmd_seed, "first copy of a link into an empty sink table (COPY "
+                        "in parallel key-range chunks, resumable), then hand over to the bridge"))
     add("run", cmd_run, "run the bridge in the foreground (logs to stderr)")
     st = add("status", cmd_status, "print sync.status from the hub (fits 100 columns)")
     st.add_argument("--wide", action="store_true", help="every column of sync.status")
@@ -246,6 +271,16 @@ def _bench_arguments(p: argparse.ArgumentParser) -> None:
                    help="--compare: idle window for counting statements in the server log")
 
 
+def _seed_arguments(p: argparse.ArgumentParser) -> None:
+    """Options of `syncbridge seed` (engine/reconcile/seed.py)."""
+    p.add_argument("link")
+    p.add_argument("--workers", type=int, default=4, help="parallel COPY connections")
+    p.add_argument("--chunk-rows", type=int, default=100_000,
+                   help="rows per chunk (a killed seed copies at most this many again per "
+                        "worker)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
 def _bench_check_arguments(p: argparse.ArgumentParser) -> None:
     """Options of `syncbridge bench-check` (bridge/bench/check.py)."""
     from syncbridge.engine.reconcile.backfill import CHUNK, MAX_PENDING
@@ -253,7 +288,8 @@ def _bench_check_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dsn-a", help="source database (default: embedded PostgreSQL)")
     p.add_argument("--dsn-b", help="target database (default: embedded PostgreSQL)")
     p.add_argument("--only", default="check,check_diff,backfill",
-                   help="comma-separated parts: check, check_diff, backfill")
+                   help="comma-separated parts: check, check_diff, backfill, seed (seed, "
+                        "backfill and pg_dump | psql of the same table)")
     p.add_argument("--rows", type=int, default=1_000_000, help="rows in bench_items")
     p.add_argument("--diffs", type=int, default=100, help="check_diff: differences made")
     p.add_argument("--rate", type=int, default=50, help="backfill: live transactions per second")

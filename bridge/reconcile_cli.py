@@ -130,7 +130,7 @@ def register(add: Add) -> None:
                    help="list the rows that would be inserted, updated and deleted, on which "
                         "side; signal nothing")
     # its options are added by cli.py, so that building the parser imports no benchmark
-    add("bench-check", cmd_bench_check, "measure check, check with diffs, and backfill")
+    add("bench-check", cmd_bench_check, "measure check, check with diffs, backfill and seed")
 
 
 if __name__ == "__main__":  # pragma: no cover

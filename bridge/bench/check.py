@@ -6,7 +6,10 @@
              changed text / numeric / jsonb / timestamptz / int): all found, no others;
 (backfill)   `backfill` of --rows rows into an empty sink while a live stream of
              --rate single-row transactions/s runs on the source: rows/s to the sink,
-             and p50/p99 lag of the live rows (source commit to sink apply, one clock).
+             and p50/p99 lag of the live rows (source commit to sink apply, one clock);
+(seed)       `seed` of the same --rows rows into the empty sink (the live stream runs
+             and queues meanwhile), beside `backfill` (as above) and
+             `pg_dump --data-only | psql` of the same table: rows/s of each, and the ratios.
 Each figure is the median of --runs runs. Embedded PostgreSQL unless --dsn-a/--dsn-b.
 """
 
@@ -16,6 +19,7 @@ import argparse
 import asyncio
 import random
 import statistics
+import subprocess
 import tempfile
 import threading
 import time
@@ -28,8 +32,8 @@ from syncbridge.bridge.bench.core import SCHEMA, with_payload
 from syncbridge.bridge.bench.rig import Rig, wait_until
 from syncbridge.bridge.demo import create_databases
 from syncbridge.engine import sqlfiles
-from syncbridge.engine.embedded import EmbeddedPostgres
-from syncbridge.engine.reconcile import backfill, check
+from syncbridge.engine.embedded import POSTGRES_BIN_PATH, EmbeddedPostgres
+from syncbridge.engine.reconcile import backfill, check, seed
 from syncbridge.engine.validate import shapes
 
 LIVE_IDS = 10_000_001  # bench_seq starts here: live rows are told apart from backfilled ones
@@ -167,11 +171,69 @@ class BenchCheck:
              f"{out['live_p50_ms']:.1f} ms, p99 {out['live_p99_ms']:.1f} ms")
         return out
 
-    def one_backfill(self) -> tuple[float, list[float]]:
+    def part_seed(self) -> dict[str, Any]:
+        seeds, fills, dumps = [], [], []
+        self.rig.start_bridge()
+        try:
+            for _ in range(self.args.runs):
+                seeds.append(self.one_seed())
+                fills.append(self.one_backfill()[0])
+                dumps.append(self.one_dump())
+                _say(f"  run {len(seeds)}: seed {seeds[-1]:,.0f}, backfill {fills[-1]:,.0f}, "
+                     f"pg_dump | psql {dumps[-1]:,.0f} rows/s")
+        finally:
+            self.rig.stop_bridge()
+        out = {"seed_rows_s": _median(seeds), "backfill_rows_s": _median(fills),
+               "pg_dump_psql_rows_s": _median(dumps)}
+        _say(f"(seed) {self.args.rows:,} rows: seed {out['seed_rows_s']:,.0f} rows/s, backfill "
+             f"{out['backfill_rows_s']:,.0f} rows/s, pg_dump | psql "
+             f"{out['pg_dump_psql_rows_s']:,.0f} rows/s; seed / backfill "
+             f"{out['seed_rows_s'] / out['backfill_rows_s']:.1f}x, pg_dump | psql / seed "
+             f"{out['pg_dump_psql_rows_s'] / out['seed_rows_s']:.2f}x")
+        return out
+
+    def empty_sink(self) -> None:
+        """The sink table empty and nothing queued: the state every part starts from."""
         self.rig.execute("b", "truncate bench_items, bench_arrivals")
         self.rig.execute("a", "delete from bench_items where id >= %s", (LIVE_IDS,))
         self.rig.wait_drained(120)
         self.rig.execute("b", "truncate bench_items, bench_arrivals")
+
+    def one_seed(self) -> float:
+        """`seed` with the live stream running (it queues, then drains after the handover).
+        The link is paused before the stream starts, as README says: else the bridge would
+        apply the first live rows to the sink before the seed pauses it, and be refused."""
+        self.empty_sink()
+        self.rig.execute("a", "select sync.pause('bench_items', 'seeding')")
+        stop = threading.Event()
+        writer = threading.Thread(target=self.live_writer, args=(stop,))
+        writer.start()
+        try:
+            run = seed.seed(self.config, self.shapes["bench_items"], progress=True)
+        finally:
+            stop.set()
+            writer.join()
+        self.rig.wait_drained(120)
+        return run.total / run.seconds
+
+    def one_dump(self) -> float:
+        """`pg_dump --data-only -t bench_items | psql` into the empty sink table."""
+        self.empty_sink()
+        started = time.monotonic()
+        dump = subprocess.Popen([str(POSTGRES_BIN_PATH / "pg_dump"), "--data-only",
+                                 "--table=public.bench_items", self.rig.dsn["a"]],
+                                stdout=subprocess.PIPE)
+        load = subprocess.run([str(POSTGRES_BIN_PATH / "psql"), "-q", "-v", "ON_ERROR_STOP=1",
+                               "-o", "/dev/null", self.rig.dsn["b"]], stdin=dump.stdout,
+                              check=True)
+        dump.stdout.close()
+        assert dump.wait() == 0 and load.returncode == 0
+        took = time.monotonic() - started
+        have = self.rig.query("b", "select count(*) from bench_items")[0][0]
+        return have / took
+
+    def one_backfill(self) -> tuple[float, list[float]]:
+        self.empty_sink()
         stop = threading.Event()
         writer = threading.Thread(target=self.live_writer, args=(stop,))
         writer.start()
@@ -219,7 +281,7 @@ def main(args: argparse.Namespace) -> int:
         bench = BenchCheck(args, rig)
         bench.load()
         _say(f"runs: {args.runs} (medians)")
-        for part in ("check", "check_diff", "backfill"):
+        for part in ("check", "check_diff", "backfill", "seed"):
             if part in parts:
                 getattr(bench, f"part_{part}")()
         return 0

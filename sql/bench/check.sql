@@ -12,7 +12,7 @@ select g, mod(g, 1000), 'new', mod(g, 100000) / 100.0, {payload},
 create table bench_arrivals (id bigint, written_at timestamptz, arrived_at timestamptz);
 create function bench_arrival() returns trigger language plpgsql as $$
 begin
-    insert into bench_arrivals
+    insert into public.bench_arrivals  -- qualified: pg_dump output sets search_path to empty
     select n.id, n.updated_at, clock_timestamp() from new_rows n where n.id >= 10000001;
     return null;
 end $$;

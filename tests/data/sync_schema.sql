@@ -253,6 +253,34 @@ create table sync.row_state (
 alter table sync.row_state add constraint row_state_pkey PRIMARY KEY (link, key);
 -- grants on sync.row_state: default
 
+create table sync.seed_chunks (
+    run_id uuid not null,
+    chunk integer not null,
+    rows bigint not null,
+    copied_at timestamp with time zone not null default clock_timestamp()
+);
+alter table sync.seed_chunks add constraint seed_chunks_pkey PRIMARY KEY (run_id, chunk);
+alter table sync.seed_chunks add constraint seed_chunks_run_id_fkey FOREIGN KEY (run_id) REFERENCES sync.seed_runs(id) ON DELETE CASCADE;
+-- grants on sync.seed_chunks: default
+
+create table sync.seed_runs (
+    id uuid not null,
+    link text not null,
+    source_side character(1) not null,
+    bounds jsonb not null,
+    signals bigint[] not null,
+    sink_signals bigint[] not null default '{}'::bigint[],
+    total bigint not null,
+    status text not null default 'copying'::text,
+    started_at timestamp with time zone not null default clock_timestamp(),
+    finished_at timestamp with time zone
+);
+alter table sync.seed_runs add constraint seed_runs_pkey PRIMARY KEY (id);
+alter table sync.seed_runs add constraint seed_runs_source_side_check CHECK ((source_side = ANY (ARRAY['a'::bpchar, 'b'::bpchar])));
+alter table sync.seed_runs add constraint seed_runs_status_check CHECK ((status = ANY (ARRAY['copying'::text, 'finished'::text])));
+CREATE UNIQUE INDEX seed_runs_open ON sync.seed_runs USING btree (link) WHERE (status = 'copying'::text);
+-- grants on sync.seed_runs: default
+
 create view sync.status as
  WITH sides AS (
          SELECT link_state.link,
