@@ -133,4 +133,6 @@ def test_tsql_checksum_parses_and_spells_every_type():
     assert "HASHBYTES('MD5'" in stmt and canonical.UTF8 in stmt
     assert "SWITCHOFFSET([tstz], '+00:00')" in stmt
     assert "LOWER(CONVERT(varchar(max), [blob], 2))" in stmt
+    for col, cls in cols:  # every named type is rendered with its own expression
+        assert canonical.tsql_field(f"[{col}]", cls) in stmt, (col, cls)
     assert "([id] > ?)" in stmt and "([id] <= ?)" in stmt
