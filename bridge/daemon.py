@@ -40,12 +40,12 @@ import asyncpg
 
 from syncbridge.bridge import metrics
 from syncbridge.engine import errors, sdnotify
-from syncbridge.engine.config import Config, ConfigError
+from syncbridge.engine.config import Config
 from syncbridge.engine.contract import Drain
 from syncbridge.engine.hub.lease import Lease, lock_key
 from syncbridge.engine.validate import shapes
 
-from . import reload
+from .reload import Plan, Reloading
 from .upkeep import Upkeep
 from .waits import HUB_ERRORS, retryable, wait_any
 
@@ -59,7 +59,7 @@ class LostLeadership(Exception):
     """The hub connection holding the advisory lock is gone: stop draining."""
 
 
-class Bridge(Upkeep):
+class Bridge(Reloading, Upkeep):
     """The process: leadership, terms, signals, health (see the module docstring)."""
 
     def __init__(self, config: Config, hup: asyncio.Event | None = None) -> None:
@@ -88,7 +88,7 @@ class Bridge(Upkeep):
         self.metrics = metrics.Metrics(lambda: self.role)
         self.shapes = shapes(config)  # validate before anything starts
         self.hup = hup or asyncio.Event()  # SIGHUP: reload the config file
-        self.pending: reload.Plan | None = None  # a validated reload, applied between terms
+        self.pending: Plan | None = None  # a validated reload, applied between terms
         self.lock_keys = [lock_key(list(config.links))]  # every link set run, in order
         self.held: set[str] = set()  # the lock_keys this hub session holds
 
@@ -241,68 +241,6 @@ class Bridge(Upkeep):
             self.lease = None
             await self._close_pools()
             self.drains.clear()
-
-    async def _take_all(self, lease: Lease) -> bool:
-        """Every lock of lock_keys, or none: a bridge leads only with the locks of every
-        link set it ran, so no bridge of an older or newer config leads beside it."""
-        for key in self.lock_keys:
-            if key in self.held:
-                continue
-            if not await lease.try_take(key):
-                for k in self.held:
-                    await lease.release(k)
-                self.held.clear()
-                return False
-            self.held.add(key)
-        return True
-
-    # -- reload (SIGHUP) -------------------------------------------------------
-
-    async def _reload_loop(self) -> None:
-        """Each SIGHUP: the new config validated in a thread while draining goes on;
-        refused (old config kept) or handed to the leadership loop (self.pending)."""
-        while True:
-            await self.hup.wait()
-            self.hup.clear()
-            basis = self.config
-            try:
-                plan = await asyncio.to_thread(reload.prepare, basis)
-            except ConfigError as e:
-                reload.log_refused(basis, e)
-                continue
-            if basis is not self.config:  # another reload was applied meanwhile: again
-                self.hup.set()
-                continue
-            if plan.empty:
-                reload.log_reloaded(plan)
-                continue
-            self.pending = plan
-            self.halt.set()  # a running term ends gracefully; between terms it is applied
-
-    async def _apply_pending(self, lease: Lease | None) -> None:
-        """Run the pending plan from now on. Holding the lead, the new link set's lock is
-        taken first (on the same session) or the reload is refused; the old locks stay."""
-        plan, self.pending = self.pending, None
-        assert plan is not None
-        if plan.basis is not self.config:  # compared with an older config: compare again
-            self.hup.set()
-            return
-        key = lock_key(list(plan.config.links))
-        if key not in self.lock_keys:
-            if self.held and lease is not None and not await lease.try_take(key):
-                reload.log_refused(self.config, ConfigError(
-                    "another bridge holds the leadership lock of the new set of links"))
-                return
-            if self.held:
-                self.held.add(key)
-            self.lock_keys.append(key)
-        self.shapes = {n: plan.shapes[n] if n in plan.shapes else self.shapes[n]
-                       for n in plan.config.links}
-        self.config = plan.config
-        self.hb = float(plan.config.setting("heartbeat_interval"))
-        if lease is not None:
-            lease.hb = self.hb
-        reload.log_reloaded(plan)
 
     def _term_tasks(self, lease: Lease) -> list[asyncio.Task]:
         """Every loop of a term, each a named task."""

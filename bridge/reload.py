@@ -1,19 +1,26 @@
-"""SIGHUP (`systemctl reload syncbridge`): re-read the config file and plan the change.
+"""SIGHUP (`systemctl reload syncbridge`): re-read the config file and run it, no restart.
 
-The one SIGHUP path: bridge.daemon.Bridge turns the signal into `prepare()`,
-run in a thread while the bridge keeps draining with the config it has. The
-new file is validated as at start (the schema, then the catalogs of every
-added or changed link, then the webhook mappings); any problem is refused with
-its reason (`event=reload_refused`) and the running config is kept. A valid
-file becomes a `Plan`, which the daemon applies between two terms of
-leadership (the drain loops finish their batch, the hub session and its lock
-stay; see docs/topologies.md "Reloading"), logging `event=reloaded`.
+The one SIGHUP path. `Reloading` (a part of bridge.daemon.Bridge) runs
+`prepare()` in a thread while the bridge keeps draining with the config it
+has. The new file is validated as at start (the schema, then the catalogs of
+every added or changed link, then the webhook mappings); any problem is
+refused with its reason (`event=reload_refused`) and the running config is
+kept. A valid file becomes a `Plan`: the running term ends as a stop does
+(drain loops finish their batch), the plan is applied, and the next term runs
+it on the same hub session, so the leadership lock is never let go.
+
+The lock's name follows the set of links (engine/hub/lease.py lock_key): a
+leading bridge takes the new set's lock before it applies the plan (refused
+if another bridge holds it) and keeps every lock it took, so no bridge started
+with the old or the new file leads beside it. A standby takes them all or
+none. docs/topologies.md "Reloading" has the operator's side.
 
 Also here: what the bridge says at start about webhook sources it does not drain.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass, field
 
@@ -22,6 +29,7 @@ import psycopg
 from syncbridge.engine import errors, validate
 from syncbridge.engine.catalog import LinkShape
 from syncbridge.engine.config import Config, ConfigError, load
+from syncbridge.engine.hub.lease import Lease, lock_key
 
 log = logging.getLogger("syncbridge.reload")
 
@@ -118,3 +126,77 @@ def log_reloaded(plan: Plan) -> None:
     log.info("event=reloaded config=%s links=%d added=%s removed=%s changed=%s settings=%s",
              plan.config.path, len(plan.config.links), names(plan.added), names(plan.removed),
              names(plan.changed), "changed" if plan.settings else "same")
+
+
+class Reloading:
+    """The reload half of bridge.daemon.Bridge: the SIGHUP loop, the plan applied between
+    terms, and the leadership locks of every link set the bridge has run."""
+
+    config: Config
+    shapes: dict[str, LinkShape]
+    hup: asyncio.Event  # set by SIGHUP
+    halt: asyncio.Event  # the running term ends
+    pending: Plan | None  # validated, applied by the leadership loop between terms
+    lock_keys: list[str]  # the lock of every link set run, the start config's first
+    held: set[str]  # the lock_keys the hub session holds
+    hb: float
+
+    async def _take_all(self, lease: Lease) -> bool:
+        """Every lock of lock_keys, or none: a bridge leads only with the locks of every
+        link set it ran, so no bridge of an older or newer config leads beside it."""
+        for key in self.lock_keys:
+            if key in self.held:
+                continue
+            if not await lease.try_take(key):
+                for k in self.held:
+                    await lease.release(k)
+                self.held.clear()
+                return False
+            self.held.add(key)
+        return True
+
+    async def _reload_loop(self) -> None:
+        """Each SIGHUP: the new config validated in a thread while draining goes on;
+        refused (old config kept) or handed to the leadership loop (self.pending)."""
+        while True:
+            await self.hup.wait()
+            self.hup.clear()
+            basis = self.config
+            try:
+                plan = await asyncio.to_thread(prepare, basis)
+            except ConfigError as e:
+                log_refused(basis, e)
+                continue
+            if basis is not self.config:  # another reload was applied meanwhile: again
+                self.hup.set()
+                continue
+            if plan.empty:
+                log_reloaded(plan)
+                continue
+            self.pending = plan
+            self.halt.set()  # a running term ends gracefully; between terms it is applied
+
+    async def _apply_pending(self, lease: Lease | None) -> None:
+        """Run the pending plan from now on. Holding the lead, the new link set's lock is
+        taken first (on the same session) or the reload is refused; the old locks stay."""
+        plan, self.pending = self.pending, None
+        assert plan is not None
+        if plan.basis is not self.config:  # compared with an older config: compare again
+            self.hup.set()
+            return
+        key = lock_key(list(plan.config.links))
+        if key not in self.lock_keys:
+            if self.held and lease is not None and not await lease.try_take(key):
+                log_refused(self.config, ConfigError(
+                    "another bridge holds the leadership lock of the new set of links"))
+                return
+            if self.held:
+                self.held.add(key)
+            self.lock_keys.append(key)
+        self.shapes = {n: plan.shapes[n] if n in plan.shapes else self.shapes[n]
+                       for n in plan.config.links}
+        self.config = plan.config
+        self.hb = float(plan.config.setting("heartbeat_interval"))
+        if lease is not None:
+            lease.hb = self.hb
+        log_reloaded(plan)
