@@ -125,3 +125,34 @@ def test_an_invalid_reload_is_refused_and_the_old_config_kept(new_db, tmp_path):
     finally:
         rig.close()
 
+
+
+def test_a_standby_that_reloads_first_does_not_lead_beside_the_active_bridge(new_db,
+                                                                               tmp_path):
+    """A standby reloaded to a new link set before the active bridge must not lead
+    on the new set's free lock: it takes every lock of the link sets it ran, or none."""
+    rig = make_rig(new_db, tmp_path, SCHEMA, list(LINKS.values()), {"heartbeat_interval": 0.5})
+    _write_config(rig, ["t1"])
+    try:
+        active = rig.start_bridge()
+        wait_until(lambda: "event=active" in rig.log_text(), 30, "the bridge to lead")
+        standby = rig.start_bridge()
+        wait_until(lambda: "event=standby" in rig.log_text(), 30, "the standby")
+        _write_config(rig, ["t1", "t2"])
+        assert "added=t2" in _reload(rig, "reloaded")  # rig.proc is the standby
+        rig.execute("a", "insert into t2 values (1, 'queued')")
+        beat = "select max(heartbeat) from sync.bridges where role = 'standby'"
+        for _ in range(2):  # a heartbeat comes after each attempt to take the locks
+            last = rig.query("a", beat)[0][0]
+            wait_until(lambda t=last: rig.query("a", beat)[0][0] > t, 30, "a standby beat")
+        assert _advisory_locks(rig) == 1, "the standby holds a lock"
+        assert rig.query("b", "select count(*) from t2") == [(0,)]
+        active.kill()
+        active.wait(10)
+        wait_until(lambda: rig.log_text().count("event=active") == 2, 30, "the standby to lead")
+        assert "links=2" in [x for x in rig.log_text().splitlines() if "event=active" in x][1]
+        wait_until(lambda: _synced(rig, "t2"), 30, "t2 from the reloaded standby")
+        assert standby.poll() is None
+        assert rig.stop_bridge() == 0
+    finally:
+        rig.close()
