@@ -18,7 +18,6 @@ from syncbridge.bridge.bench.rig import Rig, toml_links, toml_value, wait_until
 
 SCHEMA = "create table items (id int primary key, v text, n int not null default 0);"
 PEERS = ("h", "s1", "s2")
-WRITES = 150  # per writer
 
 
 def _link(name: str, spoke: str, **extra) -> dict:
@@ -69,12 +68,21 @@ def _beats(rig: Rig, n: int) -> None:
         wait_until(lambda t=last: rig.query("h", sql)[0][0] > t, 30, "a heartbeat")
 
 
-def _writer(rig: Rig, peer: str, ids: range, stop: threading.Event, done: dict) -> None:
-    """Inserts its own keys, then updates keys the other peers insert too."""
+def _interleaved(own: range, other: range) -> list[int]:
+    out: list[int] = []
+    for i, key in enumerate(own):
+        out += [key, other[i]] if i < len(other) else [key]
+    return out
+
+
+def _writer(rig: Rig, peer: str, ids: list[int], resume: threading.Event,
+            done: dict) -> None:
+    """Inserts its own keys and overwrites some of the others' keys; halfway through it
+    waits for `resume` (the test kills the bridge meanwhile), then writes the rest."""
     with psycopg.connect(rig.dsn[peer], autocommit=True) as c:
         for i, key in enumerate(ids):
-            if stop.is_set():
-                break
+            if i == len(ids) // 2 and not resume.wait(60):
+                return
             c.execute("insert into items (id, v) values (%s, %s) on conflict (id) do update "
                       "set v = excluded.v, n = items.n + 1", (key, f"{peer}-{i}"))
             done[peer] = i + 1
@@ -107,22 +115,25 @@ def test_a_spoke_change_reaches_the_other_spoke_once_and_never_comes_back(new_db
 
 def test_three_peers_converge_with_writers_everywhere_and_a_sigkill(new_db, tmp_path):
     rig = _hub_rig(new_db, tmp_path, [_link("l1", "s1"), _link("l2", "s2")])
-    stop = threading.Event()
+    resume = threading.Event()
     done = dict.fromkeys(PEERS, 0)
-    # each peer inserts its own range and overwrites a share of the others' keys
-    ranges = {"h": [*range(1, 101), *range(201, 226)],
-              "s1": [*range(101, 201), *range(1, 26)],
-              "s2": [*range(201, 301), *range(101, 126)]}
-    threads = [threading.Thread(target=_writer, args=(rig, p, ranges[p], stop, done))
+    # each peer inserts its own range and overwrites a share of the others' keys,
+    # interleaved, so the same keys change on several peers at once (conflicts)
+    own = {"h": range(1, 101), "s1": range(101, 201), "s2": range(201, 301)}
+    other = {"h": range(201, 241), "s1": range(1, 41), "s2": range(101, 141)}
+    ranges = {p: _interleaved(own[p], other[p]) for p in PEERS}
+    threads = [threading.Thread(target=_writer, args=(rig, p, ranges[p], resume, done))
                for p in PEERS]
     try:
         rig.start_bridge()
         for t in threads:
             t.start()
-        wait_until(lambda: rig.query("h", "select count(*) from sync.applied_batches")[0][0] > 2,
-                   30, "batches applied on the hub")
-        assert rig.stop_bridge(signal.SIGKILL) == -signal.SIGKILL
+        wait_until(lambda: all(done[p] == len(ranges[p]) // 2 for p in PEERS), 30,
+                   "every writer halfway")
+        wait_until(lambda: _batches(rig)["h"] > 2, 30, "batches applied on the hub")
+        assert rig.stop_bridge(signal.SIGKILL) == -signal.SIGKILL  # mid-drain, queues full
         rig.start_bridge()
+        resume.set()  # the second half is written while the new bridge recovers
         for t in threads:
             t.join(60)
         assert done == {p: len(ranges[p]) for p in PEERS}
@@ -137,5 +148,5 @@ def test_three_peers_converge_with_writers_everywhere_and_a_sigkill(new_db, tmp_
         assert sorted(int(r[0]) for r in texts["h"]) == list(range(1, 301))
         assert rig.stop_bridge() == 0
     finally:
-        stop.set()
+        resume.set()
         rig.close()

@@ -156,3 +156,25 @@ def test_a_standby_that_reloads_first_does_not_lead_beside_the_active_bridge(new
         assert rig.stop_bridge() == 0
     finally:
         rig.close()
+
+
+def test_a_reload_to_a_link_set_another_bridge_leads_is_refused(new_db, tmp_path):
+    rig = make_rig(new_db, tmp_path, SCHEMA, list(LINKS.values()))
+    _write_config(rig, ["t1"])
+    try:
+        first = rig.start_bridge()
+        wait_until(lambda: rig.log_text().count("event=active") == 1, 30, "the first bridge")
+        _write_config(rig, ["t1", "t2"])  # a second bridge leads this set (its own lock)
+        rig.start_bridge()
+        wait_until(lambda: rig.log_text().count("event=active") == 2, 30, "the second bridge")
+        rig.proc, second = first, rig.proc
+        line = _reload(rig, "reload_refused")
+        assert "another bridge holds the leadership lock of the new set of links" in line
+        rig.execute("a", "insert into t1 values (1, 'the first bridge keeps t1')")
+        wait_until(lambda: _synced(rig, "t1"), 30, "t1")
+        assert "event=reloaded" not in rig.log_text()
+        assert rig.stop_bridge() == 0
+        rig.proc = second
+        assert rig.stop_bridge() == 0
+    finally:
+        rig.close()
