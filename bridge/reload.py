@@ -63,7 +63,7 @@ class Plan:
     added: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
     changed: list[str] = field(default_factory=list)
-    settings: bool = False  # [bridge] or [webhooks] changed
+    settings: bool = False  # anything but [peers] and [[links]]: [bridge], [webhooks], rules
     basis: Config | None = None  # the running config it was compared with
 
     @property
@@ -83,6 +83,11 @@ def changed_links(old: Config, new: Config) -> list[str]:
     return sorted(out)
 
 
+def _beyond_links(config: Config) -> dict:
+    """The file's tables that are not peers or links ([bridge], [webhooks], [[rules]])."""
+    return {k: v for k, v in config.raw.items() if k not in ("peers", "links")}
+
+
 def prepare(running: Config) -> Plan:
     """The new config file as a Plan against `running`; ConfigError with the reason
     when it cannot be applied. Unchanged links are not validated again: the daemon
@@ -94,8 +99,7 @@ def prepare(running: Config) -> Plan:
                           "the hub holds the leadership lock: restart the bridge to move it")
     plan = Plan(new, {}, sorted(new.links.keys() - running.links.keys()),
                 sorted(running.links.keys() - new.links.keys()), changed_links(running, new),
-                new.settings != running.settings or new.raw.get("webhooks")
-                != running.raw.get("webhooks"), running)
+                _beyond_links(new) != _beyond_links(running), running)
     fresh = [*plan.added, *plan.changed]
     try:
         plan.shapes = validate.shapes(new, fresh) if fresh else {}

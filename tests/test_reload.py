@@ -178,3 +178,21 @@ def test_a_reload_to_a_link_set_another_bridge_leads_is_refused(new_db, tmp_path
         assert rig.stop_bridge() == 0
     finally:
         rig.close()
+
+
+def test_a_link_is_changed_by_its_own_options_the_defaults_it_takes_and_its_peers():
+    from syncbridge.bridge.reload import changed_links
+    from syncbridge.engine.config import parse
+
+    def config(bridge: dict | None = None, dsn_b: str = "postgresql://h/b", **opts: object):
+        return parse({"bridge": bridge or {},
+                      "peers": {"a": {"dialect": "postgres", "dsn": "postgresql://h/a"},
+                                "b": {"dialect": "postgres", "dsn": dsn_b}},
+                      "links": [{**LINKS["t1"], **opts}, LINKS["t2"]]})
+
+    before = config()
+    assert changed_links(before, config()) == []
+    assert changed_links(before, config(batch_size=7)) == ["t1"]
+    assert changed_links(before, config({"batch_size": 9})) == []  # both set their own
+    assert changed_links(before, config({"notify": False})) == ["t1", "t2"]
+    assert changed_links(before, config(dsn_b="postgresql://elsewhere/b")) == ["t1", "t2"]
