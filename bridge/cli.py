@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import signal
 import sys
 from collections.abc import Callable
 from importlib import metadata
@@ -96,8 +95,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     config = _config(args)
     reload.check_webhooks_at_start(config)
-    signal.signal(signal.SIGHUP, lambda *_: reload.on_sighup(config))
-    return daemon.run(config)
+    return daemon.run(config)  # SIGHUP: bridge.daemon reloads the config (bridge/reload.py)
 
 
 def cmd_status(args: argparse.Namespace) -> int:

@@ -10,6 +10,12 @@ Shape of a run (this module: the process, leadership and terms):
   tries to lead again;
 - SIGTERM/SIGINT: stop claiming, let the batch in flight finish, exit 0.
   A second signal exits at once (nothing is lost: claimed batches recover).
+- SIGHUP: re-read and validate the config (bridge/reload.py) while draining;
+  a valid one ends the term as a stop does (batches in flight finish) and the
+  next term runs it, on the same hub session: the leadership lock is never let
+  go. The lock's name follows the set of links (engine/hub/lease.py), so the
+  bridge takes the new set's lock first (refused if another bridge holds it)
+  and keeps every lock it took until it stops (docs/topologies.md).
 
 Every task is named; a task that ends while the term runs ends the term with
 a logged reason (`event=task_failed`), and the process exits unless the error
@@ -39,6 +45,7 @@ from syncbridge.engine.contract import Drain
 from syncbridge.engine.hub.lease import Lease, lock_key
 from syncbridge.engine.validate import shapes
 
+from .reload import Plan, Reloading
 from .upkeep import Upkeep
 from .waits import HUB_ERRORS, retryable, wait_any
 
@@ -52,10 +59,10 @@ class LostLeadership(Exception):
     """The hub connection holding the advisory lock is gone: stop draining."""
 
 
-class Bridge(Upkeep):
+class Bridge(Reloading, Upkeep):
     """The process: leadership, terms, signals, health (see the module docstring)."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, hup: asyncio.Event | None = None) -> None:
         self.config = config
         self.stop = asyncio.Event()
         self.halt = asyncio.Event()  # this term ends: stop, or leadership lost
@@ -81,12 +88,17 @@ class Bridge(Upkeep):
         self.hb = float(config.setting("heartbeat_interval"))
         self.metrics = metrics.Metrics(lambda: self.role)
         self.shapes = shapes(config)  # validate before anything starts
+        self.hup = hup or asyncio.Event()  # SIGHUP: reload the config file
+        self.pending: Plan | None = None  # a validated reload, applied between terms
+        self.lock_keys = [lock_key(list(config.links))]  # every link set run, in order
+        self.held: set[str] = set()  # the lock_keys this hub session holds
 
     # -- lifecycle --------------------------------------------------------
     async def run(self) -> None:
-        with _signals(self._on_signal):
+        with _signals(self._on_signal, self.hup.set):
             sdnotify.notify("STATUS=connecting")
-            side = [asyncio.create_task(self._watchdog(), name="watchdog")]
+            side = [asyncio.create_task(self._watchdog(), name="watchdog"),
+                    asyncio.create_task(self._reload_loop(), name="reload")]
             address = self.config.setting("metrics")
             if address:
                 side.append(asyncio.create_task(
@@ -149,28 +161,36 @@ class Bridge(Upkeep):
     # -- leadership ----------------------------------------------------------
 
     async def _lead_once(self) -> None:
+        """One hub session: wait for the locks, then terms until a stop (or a raise);
+        a reload ends a term and the next one runs the new config."""
+        while self.pending is not None:
+            await self._apply_pending(None)
         conn = await asyncpg.connect(self.config.hub_peer.dsn, timeout=10,
                                      server_settings={"application_name": "syncbridge-leader"})
-        lease = Lease(conn, self.instance, lock_key(list(self.config.links)), self.hb)
-        self.halt = asyncio.Event()
-        if self.stop.is_set():
-            self.halt.set()
+        lease = Lease(conn, self.instance, self.lock_keys[0], self.hb)
         try:
             await self._wait_for_lock(lease)
-            if self.stop.is_set():
-                return
-            await self._active(lease)
+            while not self.stop.is_set():
+                while self.pending is not None:
+                    await self._apply_pending(lease)
+                self.halt = asyncio.Event()
+                if self.stop.is_set():
+                    break
+                await self._active(lease)
         finally:
             self.role = "starting"
             if not conn.is_closed():  # a clean stop: gone from sync.bridges at once
                 with contextlib.suppress(*HUB_ERRORS):
                     await lease.forget()
             conn.terminate()
+            self.held = set()  # the session's locks went with it
 
     async def _wait_for_lock(self, lease: Lease) -> None:
         announced = False
         while not self.stop.is_set():
-            if await lease.try_take():
+            while self.pending is not None:  # a standby reloads too: it waits for the new locks
+                await self._apply_pending(lease)
+            if await self._take_all(lease):
                 return
             if not announced:
                 log.info("event=standby instance=%s", self.instance)
@@ -217,7 +237,8 @@ class Bridge(Upkeep):
                 raise LostLeadership(self.lost)
         finally:
             self.halt.set()
-            await self._shutdown(tasks, stopper, graceful and self.stop.is_set())
+            await self._shutdown(tasks, stopper,
+                                 graceful and (self.stop.is_set() or self.pending is not None))
             self.lease = None
             await self._close_pools()
             self.drains.clear()
@@ -293,20 +314,21 @@ class Bridge(Upkeep):
 
 
 class _signals:
-    """Install SIGTERM/SIGINT handlers on the loop and restore the old ones on exit."""
+    """Install SIGTERM/SIGINT/SIGHUP handlers on the loop and restore the old ones on exit."""
 
-    def __init__(self, handler: Callable[[int], None]) -> None:
-        self.handler = handler
+    def __init__(self, handler: Callable[[int], None], hup: Callable[[], None]) -> None:
+        self.handler, self.hup = handler, hup
 
     def __enter__(self) -> None:
         loop = asyncio.get_running_loop()
         for s in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(s, self.handler, s)
+        loop.add_signal_handler(signal.SIGHUP, self.hup)
         loop.add_signal_handler(signal.SIGUSR1, _dump_tasks)
 
     def __exit__(self, *exc: object) -> None:
         loop = asyncio.get_running_loop()
-        for s in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
+        for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
             loop.remove_signal_handler(s)
 
 
@@ -319,5 +341,9 @@ def _dump_tasks() -> None:
 
 
 def run(config: Config) -> int:
-    asyncio.run(Bridge(config).run())
+    # a SIGHUP before the loop handles it (while the start validates) is kept for the loop;
+    # the default action would end the process
+    hup = asyncio.Event()
+    signal.signal(signal.SIGHUP, lambda *_: hup.set())
+    asyncio.run(Bridge(config, hup).run())
     return 0

@@ -32,8 +32,13 @@ class Lease:
                  heartbeat: float) -> None:
         self.conn, self.instance, self.key, self.hb = conn, instance, key, heartbeat
 
-    async def try_take(self) -> bool:
-        return bool(await self.conn.fetchval(SQL["try_lock"], self.key))
+    async def try_take(self, key: str | None = None) -> bool:
+        """Take the lock `key` (this lease's own by default) if it is free."""
+        return bool(await self.conn.fetchval(SQL["try_lock"], key or self.key))
+
+    async def release(self, key: str) -> None:
+        """Let go of a lock this session took (a standby that got only some of its keys)."""
+        await self.conn.fetchval(SQL["unlock"], key)
 
     async def beat(self, role: str, quiet: list[tuple[str, str]] | None = None
                    ) -> tuple[Controls, bool]:

@@ -51,6 +51,10 @@ select l.pid from pg_locks l join pg_stat_activity a on a.pid = l.pid
 -- bridge's lock is released with its connection).
 select pg_try_advisory_lock(hashtext($1))
 
+-- name: unlock
+-- Hub: let go of one advisory lock this session holds (a standby that took only some).
+select pg_advisory_unlock(hashtext($1))
+
 -- name: alive
 -- Any peer: the connection answers.
 select 1
