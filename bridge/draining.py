@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -25,21 +24,18 @@ from syncbridge.engine.catalog import LinkShape
 from syncbridge.engine.config import Config, ConfigError
 from syncbridge.engine.contract import Drain, SchemaChanged
 from syncbridge.engine.hub import lease, report
-from syncbridge.engine.postgres import capture
 from syncbridge.engine.postgres import session as pg_session
 from syncbridge.engine.postgres.drain import PgDrain
 from syncbridge.engine.validate import shapes
 
 from .controls import LinkControls
+from .listening import Listening
 from .waits import HUB_ERRORS, backoff, retryable, wait_any
 
 log = logging.getLogger("syncbridge.bridge")
 
-LISTEN_PING = 300.0  # seconds between pings of a LISTEN connection; TCP keepalives and
-# asyncpg's termination listener see its loss long before (an idle bridge stays quiet)
-KEEPALIVE = (10, 5, 3)  # TCP keepalive idle s, interval s, probes: a dead path in ~25 s
 PROBE_TIMEOUT = 2.0  # seconds for the "which database is unreachable" probe
-CONTROL_CHANNEL = "syncbridge_control"  # sync.pause / sync.resume notify it
+SCHEMA_PAUSE = "schema changed on peer"  # the pause reason a schema change gives
 ALIVE = lease.SQL["alive"]
 
 
@@ -53,23 +49,7 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
         await conn.execute("rollback")
 
 
-def _keepalive(conn: asyncpg.Connection) -> None:
-    """TCP keepalives on a LISTEN connection: a silently dead path (a firewall that
-    drops idle flows, a host gone) ends the connection, so no wake-up is missed
-    without a statement on the wire. asyncpg exposes no option for it; the socket is
-    its transport's."""
-    sock = conn._transport.get_extra_info("socket")  # noqa: SLF001 - no public route
-    if sock is None:
-        return
-    idle, interval, count = KEEPALIVE
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-    for name, value in (("TCP_KEEPIDLE", idle), ("TCP_KEEPINTVL", interval),
-                        ("TCP_KEEPCNT", count)):
-        if hasattr(socket, name):
-            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
-
-
-class Draining(LinkControls):
+class Draining(LinkControls, Listening):
     """Connections, drains and their loops for one term of leadership."""
 
     config: Config
@@ -164,60 +144,6 @@ class Draining(LinkControls):
         peers = {d.queue_peer for d in self.drains if d.queue_peer} | {self.config.hub}
         return {p for p in peers if self.config.peers[p].dialect == "postgres"}
 
-    async def _listen(self, peer: str) -> None:
-        """LISTEN as a wake-up; on any failure reconnect with backoff and wake everyone.
-
-        A terminated backend is seen at once (asyncpg's termination listener), not
-        at the next ping; the ping catches a connection that silently stalls."""
-        failures = 0
-        while not self.halt.is_set():
-            conn = None
-            lost = asyncio.Event()
-            try:
-                conn = await self._listen_connect(peer, lost)
-                if failures:
-                    log.info("event=listen_restored peer=%s", peer)
-                failures = 0
-                self._wake_all()  # catch up on anything sent while we were not listening
-                self.tick_every[f"listen:{peer}"] = LISTEN_PING
-                while not self.halt.is_set():
-                    self.ticks[f"listen:{peer}"] = time.monotonic()
-                    await wait_any([lost], self.halt, LISTEN_PING)
-                    if lost.is_set():
-                        raise ConnectionError("LISTEN connection lost")
-                    await conn.fetchval(ALIVE, timeout=5)
-            except Exception as e:
-                if not retryable(e):
-                    raise
-                failures += 1
-                log.warning("event=listen_lost peer=%s error=%s", peer, errors.describe(e))
-                self.ticks[f"listen:{peer}"] = time.monotonic()
-                await self._nap(backoff(failures))
-            finally:
-                if conn is not None:
-                    conn.terminate()
-
-    async def _listen_connect(self, peer: str, lost: asyncio.Event) -> asyncpg.Connection:
-        conn = await asyncpg.connect(self.config.peers[peer].dsn, timeout=10,
-                                     server_settings={"application_name": "syncbridge-listen"})
-        _keepalive(conn)
-        conn.add_termination_listener(lambda _c: lost.set())
-        await conn.add_listener(capture.NOTIFY_CHANNEL, self._on_notify)
-        if peer == self.config.hub:
-            await conn.add_listener(CONTROL_CHANNEL, self._on_control)
-        return conn
-
-    def _on_notify(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
-        ev = self.events.get(payload)
-        if ev is not None:
-            link, _, side = payload.rpartition(":")
-            self.quiet.discard((link, side))
-            ev.set()
-
-    def _on_control(self, _conn: Any, _pid: int, _channel: str, _payload: str) -> None:
-        self.control.set()
-
-    # -- retries -----------------------------------------------------------------
     async def _retrying(self, name: str, fn: Callable[[], Awaitable[Any]],
                         before_retry: Callable[[], Awaitable[Any]] | None = None,
                         drain: Drain | None = None) -> Any:
@@ -315,12 +241,17 @@ class Draining(LinkControls):
         timeout_idle = self._idle_wait(link, drains)
         idle = floor
         recovered = False
+        held = ""  # why the link was last held
         self.tick_every[f"drain:{link.name}"] = max(timeout_idle or ceiling, 1.0)
         while not self.halt.is_set():
             self.ticks[f"drain:{link.name}"] = time.monotonic()
             if link.name in self.paused:  # held (sync.link_holds): nothing claimed until it flows
+                held = self.paused[link.name] or ""
                 await wait_any([*events, self.control], self.halt, 1.0)
                 continue
+            if held.startswith(SCHEMA_PAUSE):  # a schema pause of an earlier term, adopted
+                held = ""
+                drains = await self._adopted(drains) or drains
             await self._fence()
             if not recovered:  # batches an earlier run claimed, before anything new
                 for d in drains:
@@ -365,7 +296,7 @@ class Draining(LinkControls):
         resumes it, then re-validate it and carry on with drains of the new shape."""
         hub = self.pools[self.config.hub]
         name = exc.link
-        reason = f"schema changed on peer {exc.peer}: {exc.detail}"
+        reason = f"{SCHEMA_PAUSE} {exc.peer}: {exc.detail}"
         log.warning("event=schema_changed link=%s peer=%s table=%s change=%s action=paused",
                     name, exc.peer, exc.table, exc.detail.replace(" ", "_"))
         while not self.halt.is_set():
@@ -377,13 +308,25 @@ class Draining(LinkControls):
             if self.halt.is_set():
                 break
             try:
-                shape = (await asyncio.to_thread(shapes, self.config, [name]))[name]
+                return await self._adopted(drains, raise_invalid=True) or drains
             except ConfigError as e:
                 reason = f"adopt could not validate: {e}"
-                continue
-            self.shapes[name] = shape
-            fresh = [self._make_drain(shape, d.src, d.dst) for d in drains]
-            self.drains = [d for d in self.drains if d.link.name != name] + fresh
-            log.info("event=adopted link=%s", name)
-            return fresh
         return drains
+
+    async def _adopted(self, drains: list[Drain], raise_invalid: bool = False
+                       ) -> list[Drain] | None:
+        """The link re-validated after `syncbridge adopt` resumed it: drains of its
+        new shape (None: it does not validate, the old drains stay and their schema
+        check pauses the link again with the reason)."""
+        name = drains[0].link.name
+        try:
+            shape = (await asyncio.to_thread(shapes, self.config, [name]))[name]
+        except ConfigError:
+            if raise_invalid:
+                raise
+            return None
+        self.shapes[name] = shape
+        fresh = [self._make_drain(shape, d.src, d.dst) for d in drains]
+        self.drains = [d for d in self.drains if d.link.name != name] + fresh
+        log.info("event=adopted link=%s", name)
+        return fresh

@@ -1,0 +1,123 @@
+"""The bridge's wake-ups: LISTEN on every source peer, kept healthy without polling.
+
+A NOTIFY from a capture trigger wakes the drain loop of its link side; the
+hub's control channel (sync.pause / sync.resume / sync.set_rate) wakes the
+control loop. The connection is watched by asyncpg's termination listener and
+TCP keepalives, so an idle bridge sends no statement to find out it is alive;
+on any loss it reconnects with backoff and wakes every loop (catching up on
+what was sent meanwhile). `Listening` is a part of bridge.daemon.Bridge.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from typing import Any
+
+import asyncpg
+
+from syncbridge.engine import errors
+from syncbridge.engine.config import Config
+from syncbridge.engine.hub import lease
+from syncbridge.engine.postgres import capture
+
+from .waits import backoff, retryable, wait_any
+
+log = logging.getLogger("syncbridge.bridge")
+
+LISTEN_PING = 300.0  # seconds between pings of a LISTEN connection; TCP keepalives and
+# asyncpg's termination listener see its loss long before (an idle bridge stays quiet)
+KEEPALIVE = (10, 5, 3)  # TCP keepalive idle s, interval s, probes: a dead path in ~25 s
+CONTROL_CHANNEL = "syncbridge_control"  # sync.pause / sync.resume notify it
+ALIVE = lease.SQL["alive"]
+
+
+def _keepalive(conn: asyncpg.Connection) -> None:
+    """TCP keepalives on a LISTEN connection: a silently dead path (a firewall that
+    drops idle flows, a host gone) ends the connection, so no wake-up is missed
+    without a statement on the wire. asyncpg exposes no option for it; the socket is
+    its transport's."""
+    sock = conn._transport.get_extra_info("socket")  # noqa: SLF001 - no public route
+    if sock is None:
+        return
+    idle, interval, count = KEEPALIVE
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for name, value in (("TCP_KEEPIDLE", idle), ("TCP_KEEPINTVL", interval),
+                        ("TCP_KEEPCNT", count)):
+        if hasattr(socket, name):
+            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
+
+
+class Listening:
+    """LISTEN per source peer; the events it sets are the drain and control loops'."""
+
+    config: Config
+    events: dict[str, asyncio.Event]
+    control: asyncio.Event
+    quiet: set[tuple[str, str]]
+    ticks: dict[str, float]
+    tick_every: dict[str, float]
+    halt: asyncio.Event
+
+    def _wake_all(self) -> None:
+        raise NotImplementedError
+
+    async def _nap(self, seconds: float) -> None:
+        raise NotImplementedError
+
+    async def _listen(self, peer: str) -> None:
+        """LISTEN as a wake-up; on any failure reconnect with backoff and wake everyone.
+
+        A terminated backend is seen at once (asyncpg's termination listener), not
+        at the next ping; the ping catches a connection that silently stalls."""
+        failures = 0
+        while not self.halt.is_set():
+            conn = None
+            lost = asyncio.Event()
+            try:
+                conn = await self._listen_connect(peer, lost)
+                if failures:
+                    log.info("event=listen_restored peer=%s", peer)
+                failures = 0
+                self._wake_all()  # catch up on anything sent while we were not listening
+                self.tick_every[f"listen:{peer}"] = LISTEN_PING
+                while not self.halt.is_set():
+                    self.ticks[f"listen:{peer}"] = time.monotonic()
+                    await wait_any([lost], self.halt, LISTEN_PING)
+                    if lost.is_set():
+                        raise ConnectionError("LISTEN connection lost")
+                    await conn.fetchval(ALIVE, timeout=5)
+            except Exception as e:
+                if not retryable(e):
+                    raise
+                failures += 1
+                log.warning("event=listen_lost peer=%s error=%s", peer, errors.describe(e))
+                self.ticks[f"listen:{peer}"] = time.monotonic()
+                await self._nap(backoff(failures))
+            finally:
+                if conn is not None:
+                    conn.terminate()
+
+    async def _listen_connect(self, peer: str, lost: asyncio.Event) -> asyncpg.Connection:
+        conn = await asyncpg.connect(self.config.peers[peer].dsn, timeout=10,
+                                     server_settings={"application_name": "syncbridge-listen"})
+        _keepalive(conn)
+        conn.add_termination_listener(lambda _c: lost.set())
+        await conn.add_listener(capture.NOTIFY_CHANNEL, self._on_notify)
+        if peer == self.config.hub:
+            await conn.add_listener(CONTROL_CHANNEL, self._on_control)
+        return conn
+
+    def _on_notify(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
+        ev = self.events.get(payload)
+        if ev is not None:
+            link, _, side = payload.rpartition(":")
+            self.quiet.discard((link, side))
+            ev.set()
+
+    def _on_control(self, _conn: Any, _pid: int, _channel: str, _payload: str) -> None:
+        self.control.set()
+
+    # -- retries -----------------------------------------------------------------
