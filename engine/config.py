@@ -261,7 +261,7 @@ def _where(body: LinkFile) -> dict[str, str]:
         for side in out:
             if side not in sources:
                 raise ConfigError(
-                    f"link {name!r}: where.{side}: side {side} is the sink of a "
+                    f"link {name!r}: where.{side}: side {side} is the sink of this "
                     f"{body.direction} link; a filter applies to the side rows are read from "
                     f"(where.{sources[0]})")
         missing = [s for s in sources if s not in out]

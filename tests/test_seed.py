@@ -226,3 +226,25 @@ def test_a_bridge_write_during_the_copy_fails_the_seed_and_keeps_the_link_paused
         seed.seed(rig.config, shape, chunk_rows=20_000, progress=False, on_chunk=bridge_wrote)
     assert rig.query("a", "select paused_reason from sync.link_control") == [("seeding",)]
     assert rig.query("b", "select status from sync.seed_runs") == [("copying",)]
+
+
+def test_a_filtered_transformed_link_seeds_only_its_rows_as_read(new_db, tmp_path):
+    """The seed reads the source as the link does (where, transform): a newcomer's seed
+    of a filtered link copied every row, untransformed, and check then disagreed."""
+    r = Rig(tmp_path, new_db("a"), new_db("b"), [link(
+        "items", "items", ["id"], "a_to_b", where="id % 3 = 0",
+        transform={"v": "upper(v)"})])
+    try:
+        for side in "ab":
+            r.execute(side, "create table items (id int primary key, v text)")
+        r.execute("a", "insert into items select g, 'row ' || g from generate_series(1, 300) g")
+        r.setup()
+        out = subprocess.run([sys.executable, "-m", "syncbridge.bridge.cli", "--config",
+                              str(r.config_path), "seed", "items", "--quiet"],
+                             capture_output=True, text=True, timeout=180)
+        assert out.returncode == 0, out.stderr
+        want = r.query("a", "select id, upper(v) from items where id % 3 = 0 order by id")
+        assert r.query("b", "select id, v from items order by id") == want
+        assert len(want) == 100
+    finally:
+        r.close()

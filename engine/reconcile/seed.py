@@ -111,15 +111,17 @@ class _Plan:
         self.keys = shape.key_cols(src)
         types = shape.table(src).columns
         self.types = [types[k].type for k in self.keys]
-        self.table = pg_sql.table_name(shape, src)
+        self.table = pg_sql.source_rows(shape, src)  # the link's filter and transforms
         self.key_cols = pg_sql.columns("t", self.keys)
         self.out_cols = pg_sql.columns("t", shape.cols(src))
         self.copy_in = SQL.compose("copy_in", table=pg_sql.table_name(shape, dst),
                                    cols=pg_sql.names(shape.cols(dst)))
         self.sink_table = pg_sql.table_name(shape, dst)
 
-    def bounds(self) -> sql.Composed:
+    def bounds(self, step: int) -> sql.Composed:
+        """No parameters: a filter or transform may hold a `%` (it is spliced SQL)."""
         return SQL.compose("bounds", table=self.table, key_cols=self.key_cols,
+                           step=sql.Literal(step),
                            key_text=sql.SQL(", ").join(sql.SQL("{}::text").format(
                                sql.Identifier("t", k)) for k in self.keys))
 
@@ -235,9 +237,9 @@ def _new_run(snap: psycopg.Connection, sink: psycopg.Connection, shape: LinkShap
     """Plan the chunks and record the reflected signals, in the snapshot itself."""
     link, src, dst = shape.link.name, plan.src, plan.dst
     total = snap.execute(backfill.SQL.compose("count_rows", table=plan.table,
-                                              where=sql.SQL("")), {}).fetchone()[0]
+                                              where=sql.SQL(""))).fetchone()[0]
     step = max(chunk_rows, 1)
-    bounds = ([list(r[0]) for r in snap.execute(plan.bounds(), {"step": step})]
+    bounds = ([list(r[0]) for r in snap.execute(plan.bounds(step))]
               if total > step else [])
     if bounds and len(bounds) * step == total:
         bounds.pop()  # the last bound is the last key: no empty chunk after it

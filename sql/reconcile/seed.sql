@@ -59,7 +59,7 @@ select count(*) filter (where heartbeat <= %(since)s + interval '200 millisecond
 select array[{key_text}]
   from (select {key_cols}, row_number() over (order by {key_cols}) as rn
           from {table} t) t
- where rn %% %(step)s = 0
+ where rn % {step} = 0
  order by {key_cols}
 
 -- name: copy_out
