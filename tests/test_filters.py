@@ -212,7 +212,7 @@ def test_filters_and_transforms_the_config_refuses(tmp_path):
         load("both", where=CLINIC)
     with pytest.raises(ConfigError, match="where.b is missing"):
         load("both", where={"a": CLINIC})
-    with pytest.raises(ConfigError, match="side b is the sink of a a_to_b link"):
+    with pytest.raises(ConfigError, match="side b is the sink of this a_to_b link"):
         load("a_to_b", where={"b": CLINIC})
     with pytest.raises(ConfigError, match=r"where: unknown key 'c' \(expected one of: a, b\)"):
         load("both", where={"a": CLINIC, "c": CLINIC})
