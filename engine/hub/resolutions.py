@@ -18,7 +18,8 @@ import asyncpg
 
 from syncbridge.engine import conflicts, sqlfiles
 from syncbridge.engine.catalog import LinkShape
-from syncbridge.engine.contract import Drain
+from syncbridge.engine.config import Link
+from syncbridge.engine.contract import Drain, RowProblem, problem
 
 SQL = sqlfiles.Queries("hub/conflicts.sql")
 QUEUE = sqlfiles.Queries("postgres/queue.sql")
@@ -66,3 +67,39 @@ async def record(hub: asyncpg.Pool, link: str, policy: str, batch_id: Any,
                  entries: str) -> None:
     """A batch's conflicts (a JSON array), as sync.conflicts rows."""
     await hub.execute(SQL["record_conflict"], link, policy, batch_id, entries)
+
+
+def resolver_sql(policy: str) -> str | None:
+    """The hub statement calling a conflict = "function:schema.fn" resolver (else None)."""
+    if not policy.startswith("function:"):
+        return None
+    schema, _, fn = policy.removeprefix("function:").partition(".")
+    return SQL.render("resolver_call", fn=(schema, fn))
+
+
+async def run_resolver(hub: asyncpg.Pool, statement: str, link: Link, src: str, key: str,
+                       drain: str, source_key: str, source: conflicts.Image,
+                       sink: conflicts.Image, base: conflicts.Image,
+                       problems: list[RowProblem]) -> conflicts.Verdict | None:
+    """conflict = "function:s.fn": the hub's fn(link, key, a, b, base) -> row or NULL, as
+    a verdict. Its error, or a row of other columns, dead-letters the key (None: skip it).
+    Every drain with a two-way link calls this one (Postgres and SQL Server sinks)."""
+    dst = "b" if src == "a" else "a"
+    images = {src: source, dst: sink}
+    try:
+        text = await hub.fetchval(statement, link.name, key, conflicts.dump(images["a"]),
+                                  conflicts.dump(images["b"]), conflicts.dump(base))
+    except asyncpg.PostgresError as e:
+        problems.append(problem(drain, source_key, e, defer=False))
+        return None
+    row = conflicts.load(text)
+    if row is not None and set(row) != set(source or sink or row):
+        exc = ValueError(f"resolver {link.conflict[9:]} returned columns "
+                         f"{sorted(row)}, not the link's {sorted(source or sink or {})}")
+        problems.append(problem(drain, source_key, exc, defer=False))
+        return None
+    if row == source:
+        return conflicts.Verdict(conflicts.APPLY, True, src)
+    if row == sink:
+        return conflicts.Verdict(conflicts.KEEP_SINK, True, dst)
+    return conflicts.Verdict(conflicts.MERGE, True, "merge", row=row)

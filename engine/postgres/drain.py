@@ -144,7 +144,7 @@ class PgDrain(QueueDrain):
         self.max_attempts = max_attempts
         # an image named as on side a -> the sink's column names (merged rows)
         self.to_sink = {ca: (ca if self.dst == "a" else cb) for ca, cb in shape.pairs}
-        self.resolver = _resolver_sql(self.link.conflict)
+        self.resolver = resolutions.resolver_sql(self.link.conflict)
         sink_table = pg_sql.table_name(shape, self.dst)
         self.sink_table = sink_table.as_string(None)
         self.truncate_table = pg_sql.APPLY.render("truncate_table", table=sink_table)
@@ -312,28 +312,10 @@ class PgDrain(QueueDrain):
 
     async def _resolve(self, item: Item, source: conflicts.Image, sink: conflicts.Image,
                        base: conflicts.Image, out: Outcome) -> conflicts.Verdict | None:
-        """conflict = "function:s.fn": the hub's fn(link, key, a, b, base) -> row or NULL.
-
-        Its error dead-letters the key with the function's message (None: skip it)."""
-        images = {self.src: source, self.dst: sink}
-        try:
-            text = await self.hub.fetchval(
-                self.resolver, self.link.name, item.state_key, conflicts.dump(images["a"]),
-                conflicts.dump(images["b"]), conflicts.dump(base))
-        except asyncpg.PostgresError as e:
-            out.problems.append(problem(self.name, item.source_key, e, defer=False))
-            return None
-        row = conflicts.load(text)
-        if row is not None and set(row) != set(source or sink or row):
-            exc = ValueError(f"resolver {self.link.conflict[9:]} returned columns "
-                             f"{sorted(row)}, not the link's {sorted(source or sink or {})}")
-            out.problems.append(problem(self.name, item.source_key, exc, defer=False))
-            return None
-        if row == source:
-            return conflicts.Verdict(conflicts.APPLY, True, self.src)
-        if row == sink:
-            return conflicts.Verdict(conflicts.KEEP_SINK, True, self.dst)
-        return conflicts.Verdict(conflicts.MERGE, True, "merge", row=row)
+        """conflict = "function:s.fn" (engine/hub/resolutions.run_resolver)."""
+        return await resolutions.run_resolver(
+            self.hub, self.resolver, self.link, self.src, item.state_key, self.name,
+            item.source_key, source, sink, base, out.problems)
 
     def _conflict(self, item: Item, st: Any, v: conflicts.Verdict) -> str:
         images = {self.src: item.image or "null", self.dst: st["cur"] or "null"}
@@ -385,11 +367,3 @@ class PgDrain(QueueDrain):
         if self.open_dead_letters and out.applied:
             await dead_letters.close(self.hub, self.link.name, self.src,
                                      [i.source_key for i in out.applied])
-
-
-def _resolver_sql(policy: str) -> str | None:
-    """The hub statement calling a conflict = "function:schema.fn" resolver."""
-    if not policy.startswith("function:"):
-        return None
-    schema, _, fn = policy.removeprefix("function:").partition(".")
-    return resolutions.SQL.render("resolver_call", fn=(schema, fn))

@@ -28,7 +28,8 @@ from psycopg import sql
 from syncbridge.engine import conflicts, sqlfiles
 from syncbridge.engine.catalog import LinkShape
 from syncbridge.engine.config import Link
-from syncbridge.engine.contract import RowProblem, problem
+from syncbridge.engine.contract import RowProblem
+from syncbridge.engine.hub import resolutions
 from syncbridge.engine.postgres import sql as pg_sql
 from syncbridge.engine.sqlserver import convert
 
@@ -88,10 +89,7 @@ class Settler:
     def __init__(self, link: Link, source_side: str, hub: asyncpg.Pool, name: str) -> None:
         self.link, self.src, self.hub, self.name = link, source_side, hub, name
         self.dst = "b" if source_side == "a" else "a"
-        self.resolver = None
-        if link.conflict.startswith("function:"):
-            schema, _, fn = link.conflict.removeprefix("function:").partition(".")
-            self.resolver = SQL.render("resolver_call", fn=(schema, fn))
+        self.resolver = resolutions.resolver_sql(link.conflict)
 
     async def verdict(self, c: Candidate, problems: list[RowProblem]
                       ) -> conflicts.Verdict | None:
@@ -101,25 +99,9 @@ class Settler:
         v = conflicts.decide(self.link, self.src, source, sink, base, c.known, c.forced)
         if v.action != conflicts.RESOLVE:
             return v
-        images = {self.src: source, self.dst: sink}
-        try:
-            text = await self.hub.fetchval(
-                self.resolver, self.link.name, c.ka, conflicts.dump(images["a"]),
-                conflicts.dump(images["b"]), conflicts.dump(base))
-        except asyncpg.PostgresError as e:
-            problems.append(problem(self.name, c.source_key, e, defer=False))
-            return None
-        row = conflicts.load(text)
-        if row is not None and set(row) != set(source or sink or row):
-            exc = ValueError(f"resolver {self.link.conflict[9:]} returned columns "
-                             f"{sorted(row)}, not the link's {sorted(source or sink or {})}")
-            problems.append(problem(self.name, c.source_key, exc, defer=False))
-            return None
-        if row == source:
-            return conflicts.Verdict(conflicts.APPLY, True, self.src)
-        if row == sink:
-            return conflicts.Verdict(conflicts.KEEP_SINK, True, self.dst)
-        return conflicts.Verdict(conflicts.MERGE, True, "merge", row=row)
+        return await resolutions.run_resolver(
+            self.hub, self.resolver, self.link, self.src, c.ka, self.name, c.source_key,
+            source, sink, base, problems)
 
     def entry(self, c: Candidate, v: conflicts.Verdict) -> str:
         """The sync.conflicts entry (record_conflict) of a conflict, logged without values."""

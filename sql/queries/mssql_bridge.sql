@@ -79,7 +79,3 @@ select x.n, {image}::text as image, {typed_list}
   from jsonb_array_elements($1::jsonb) with ordinality as x(elem, n),
        lateral (select {typed} from jsonb_to_record(x.elem) as r({defs})) t
  order by x.n
-
--- name: resolver_call
--- Hub: a conflict = "function:schema.fn" resolver, fn(link, key, a, b, base) -> the row to keep or NULL (delete on both sides).
-select {fn}($1::text, $2::jsonb, $3::jsonb, $4::jsonb, $5::jsonb)::text
