@@ -35,6 +35,8 @@ from .waits import HUB_ERRORS, backoff, retryable, wait_any
 log = logging.getLogger("syncbridge.bridge")
 
 PROBE_TIMEOUT = 2.0  # seconds for the "which database is unreachable" probe
+HELD_AT_ONCE = 4  # drains holding a batch at once; each holds at most 4 connections
+POOL_SIZE = 4 * HELD_AT_ONCE + 2  # per peer: every held batch gets its connections
 SCHEMA_PAUSE = "schema changed on peer"  # the pause reason a schema change gives
 ALIVE = lease.SQL["alive"]
 
@@ -69,6 +71,7 @@ class Draining(LinkControls, Listening):
     upkeep: asyncio.Event  # retries or resolutions asked for (the heartbeat tells)
     quiet: set[tuple[str, str]]  # (link, source side): claimed nothing since the last wake
     depths: dict[tuple[str, str], int]  # (link, source side): queued at the last sample
+    held: asyncio.Semaphore  # PgDrain batches held at once (engine/postgres/drain.py)
 
     async def _fence(self) -> None:
         """Confirm the leadership before a batch (bridge.daemon.Bridge does)."""
@@ -84,11 +87,12 @@ class Draining(LinkControls, Listening):
         for name, peer in self.config.peers.items():
             if peer.dialect == "postgres" and name not in self.pools:
                 self.pools[name] = await asyncpg.create_pool(
-                    peer.dsn, min_size=1, max_size=4, timeout=10, command_timeout=300,
+                    peer.dsn, min_size=1, max_size=POOL_SIZE, timeout=10, command_timeout=300,
                     # values travel and compare as text: pinned settings on both ends
                     server_settings=pg_session.settings("syncbridge"), reset=_keep_session,
                 )
         self.drains = []
+        self.held = asyncio.Semaphore(HELD_AT_ONCE)
         for shape in self.shapes.values():
             for src, dst in shape.link.directions():
                 d = self._make_drain(shape, src, dst)
@@ -106,7 +110,7 @@ class Draining(LinkControls, Listening):
         peers = [self.config.peers[shape.link.side(s).peer] for s in (src, dst)]
         if all(p.dialect == "postgres" for p in peers):
             return PgDrain(shape, src, self.pools[peers[0].name], self.pools[peers[1].name],
-                           hub, max_attempts)
+                           hub, max_attempts, self.held)
         from syncbridge.engine.sqlserver.drain import make_drain
 
         return make_drain(shape, src, dst, self.config, self.pools, self.mssql, hub,

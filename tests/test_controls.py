@@ -58,10 +58,13 @@ def _count(rig: Rig, side: str) -> int:
 
 
 def _queue(rig: Rig) -> tuple[int, int]:
-    """(unclaimed, claimed) signals of the link at its source."""
-    return rig.query("a", "select count(*) filter (where batch_id is null), "
-                          "count(*) filter (where batch_id is not null) "
-                          "from sync.queue where link = 'items' and op <> 'C'")[0]
+    """(waiting, taken) signals of the link at its source: a batch taken by the bridge
+    is deleted in a transaction still open, so its signals are the locked ones."""
+    [(total, free)] = rig.query(
+        "a", "select count(*), (select count(*) from (select 1 from sync.queue "
+             "where link = 'items' and op <> 'C' for update skip locked) f) "
+             "from sync.queue where link = 'items' and op <> 'C'")
+    return free, total - free
 
 
 # -- pause / resume -------------------------------------------------------------------

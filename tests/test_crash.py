@@ -52,15 +52,19 @@ def test_kill_at_a_fault_point_then_restart(new_db, tmp_path, point):
         rig.execute("a", f"insert into items select g, 'v' || g, g / 7.0 "
                          f"from generate_series(1, {ROWS}) g")
         first = rig.start_bridge({"SYNCBRIDGE_FAULT": f"{point}:5"})
-        assert first.wait(120) == -signal.SIGKILL  # its start and five claims
-        claimed = rig.query("a", "select count(*) from sync.queue where batch_id is not null")[0][0]
-        assert claimed > 0, "the kill should leave a claimed, unfinished batch behind"
+        assert first.wait(120) == -signal.SIGKILL  # its start and five takes
+        queued = rig.query("a", "select count(*) from sync.queue where op = 'K'")[0][0]
+        recorded = _sink_totals(rig)[1]
+        if point == "after_claim":  # the taken batch rolled back: its signals are queued again
+            assert queued + recorded == ROWS
+        else:  # the fifth batch is applied and recorded, its signals still queued at the source
+            assert (recorded, queued + recorded) == (5 * 500, ROWS + 500)
         rig.start_bridge()
         rig.wait_equal({"items": ["id"]}, 60)
         rig.wait_drained()
         _assert_each_key_applied_once(rig)
         assert _sink_totals(rig)[1] == ROWS, "every signal consumed by exactly one applied batch"
-        assert "event=recovered" in rig.log_text()
+        assert ("event=recovered" in rig.log_text()) == (point == "after_sink_commit")
         assert rig.stop_bridge() == 0
     finally:
         rig.close()

@@ -54,8 +54,8 @@ def _terminate(rig, side: str, app: str) -> int:
 def _converged(rig) -> None:
     rig.wait_equal({"items": ["id"]}, 60)
     rig.wait_drained(30)
-    assert rig.query("a", "select count(*) from sync.queue where batch_id is not null") \
-        == [(0,)], "no claimed batch may be left behind"
+    assert rig.query("a", "select count(*) from sync.queue where op = 'K'") == [(0,)], \
+        "no taken batch may be left behind"
 
 
 def _assert_heal(fault: str, times: list[float]) -> None:
@@ -78,26 +78,25 @@ def test_failed_apply_is_retried_as_the_same_batch(clusters, tmp_path):
         end $$;
         create trigger fail_first after insert on items
             for each statement execute function fail_first();""")
-    # every batch id a claim hands out, logged on the source as it happens: was polled
-    # from sync.queue, where the failing batch stays claimed for as little as ~0.1 s
+    # the id of every signal queued for the link, as capture writes it
     rig.execute("a", """
-        create table public.claims (batch_id uuid not null);
-        create function public.log_claim() returns trigger language plpgsql as $$
+        create table public.signals (id bigint not null);
+        create function public.log_signal() returns trigger language plpgsql as $$
         begin
-            insert into public.claims values (new.batch_id);
+            insert into public.signals values (new.id);
             return null;
         end $$;
-        create trigger log_claim after update of batch_id on sync.queue for each row
-            when (new.batch_id is not null and new.batch_id is distinct from old.batch_id)
-            execute function public.log_claim();""")
+        create trigger log_signal after insert on sync.queue for each row
+            when (new.op = 'K') execute function public.log_signal();""")
     try:
         rig.start_bridge()
         rig.execute("a", "insert into items values (1, 'x')")
         until(lambda: rig.query("b", "select count(*) from items")[0][0] == 1, 60,
               "the row, applied by the running bridge")
-        claimed = rig.query("a", "select distinct batch_id from public.claims")
-        assert rig.query("b", "select batch_id from sync.applied_batches") == claimed, \
-            "the batch that failed is the batch that was applied, and the only one claimed"
+        [(signal,)] = rig.query("a", "select id from public.signals")
+        assert rig.query("b", "select queue_ids::text from sync.applied_batches") == [
+            (f"{{[{signal},{signal + 1})}}",)], \
+            "the signal whose batch failed is the one applied, by one batch"
         assert rig.query("b", "select last_value from fail_first")[0][0] >= 4
         _converged(rig)
         assert status(rig)["retries"] >= 3 and status(rig)["last_error"] is None

@@ -145,19 +145,19 @@ def test_terminated_listen_connection_is_replaced(new_db, tmp_path):
         rig.close()
 
 
-# On the source: when each claim statement ran. A statement-level trigger fires
-# even when the claim updates no row, so an empty claim (the drain found nothing
+# On the source: when each take statement ran. A statement-level trigger fires
+# even when the take deletes no row, so an empty take (the drain found nothing
 # and is about to sleep) leaves its time here too.
 CLAIM_LOG = """
 create table public.claims (at timestamptz not null);
 create function public.log_claim() returns trigger language plpgsql as $$
 begin
-    if current_query() like '%set batch_id = $4%' then
+    if current_query() like '%for update skip locked%' then
         insert into public.claims values (clock_timestamp());
     end if;
     return null;
 end $$;
-create trigger log_claim after update on sync.queue
+create trigger log_claim after delete on sync.queue
     for each statement execute function public.log_claim();
 """
 

@@ -1,20 +1,30 @@
-"""One (link, direction) of the pipeline: claim signals, read current rows, apply.
+"""One (link, direction) of the pipeline: take signals, read current rows, apply.
 
-The order is what makes a crash harmless (PgQ's remote consumer):
-1. claim: mark visible signals with a new batch id (committed at the source);
-2. read the current source rows for their keys, apply them to the sink and
-   record the batch id in the sink, all in one sink transaction;
-3. at the source, in one transaction: the batch's follow-ups (deferred keys,
-   last-synced row images) and the deletion of its signals.
-A restart finds claimed batches and looks the id up in the sink: recorded
-means only step 3 is left, replayed from the record; not recorded means the
-batch is applied now. So no batch is ever applied twice and no signal is lost.
+Between Postgres peers a batch is held, not marked (the issue-16 design):
+1. take: in a source transaction, delete the oldest visible signals
+   (`for update skip locked`) and read the current source rows for their keys;
+   the transaction stays open;
+2. apply the rows to the sink and record the batch there, with the queue ids of
+   its signals, in one sink transaction;
+3. in the held source transaction: the batch's follow-ups (deferred keys queued
+   again, last-synced row images), then commit.
+A crash before 3 rolls the source back: the signals are queued again. Recovery
+asks the sink for records whose ids are still queued: those batches were
+applied, so only their signals are taken and their follow-ups replayed from the
+record, in one source transaction. So no batch is applied twice and no signal
+is lost; a signal costs the source one insert and one delete, no claim update.
+While a batch applies, the next one is taken and read (a burst of back-to-back
+batches, BURST seconds at most), so the source and the sink work at once; the
+batches still apply, and commit at the source, in order.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -41,6 +51,61 @@ from syncbridge.engine.postgres import sql as pg_sql
 
 SQL = sqlfiles.Queries("postgres/queue.sql")
 log = logging.getLogger("syncbridge.drain")
+BURST = 0.5  # seconds of back-to-back batches in one drain_once, each taken while the last applies
+
+
+def id_ranges(ids: list[int]) -> str:
+    """The queue ids of a batch as an int8multirange literal (runs of ids stay one range)."""
+    ids = sorted(ids)
+    runs, start, prev = [], ids[0], ids[0]
+    for i in ids[1:]:
+        if i != prev + 1:
+            runs.append(f"[{start},{prev + 1})")
+            start = i
+        prev = i
+    runs.append(f"[{start},{prev + 1})")
+    return "{" + ",".join(runs) + "}"
+
+
+def signals_json(signals: list) -> str:
+    """The key signals (op K or R) of a batch as JSON, for requeueing deferred keys."""
+    return json_array([json_object(op=json.dumps(s["op"]), key=s["key"],
+                                   attempts=str(s["attempts"]))
+                       for s in signals if s["op"] in ("K", "R")])
+
+
+class Held:
+    """A batch taken at the source: its signals deleted in a transaction that is still
+    open on `conn`, and the current source rows for their keys."""
+
+    def __init__(self, pool: asyncpg.Pool, conn: asyncpg.Connection, signals: list,
+                 upserts: list[Item], deletes: list[Item]) -> None:
+        self.pool, self.conn, self.signals = pool, conn, signals
+        self.upserts, self.deletes = upserts, deletes
+        self.batch_id = uuid.uuid4()
+
+    async def commit(self) -> None:
+        try:
+            await self.conn.execute("commit")
+        finally:
+            await self.release()
+
+    async def release(self) -> None:
+        """Give the connection back; a transaction still open is rolled back (the
+        pool's reset), so the signals are queued again."""
+        if self.conn is not None:
+            conn, self.conn = self.conn, None
+            await self.pool.release(conn)
+
+
+async def _drop(ahead: asyncio.Future) -> None:
+    """A batch taken ahead that will not be applied: its transaction is rolled back."""
+    if not ahead.done():
+        ahead.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        held = await ahead
+        if held is not None:
+            await held.release()
 
 
 def expected_shape(table: Table) -> list[list[Any]]:
@@ -83,8 +148,10 @@ async def apply_set(conn: asyncpg.Connection, stmt: str, items: list[Item], out:
 
 class QueueDrain:
     """What every drain fed by a Postgres sync.queue shares, whatever its sink:
-    its name, the queue depth for sync.status, and crash recovery of claimed
-    batches (each subclass decides in `_resume` whether its sink has the batch).
+    its name and the queue depth for sync.status. Recovery here is of batches
+    marked with a batch id (the SQL Server sink's claim): each subclass decides in
+    `_resume` whether its sink has the batch. PgDrain holds its batches instead and
+    recovers them its own way.
     A QueueDrain is a contract.Drain."""
 
     link: Link
@@ -131,13 +198,17 @@ class PgDrain(QueueDrain):
 
     def __init__(
         self, shape: LinkShape, source_side: str, source: asyncpg.Pool, sink: asyncpg.Pool,
-        hub: asyncpg.Pool, max_attempts: int = 8,
+        hub: asyncpg.Pool, max_attempts: int = 8, gate: asyncio.Semaphore | None = None,
     ) -> None:
         self.shape = shape
         self.link = shape.link
         self.src = source_side
         self.dst = "b" if source_side == "a" else "a"
         self.source, self.sink, self.hub = source, sink, hub
+        # held batches of every drain of a bridge at once (each holds a source connection
+        # while it waits for a sink one): the pools are sized for this many, so drains of
+        # opposite directions never wait on each other's connections
+        self.gate = gate or asyncio.Semaphore(1)
         self.sql = pg_sql.render(shape, self.src, self.dst)
         self.origin = capture.origin_tag(self.link, self.src)
         self.two_way = self.link.direction == "both"
@@ -149,50 +220,108 @@ class PgDrain(QueueDrain):
         self.sink_table = sink_table.as_string(None)
         self.truncate_table = pg_sql.APPLY.render("truncate_table", table=sink_table)
 
-    async def check_shape(self) -> None:
-        """Raise SchemaChanged when either linked table differs from the validated shape."""
-        for side, pool in ((self.src, self.source), (self.dst, self.sink)):
-            s = self.link.side(side)
-            table = pg_sql.table_name(self.shape, side).as_string(None)
-            now = json.loads(await pool.fetchval(SQL["table_shape"], table) or "[]")
-            detail = shape_change(expected_shape(self.shape.table(side)), now)
-            if detail:
-                raise SchemaChanged(self.link.name, s.peer, s.qualified, detail)
+    async def check_shape(self, side: str, conn: asyncpg.Connection) -> None:
+        """Raise SchemaChanged when a linked table differs from the validated shape."""
+        s = self.link.side(side)
+        table = pg_sql.table_name(self.shape, side).as_string(None)
+        now = json.loads(await conn.fetchval(SQL["table_shape"], table) or "[]")
+        detail = shape_change(expected_shape(self.shape.table(side)), now)
+        if detail:
+            raise SchemaChanged(self.link.name, s.peer, s.qualified, detail)
 
-    async def _resume(self, batch_id: uuid.UUID) -> None:
-        signals = await self.source.fetch(SQL["batch_signals"], batch_id)
-        row = await self.sink.fetchrow(SQL["batch_record"], batch_id)
-        if row is None:
-            await self._apply_and_finish(batch_id, signals)
-            return
-        # applied before the crash: only the source follow-ups are left
-        await self._finish(batch_id, BatchRecord.from_row(row), Outcome(), count=False)
+    async def recover(self) -> int:
+        """Replay the follow-ups of batches the sink applied whose source commit was
+        lost (their signals are still queued), then of batches an older bridge marked."""
+        async with self.gate:
+            n = await self._recover_marked()
+            floor = await self.source.fetchval(SQL["queue_floor"], self.link.name, self.src)
+            if floor is not None:
+                for r in await self.sink.fetch(SQL["held_records"], self.link.name, self.src,
+                                               floor):
+                    n += await self._replay(SQL["take_ids"], r["queue_ids"], r)
+        if n:
+            log.info("event=recovered link=%s batches=%d", self.name, n)
+        return n
+
+    async def _recover_marked(self) -> int:
+        """Batches a bridge before the held design claimed by batch id: finished from the
+        sink's record when it has one, else given back to be taken again."""
+        n = 0
+        for row in await self.source.fetch(SQL["pending_batches"], self.link.name, self.src):
+            record = await self.sink.fetchrow(SQL["batch_record"], row["batch_id"])
+            if record is None:
+                await self.source.execute(SQL["release_batch"], row["batch_id"])
+            else:
+                n += await self._replay(SQL["legacy_batch_signals"], row["batch_id"], record,
+                                        numbered=False)
+        return n
+
+    async def _replay(self, take: str, which: Any, record: Any, numbered: bool = True) -> int:
+        """Take an applied batch's signals still queued and replay its follow-ups, in one
+        source transaction (1), or find it finished (0). A batch still held by a dead
+        session's transaction is waited for: it either commits (nothing left) or not."""
+        async with self.source.acquire() as conn, conn.transaction():
+            args = (self.link.name, self.src, which) if numbered else (which,)
+            signals = await conn.fetch(take, *args)
+            if not signals:
+                return 0
+            batch_id = record["batch_id"] if numbered else which
+            await self._finish(conn, batch_id, BatchRecord.from_row(record), signals)
+        return 1
 
     async def drain_once(self) -> int:
-        """Apply one batch; returns the number of changes it consumed (0 = idle: a
-        batch of canaries only is not traffic, so it leaves the direction quiet)."""
-        batch_id = uuid.uuid4()
-        signals = await self.source.fetch(
-            SQL["claim"], self.link.name, self.src,
-            min(self.link.batch_size, self.claim_limit or self.link.batch_size), batch_id)
-        if signals:
-            try:
-                await self.check_shape()
-            except SchemaChanged:
-                await self.source.execute(SQL["release_batch"], batch_id)
-                raise
-            faults.hit("after_claim")
-            await self._apply_and_finish(batch_id, signals)
-        return sum(s["op"] != "C" for s in signals)
+        """Apply a burst of batches; returns the number of changes they consumed (0 =
+        idle: a batch of canaries only is not traffic, so it leaves the direction quiet).
+        Under a rate limit (claim_limit) one batch, so the loop paces every batch."""
+        limit = min(self.link.batch_size, self.claim_limit or self.link.batch_size)
+        n = 0
+        async with self.gate:
+            deadline = time.monotonic() + BURST
+            held = await self._take(limit)
+            while held is not None:
+                ahead = None
+                if (len(held.signals) >= limit and self.claim_limit is None
+                        and time.monotonic() < deadline):
+                    ahead = asyncio.ensure_future(self._take(limit))
+                try:
+                    await self._apply_and_finish(held)
+                except BaseException:
+                    await held.release()
+                    if ahead is not None:
+                        await _drop(ahead)
+                    raise
+                n += sum(s["op"] != "C" for s in held.signals)
+                held = await ahead if ahead is not None else None
+        return n
 
-    async def _apply_and_finish(self, batch_id: uuid.UUID, signals: list) -> None:
-        upserts, deletes = await self._read(signals)
+    async def _take(self, limit: int) -> Held | None:
+        """Take the next batch at the source and read its rows (the transaction stays open)."""
+        conn = await self.source.acquire()
+        held = Held(self.source, conn, [], [], [])
+        try:
+            await conn.execute("begin")
+            held.signals = await conn.fetch(SQL["take"], self.link.name, self.src, limit)
+            if not held.signals:  # nothing taken: committing and rolling back are the same
+                await held.commit()
+                return None
+            await self.check_shape(self.src, conn)
+            faults.hit("after_claim")
+            held.upserts, held.deletes = await self._read(conn, held.signals)
+        except BaseException:
+            await held.release()
+            raise
+        return held
+
+    async def _apply_and_finish(self, held: Held) -> None:
+        signals = held.signals
+        upserts, deletes = held.upserts, held.deletes
         truncate = any(s["op"] == "T" for s in signals)
         forced = {s["key"] for s in signals if s["op"] == "R"}
         canaries = [s["key"] for s in signals if s["op"] == "C"]
         canary = None
         out = Outcome()
         async with self.sink.acquire() as conn, conn.transaction():
+            await self.check_shape(self.dst, conn)
             await conn.execute(SQL["set_origin"], self.origin)
             if canaries:  # end-to-end heartbeat: recorded with the batch, no user table
                 canary = await conn.fetchrow(SQL["canary_applied"], self.link.name, self.src,
@@ -212,12 +341,18 @@ class PgDrain(QueueDrain):
                 await self._remember(conn, out)
             record = out.record(truncate)
             await conn.execute(
-                SQL["record_batch"], batch_id, self.link.name, self.src, len(signals),
+                SQL["record_batch"], held.batch_id, self.link.name, self.src, len(signals),
                 out.upserts, out.deletes, record.problems, record.synced, record.conflicts,
-                truncate,
+                truncate, id_ranges([s["id"] for s in signals]),
             )
         faults.hit("after_sink_commit")
-        await self._finish(batch_id, record, out)
+        await self._finish(held.conn, held.batch_id, record, signals)
+        await held.commit()
+        await report.batch(self.hub, self.link.name, self.src, out.upserts + out.deletes,
+                           out.deferred)
+        if self.open_dead_letters and out.applied:
+            await dead_letters.close(self.hub, self.link.name, self.src,
+                                     [i.source_key for i in out.applied])
         if canary is not None:
             await report.canary_arrived(self.hub, self.link.name, self.src, canary["sent_at"],
                                         canary["applied_at"])
@@ -234,7 +369,8 @@ class PgDrain(QueueDrain):
         """Queue an end-to-end canary at the source; returns when it was sent."""
         return await self.source.fetchval(SQL["canary_send"], self.link.name, self.src)
 
-    async def _read(self, signals: list) -> tuple[list[Item], list[Item]]:
+    async def _read(self, conn: asyncpg.Connection, signals: list
+                    ) -> tuple[list[Item], list[Item]]:
         """Current source rows for the batch's distinct keys: upserts and deletes."""
         attempts: dict[str, int] = {}
         for s in signals:
@@ -242,7 +378,7 @@ class PgDrain(QueueDrain):
                 attempts[s["key"]] = max(attempts.get(s["key"], 0), s["attempts"])
         if not attempts:
             return [], []
-        rows = await self.source.fetch(self.sql.read_rows, json_array(list(attempts)))
+        rows = await conn.fetch(self.sql.read_rows, json_array(list(attempts)))
         upserts: dict[str, Item] = {}  # by the row's own key: one item per sink row
         deletes = []
         worst = max(attempts.values())  # once: a default argument is evaluated every call
@@ -345,25 +481,19 @@ class PgDrain(QueueDrain):
                        defer=errors.sqlstate(exc) == errors.FK_VIOLATION
                        and item.attempts < self.max_attempts)
 
-    async def _finish(self, batch_id: uuid.UUID, record: BatchRecord, out: Outcome,
-                      count: bool = True) -> None:
-        """Source follow-ups after the sink committed, replayable from the sink's record."""
+    async def _finish(self, conn: asyncpg.Connection, batch_id: uuid.UUID, record: BatchRecord,
+                      signals: list) -> None:
+        """Source follow-ups after the sink committed, in the source transaction that takes
+        the batch's signals: replayable from the sink's record."""
         if record.has_problems:
             await dead_letters.write(self.hub, self.link.name, self.src, record.problems)
         if record.conflicts != "[]":
             await resolutions.record(self.hub, self.link.name, self.link.conflict, batch_id,
                                      record.conflicts)
-        async with self.source.acquire() as conn, conn.transaction():
-            if record.has_problems:
-                await conn.execute(SQL["defer_keys"], batch_id, record.problems, 1.0)
-            if self.two_way and record.truncated:
-                await conn.execute(SQL["forget_state"], self.link.name)
-            if self.two_way and record.synced != "[]":
-                await conn.execute(SQL["state_write"], self.link.name, record.synced)
-            await conn.execute(SQL["finish_batch"], batch_id)
-        if count:
-            await report.batch(self.hub, self.link.name, self.src, out.upserts + out.deletes,
-                               out.deferred)
-        if self.open_dead_letters and out.applied:
-            await dead_letters.close(self.hub, self.link.name, self.src,
-                                     [i.source_key for i in out.applied])
+        if record.has_problems:
+            await conn.execute(SQL["requeue"], self.link.name, self.src, signals_json(signals),
+                               record.problems, 1.0)
+        if self.two_way and record.truncated:
+            await conn.execute(SQL["forget_state"], self.link.name)
+        if self.two_way and record.synced != "[]":
+            await conn.execute(SQL["state_write"], self.link.name, record.synced)

@@ -292,7 +292,7 @@ class CtToPgDrain(CtRecovery, PgSinkSettle):
                 await conn.execute(
                     QUEUE["record_batch"], batch_id, self.link.name, self.src,
                     len(upserts) + len(deletes) if signals is None else signals,
-                    out.upserts, out.deletes, record.problems, "[]", "[]", False,
+                    out.upserts, out.deletes, record.problems, "[]", "[]", False, None,
                 )
             if cursor is not None:
                 await conn.execute(SQL["ct_cursor_write"], self.link.name, self.src,

@@ -1,5 +1,53 @@
--- The queue of one Postgres source side and the batch record of a Postgres sink:
--- claim, read, record, finish (engine/postgres/drain.py).
+-- The queue of one Postgres source side and the batch record of a Postgres sink.
+-- A Postgres sink takes a batch by deleting its signals in a source transaction
+-- held open until the sink committed (take ... commit, engine/postgres/drain.py);
+-- a SQL Server sink marks them with a batch id instead (claim ... finish_batch,
+-- engine/sqlserver/pg_to_ct.py).
+
+-- name: take
+-- Take the oldest visible signals of one link side: deleted in a transaction the drain commits after the sink did.
+delete from sync.queue
+ where ctid = any(array(
+           select ctid from sync.queue
+            where link = $1 and side = $2 and batch_id is null and op <> 'W'
+              and (retry_at is null or retry_at <= clock_timestamp())
+            order by id
+            limit $3
+              for update skip locked))
+returning id, op, key::text as key, attempts
+
+-- name: take_ids
+-- Take exactly the signals of an applied batch that are still queued (recovery: the third parameter holds its ids).
+delete from sync.queue
+ where link = $1 and side = $2 and batch_id is null and op <> 'W' and id <@ $3::text::int8multirange
+returning id, op, key::text as key, attempts
+
+-- name: queue_floor
+-- The oldest signal still queued for one link side, locked or not (recovery).
+select min(id) from sync.queue where link = $1 and side = $2 and batch_id is null and op <> 'W'
+
+-- name: held_records
+-- Sink: records of batches whose signals may still be queued at the source (ids from the third parameter up).
+select batch_id, queue_ids::text as queue_ids, dead::text as dead, synced::text as synced,
+       conflicts::text as conflicts, truncated
+  from sync.applied_batches
+ where link = $1 and source_side = $2 and queue_ids && int8multirange(int8range($3, null))
+ order by applied_at
+
+-- name: requeue
+-- Deferred keys queued again, to be retried later: one signal per key (R if any was), attempts counted.
+insert into sync.queue (link, side, op, key, attempts, retry_at)
+select $1, $2, max(s.op), s.key, max(s.attempts) + 1,
+       clock_timestamp() + make_interval(secs => least(60, $5 * power(2, max(s.attempts))))
+  from jsonb_to_recordset($3::jsonb) as s(op text, key jsonb, attempts int)
+ where s.key in (select e -> 'key' from jsonb_array_elements($4::jsonb) e
+                  where (e ->> 'defer')::boolean)
+ group by s.key
+
+-- name: legacy_batch_signals
+-- Signals a bridge before version 0.11 marked as a batch and did not finish: taken now.
+delete from sync.queue where batch_id = $1
+returning id, op, key::text as key, attempts
 
 -- name: claim
 -- Claim the oldest visible, unclaimed key signals of one link side as a new batch.
@@ -59,10 +107,11 @@ select dead::text as dead, synced::text as synced, conflicts::text as conflicts,
   from sync.applied_batches where batch_id = $1
 
 -- name: record_batch
--- Written in the same sink transaction as the batch's rows.
+-- Written in the same sink transaction as the batch's rows (the last parameter: the signals' queue ids, null from SQL Server).
 insert into sync.applied_batches
-       (batch_id, link, source_side, signals, upserts, deletes, dead, synced, conflicts, truncated)
-values ($1, $2, $3, $4, $5, $6, $7::jsonb, $8::jsonb, $9::jsonb, $10)
+       (batch_id, link, source_side, signals, upserts, deletes, dead, synced, conflicts, truncated,
+        queue_ids)
+values ($1, $2, $3, $4, $5, $6, $7::jsonb, $8::jsonb, $9::jsonb, $10, $11::text::int8multirange)
 
 -- name: state_write
 -- Two-way links: remember each row's image as last synced (null = absent): a known base.

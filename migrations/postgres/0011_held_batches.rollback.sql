@@ -1,0 +1,3 @@
+-- Remove the queue ids of 0011 (batches are then marked by batch id again).
+drop index sync.applied_batches_queue_ids;
+alter table sync.applied_batches drop column queue_ids;
