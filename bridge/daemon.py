@@ -49,6 +49,7 @@ from .reload import Plan, Reloading
 from .upkeep import Upkeep
 from .waits import HUB_ERRORS, retryable, wait_any
 
+FLUSH_TIMEOUT = 5.0  # seconds a term's end waits for status counts still being written
 log = logging.getLogger("syncbridge.bridge")
 
 RELEAD_PAUSE = 0.5  # seconds between attempts to reach the hub and lead again
@@ -274,6 +275,9 @@ class Bridge(Reloading, Upkeep):
         for t in drains:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        for d in self.drains:  # batch counts still being written go in before the pools close
+            with contextlib.suppress(TimeoutError):  # (not for longer than a stop may take)
+                await asyncio.wait_for(d.flush(), FLUSH_TIMEOUT)
 
     async def _guard_leadership(self, lease: Lease) -> None:
         """One heartbeat per interval: the term's only statement while idle."""

@@ -71,7 +71,7 @@ class Draining(LinkControls, Listening):
     upkeep: asyncio.Event  # retries or resolutions asked for (the heartbeat tells)
     quiet: set[tuple[str, str]]  # (link, source side): claimed nothing since the last wake
     depths: dict[tuple[str, str], int]  # (link, source side): queued at the last sample
-    held: asyncio.Semaphore  # PgDrain batches held at once (engine/postgres/drain.py)
+    batch_gate: asyncio.Semaphore  # PgDrain batches held at once (engine/postgres/drain.py)
 
     async def _fence(self) -> None:
         """Confirm the leadership before a batch (bridge.daemon.Bridge does)."""
@@ -92,7 +92,7 @@ class Draining(LinkControls, Listening):
                     server_settings=pg_session.settings("syncbridge"), reset=_keep_session,
                 )
         self.drains = []
-        self.held = asyncio.Semaphore(HELD_AT_ONCE)
+        self.batch_gate = asyncio.Semaphore(HELD_AT_ONCE)
         for shape in self.shapes.values():
             for src, dst in shape.link.directions():
                 d = self._make_drain(shape, src, dst)
@@ -110,7 +110,7 @@ class Draining(LinkControls, Listening):
         peers = [self.config.peers[shape.link.side(s).peer] for s in (src, dst)]
         if all(p.dialect == "postgres" for p in peers):
             return PgDrain(shape, src, self.pools[peers[0].name], self.pools[peers[1].name],
-                           hub, max_attempts, self.held)
+                           hub, max_attempts, self.batch_gate)
         from syncbridge.engine.sqlserver.drain import make_drain
 
         return make_drain(shape, src, dst, self.config, self.pools, self.mssql, hub,
@@ -269,6 +269,8 @@ class Draining(LinkControls, Listening):
             if n:
                 idle = floor
                 await self._pace(link.name, n, started)  # sync.set_rate
+                if not any(d.more for d in drains):  # each took all it saw: the next
+                    await wait_any(events, self.halt, floor)  # commit's NOTIFY wakes it
                 continue
             # something queued that no claim takes yet (deferred keys): poll for it
             backlog = any(self.depths.get((d.link.name, d.src), 1) for d in drains)

@@ -134,6 +134,7 @@ class Drain(Protocol):
     src: str  # the side changes come from ('a' or 'b')
     dst: str  # the side written
     open_dead_letters: bool  # set by the bridge: this side has open dead letters to close
+    more: bool  # after drain_once: more may be queued now (False: it took all it saw)
 
     @property
     def name(self) -> str:
@@ -158,6 +159,9 @@ class Drain(Protocol):
 
     async def send_canary(self) -> Any:
         """Queue an end-to-end canary; its sent time, or None if this drain has none."""
+
+    async def flush(self) -> None:
+        """Wait for the writes the drain made off its batches' path (status counts)."""
 
     async def write_settled(self, row: dict[str, str | None] | None, sink_key: str) -> None:
         """Write an operator's settled merge on this drain's sink, as the bridge."""

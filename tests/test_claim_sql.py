@@ -1,15 +1,18 @@
-"""The claim at the SQL level: two sessions stepped by hand (pgmq's
+"""The claim and the take at the SQL level: two sessions stepped by hand (pgmq's
 transaction_tests.spec, STYLE.md 12).
 
-The statement is the bridge's own `claim` from sql/postgres/queue.sql, loaded
+The statements are the bridge's own `claim` (the SQL Server sink marks a batch)
+and `take` / `take_ids` (a Postgres sink holds a batch: its signals deleted in a
+transaction committed after the sink's) from sql/postgres/queue.sql, loaded
 with the project's query loader and PREPAREd in each session, so these tests
-run exactly what the drain runs. Signals come from the real capture triggers
+run exactly what the drains run. Signals come from the real capture triggers
 (installed by make_rig), so "the capturing transaction" is a write to a
 captured table.
 """
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterator
 
@@ -22,6 +25,8 @@ from syncbridge.engine import sqlfiles
 
 SCHEMA = "create table items (id int primary key, v text);"
 CLAIM = sqlfiles.query("postgres/queue.sql", "claim")
+TAKE = sqlfiles.query("postgres/queue.sql", "take")
+TAKE_IDS = sqlfiles.query("postgres/queue.sql", "take_ids")
 
 
 @pytest.fixture
@@ -41,6 +46,8 @@ def session(rig) -> Iterator:
         # a claim that would wait on another session's lock fails instead of hanging
         conn.execute("set lock_timeout = '5s'")
         conn.execute("prepare claim as " + CLAIM)
+        conn.execute("prepare take as " + TAKE)
+        conn.execute("prepare take_ids as " + TAKE_IDS)
         if not autocommit:
             conn.commit()
         opened.append(conn)
@@ -130,3 +137,60 @@ def test_a_rolled_back_claim_gives_its_signals_back(rig, session):
     batch, got2 = claim(second)
     assert keys(got2) == keys(got1)
     assert batches(rig) == {batch: [1, 2, 3]}
+
+
+def take(conn: psycopg.Connection, limit: int = 100) -> list[int]:
+    """Run the bridge's take for link items, side a: the keys' ids it deleted."""
+    args = sql.SQL(", ").join(sql.Literal(v) for v in ("items", "a", limit))
+    rows = conn.execute(sql.SQL("execute take({})").format(args)).fetchall()
+    return sorted(json.loads(r[2])["id"] for r in rows)
+
+
+def queued(rig) -> list[int]:
+    return [r[0] for r in rig.query("a", "select (key ->> 'id')::int from sync.queue order by id")]
+
+
+def test_a_held_take_hides_its_signals_until_it_commits_or_rolls_back(rig, session):
+    rig.execute("a", "insert into items select g, 'v' from generate_series(1, 10) g")
+    first, second = session(), session()
+    assert take(first, limit=4) == [1, 2, 3, 4]  # held: deleted, not committed
+    # the second take neither waits (lock_timeout would fail it) nor takes the held rows
+    assert take(second) == [5, 6, 7, 8, 9, 10]
+    second.rollback()  # gives its six back
+    assert queued(rig) == list(range(1, 11)), "a held take deletes nothing yet"
+    first.rollback()  # the bridge died before the sink committed
+    assert take(second) == list(range(1, 11)), "every signal is back, none lost"
+    second.commit()
+    assert queued(rig) == [] and take(session(autocommit=True)) == []
+
+
+def test_a_committed_take_is_not_taken_again(rig, session):
+    rig.execute("a", "insert into items select g, 'v' from generate_series(1, 5) g")
+    first, second = session(), session()
+    second.execute("select 1")  # the second session's transaction is already open
+    assert take(first, limit=2) == [1, 2]
+    first.commit()
+    assert take(second) == [3, 4, 5]
+    second.commit()
+    assert queued(rig) == []
+
+
+def test_recovery_waits_for_a_held_take_instead_of_skipping_it(rig, session):
+    """take_ids (recovery of a batch the sink applied) must learn the held batch's
+    fate: a lock wait, never a skip, then exactly the ids asked for."""
+    rig.execute("a", "insert into items select g, 'v' from generate_series(1, 4) g")
+    ids = [r[0] for r in rig.query("a", "select id from sync.queue order by id")]
+    first, recovery = session(), session()
+    assert take(first, limit=2) == [1, 2]
+    span = f"{{[{ids[0]},{ids[1] + 1})}}"
+    args = sql.SQL(", ").join(sql.Literal(v) for v in ("items", "a", span))
+    recovery.execute("set lock_timeout = '200ms'")
+    with pytest.raises(psycopg.errors.LockNotAvailable):
+        recovery.execute(sql.SQL("execute take_ids({})").format(args))
+    recovery.rollback()
+    first.rollback()
+    recovery.execute("set lock_timeout = '5s'")
+    got = recovery.execute(sql.SQL("execute take_ids({})").format(args)).fetchall()
+    assert sorted(json.loads(r[2])["id"] for r in got) == [1, 2]
+    recovery.commit()
+    assert queued(rig) == [3, 4]

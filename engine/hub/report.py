@@ -8,15 +8,18 @@ active_hours, rate limits: sync.link_holds) is read from here too."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
 
-from syncbridge.engine import sqlfiles
+from syncbridge.engine import errors, sqlfiles
 from syncbridge.engine.contract import Drain
 
 SQL = sqlfiles.Queries("hub/status.sql")
+log = logging.getLogger("syncbridge.report")
 
 
 async def depth(hub: asyncpg.Pool, drain: Drain, hub_peer: str, stall: float,
@@ -42,11 +45,51 @@ async def recovered(hub: asyncpg.Pool, drain: Drain, timeout: float) -> Any:
                               timeout=timeout)
 
 
-async def batch(hub: asyncpg.Pool, link: str, side: str, rows: int, deferred: int) -> None:
-    """A finished batch: its row count; each deferred row counts as one retry."""
-    await hub.execute(SQL["report_batch"], link, side, rows)
+async def batch(hub: asyncpg.Pool, link: str, side: str, rows: int, deferred: int,
+                batches: int = 1) -> None:
+    """Finished batches: their row count; each deferred row counts as one retry."""
+    await hub.execute(SQL["report_batch"], link, side, rows, batches)
     if deferred:
         await hub.execute(SQL["report_retries"], link, side, deferred)
+
+
+class Tally:
+    """Batch counts of one direction written off the batch's path: `add` returns at
+    once, and one write at a time takes everything added since the last, so a busy
+    direction sends the hub one statement per round trip, not one per batch, and the
+    next batch does not wait for the hub's commit. A failed write keeps its counts
+    for the next one (logged); counts still unwritten when the process dies are lost
+    (the sinks' applied-batch records keep the truth)."""
+
+    def __init__(self, hub: asyncpg.Pool, link: str, side: str) -> None:
+        self.hub, self.link, self.side = hub, link, side
+        self.rows = self.deferred = self.batches = 0
+        self.task: asyncio.Task | None = None
+
+    def add(self, rows: int, deferred: int) -> None:
+        self.rows, self.deferred, self.batches = (self.rows + rows, self.deferred + deferred,
+                                                  self.batches + 1)
+        if self.task is None or self.task.done():
+            self.task = asyncio.ensure_future(self._write())
+
+    async def flush(self) -> None:
+        """Wait for the write in flight (the term ends: before the pools close)."""
+        if self.task is not None:
+            await asyncio.shield(self.task)
+
+    async def _write(self) -> None:
+        while self.batches:
+            rows, deferred, batches = self.rows, self.deferred, self.batches
+            self.rows = self.deferred = self.batches = 0
+            try:
+                await batch(self.hub, self.link, self.side, rows, deferred, batches)
+            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as e:
+                self.rows, self.deferred, self.batches = (self.rows + rows,
+                                                          self.deferred + deferred,
+                                                          self.batches + batches)
+                log.warning("event=report_failed link=%s side=%s batches=%d error=%s",
+                            self.link, self.side, self.batches, errors.describe(e))
+                return
 
 
 async def canary_arrived(hub: asyncpg.Pool, link: str, side: str, sent_at: Any,

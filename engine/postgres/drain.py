@@ -161,6 +161,7 @@ class QueueDrain:
     open_dead_letters: bool = True  # refreshed by the stats task; True = check
     poll_interval: float | None = None  # woken by the source's NOTIFY
     claim_limit: int | None = None  # set by the drain loop under a rate limit: smaller batches
+    more: bool = True  # drained again at once after a batch (PgDrain: only after a full one)
 
     @property
     def name(self) -> str:
@@ -172,6 +173,9 @@ class QueueDrain:
 
     async def send_canary(self) -> Any:
         return None  # only Postgres-to-Postgres directions carry canaries
+
+    async def flush(self) -> None:
+        return None  # counts are written in the batch's path
 
     async def write_settled(self, row: conflicts.Image, sink_key: str) -> None:
         raise NotImplementedError(f"{self.name}: a settled merge needs a Postgres sink")
@@ -209,6 +213,7 @@ class PgDrain(QueueDrain):
         # while it waits for a sink one): the pools are sized for this many, so drains of
         # opposite directions never wait on each other's connections
         self.gate = gate or asyncio.Semaphore(1)
+        self.tally = report.Tally(hub, self.link.name, self.src)
         self.sql = pg_sql.render(shape, self.src, self.dst)
         self.origin = capture.origin_tag(self.link, self.src)
         self.two_way = self.link.direction == "both"
@@ -218,14 +223,14 @@ class PgDrain(QueueDrain):
         self.resolver = resolutions.resolver_sql(self.link.conflict)
         sink_table = pg_sql.table_name(shape, self.dst)
         self.sink_table = sink_table.as_string(None)
+        self.source_table = pg_sql.table_name(shape, self.src).as_string(None)
         self.truncate_table = pg_sql.APPLY.render("truncate_table", table=sink_table)
 
-    async def check_shape(self, side: str, conn: asyncpg.Connection) -> None:
-        """Raise SchemaChanged when a linked table differs from the validated shape."""
+    def check_shape(self, side: str, shape: str | None) -> None:
+        """Raise SchemaChanged when a linked table's shape (sync.table_shape, as read in
+        the batch's transaction on that side) differs from the validated one."""
         s = self.link.side(side)
-        table = pg_sql.table_name(self.shape, side).as_string(None)
-        now = json.loads(await conn.fetchval(SQL["table_shape"], table) or "[]")
-        detail = shape_change(expected_shape(self.shape.table(side)), now)
+        detail = shape_change(expected_shape(self.shape.table(side)), json.loads(shape or "[]"))
         if detail:
             raise SchemaChanged(self.link.name, s.peer, s.qualified, detail)
 
@@ -236,8 +241,12 @@ class PgDrain(QueueDrain):
             n = await self._recover_marked()
             floor = await self.source.fetchval(SQL["queue_floor"], self.link.name, self.src)
             if floor is not None:
-                for r in await self.sink.fetch(SQL["held_records"], self.link.name, self.src,
-                                               floor):
+                records = await self.sink.fetch(SQL["held_records"], self.link.name, self.src,
+                                                floor)
+                pending = await self.source.fetch(SQL["still_queued"], self.link.name, self.src,
+                                                  [r["queue_ids"] for r in records])
+                for (i,) in pending:  # in the order they were applied
+                    r = records[i - 1]
                     n += await self._replay(SQL["take_ids"], r["queue_ids"], r)
         if n:
             log.info("event=recovered link=%s batches=%d", self.name, n)
@@ -278,6 +287,7 @@ class PgDrain(QueueDrain):
         async with self.gate:
             deadline = time.monotonic() + BURST
             held = await self._take(limit)
+            self.more = False
             while held is not None:
                 ahead = None
                 if (len(held.signals) >= limit and self.claim_limit is None
@@ -291,8 +301,12 @@ class PgDrain(QueueDrain):
                         await _drop(ahead)
                     raise
                 n += sum(s["op"] != "C" for s in held.signals)
+                self.more = len(held.signals) >= limit
                 held = await ahead if ahead is not None else None
         return n
+
+    async def flush(self) -> None:
+        await self.tally.flush()
 
     async def _take(self, limit: int) -> Held | None:
         """Take the next batch at the source and read its rows (the transaction stays open)."""
@@ -304,7 +318,8 @@ class PgDrain(QueueDrain):
             if not held.signals:  # nothing taken: committing and rolling back are the same
                 await held.commit()
                 return None
-            await self.check_shape(self.src, conn)
+            self.check_shape(self.src, await conn.fetchval(SQL["table_shape"],
+                                                           self.source_table))
             faults.hit("after_claim")
             held.upserts, held.deletes = await self._read(conn, held.signals)
         except BaseException:
@@ -321,8 +336,8 @@ class PgDrain(QueueDrain):
         canary = None
         out = Outcome()
         async with self.sink.acquire() as conn, conn.transaction():
-            await self.check_shape(self.dst, conn)
-            await conn.execute(SQL["set_origin"], self.origin)
+            begun = await conn.fetchrow(SQL["sink_begin"], self.origin, self.sink_table)
+            self.check_shape(self.dst, begun[1])
             if canaries:  # end-to-end heartbeat: recorded with the batch, no user table
                 canary = await conn.fetchrow(SQL["canary_applied"], self.link.name, self.src,
                                              json_array(canaries))
@@ -348,8 +363,7 @@ class PgDrain(QueueDrain):
         faults.hit("after_sink_commit")
         await self._finish(held.conn, held.batch_id, record, signals)
         await held.commit()
-        await report.batch(self.hub, self.link.name, self.src, out.upserts + out.deletes,
-                           out.deferred)
+        self.tally.add(out.upserts + out.deletes, out.deferred)
         if self.open_dead_letters and out.applied:
             await dead_letters.close(self.hub, self.link.name, self.src,
                                      [i.source_key for i in out.applied])

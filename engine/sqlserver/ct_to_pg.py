@@ -55,6 +55,11 @@ CURSOR_IDLE_STORE = 60.0  # seconds; an empty window moves the stored cursor at 
 class CtToPgDrain(CtRecovery, PgSinkSettle):
     """Moves one link's changes from a SQL Server (change tracking) side to a Postgres side."""
 
+    more = True  # polled: the drain loop drains again until a batch brings nothing
+
+    async def flush(self) -> None:
+        return None  # counts are written in the batch's path
+
     def __init__(self, shape: LinkShape, source_side: str, mssql: MssqlPeer,
                  sink: asyncpg.Pool, hub: asyncpg.Pool, max_attempts: int = 8,
                  poll_interval: float = 0.25, page_rows: int = PAGE_ROWS,

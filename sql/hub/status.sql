@@ -1,17 +1,17 @@
 -- What the bridge reports into the hub for sync.status, and link control (engine/hub/report.py).
 
 -- name: report_batch
--- Hub: count an applied batch for sync.status.
+-- Hub: count applied batches (the fourth parameter: how many) for sync.status.
 with log as (
     insert into sync.apply_log (link, source_side, rows) values ($1, $2, $3)
 )
 insert into sync.link_state as s (link, source_side, last_applied_at, applied_total,
                                 batches_total)
-values ($1, $2, clock_timestamp(), $3, 1)
+values ($1, $2, clock_timestamp(), $3, $4)
 on conflict (link, source_side) do update
    set last_applied_at = excluded.last_applied_at,
        applied_total = s.applied_total + excluded.applied_total,
-       batches_total = s.batches_total + 1
+       batches_total = s.batches_total + excluded.batches_total
 
 -- name: report_depth
 -- Hub: the latest queue depth sample of one link side ($5: its queue is in the hub,

@@ -26,6 +26,14 @@ returning id, op, key::text as key, attempts
 -- The oldest signal still queued for one link side, locked or not (recovery).
 select min(id) from sync.queue where link = $1 and side = $2 and batch_id is null and op <> 'W'
 
+-- name: still_queued
+-- Recovery: which of the sink's candidate records (the third parameter: their queue ids, by position) still have signals queued.
+select r.i::int from unnest($3::text[]) with ordinality as r(ids, i)
+ where exists (select 1 from sync.queue q
+                where q.link = $1 and q.side = $2 and q.batch_id is null and q.op <> 'W'
+                  and q.id <@ r.ids::int8multirange)
+ order by r.i
+
 -- name: held_records
 -- Sink: records of batches whose signals may still be queued at the source (ids from the third parameter up).
 select batch_id, queue_ids::text as queue_ids, dead::text as dead, synced::text as synced,
@@ -100,6 +108,10 @@ select count(*) as queued, min(enqueued_at) as oldest
 -- name: set_origin
 -- Tag this transaction's writes so capture does not send them back.
 select set_config('syncbridge.origin', $1, true)
+
+-- name: sink_begin
+-- A sink transaction's first statement: tag its writes (as set_origin) and read the sink table's shape.
+select set_config('syncbridge.origin', $1, true), sync.table_shape($2::regclass)::text
 
 -- name: batch_record
 -- The sink's record of an applied batch (null when not applied).

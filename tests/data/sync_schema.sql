@@ -10,10 +10,12 @@ create table sync.applied_batches (
     synced jsonb not null default '[]'::jsonb,
     conflicts jsonb not null default '[]'::jsonb,
     truncated boolean not null default false,
-    applied_at timestamp with time zone not null default clock_timestamp()
+    applied_at timestamp with time zone not null default clock_timestamp(),
+    queue_ids int8multirange
 );
 alter table sync.applied_batches add constraint applied_batches_pkey PRIMARY KEY (batch_id);
 CREATE INDEX applied_batches_link ON sync.applied_batches USING btree (link, applied_at);
+CREATE INDEX applied_batches_queue_ids ON sync.applied_batches USING gist (queue_ids);
 -- grants on sync.applied_batches: default
 
 create table sync.apply_log (
