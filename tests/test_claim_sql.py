@@ -141,7 +141,7 @@ def test_a_rolled_back_claim_gives_its_signals_back(rig, session):
 
 def take(conn: psycopg.Connection, limit: int = 100) -> list[int]:
     """Run the bridge's take for link items, side a: the keys' ids it deleted."""
-    args = sql.SQL(", ").join(sql.Literal(v) for v in ("items", "a", limit))
+    args = sql.SQL(", ").join(sql.Literal(v) for v in ("items", "a", limit, "public.items"))
     rows = conn.execute(sql.SQL("execute take({})").format(args)).fetchall()
     return sorted(json.loads(r[2])["id"] for r in rows)
 

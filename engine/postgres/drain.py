@@ -52,6 +52,7 @@ from syncbridge.engine.postgres import sql as pg_sql
 SQL = sqlfiles.Queries("postgres/queue.sql")
 log = logging.getLogger("syncbridge.drain")
 BURST = 0.5  # seconds of back-to-back batches in one drain_once, each taken while the last applies
+GROW_MAX = 8  # in a burst, batches double up to this many times the link's batch_size
 
 
 def id_ranges(ids: list[int]) -> str:
@@ -282,7 +283,7 @@ class PgDrain(QueueDrain):
         """Apply a burst of batches; returns the number of changes they consumed (0 =
         idle: a batch of canaries only is not traffic, so it leaves the direction quiet).
         Under a rate limit (claim_limit) one batch, so the loop paces every batch."""
-        limit = min(self.link.batch_size, self.claim_limit or self.link.batch_size)
+        base = limit = min(self.link.batch_size, self.claim_limit or self.link.batch_size)
         n = 0
         async with self.gate:
             deadline = time.monotonic() + BURST
@@ -290,8 +291,10 @@ class PgDrain(QueueDrain):
             self.more = False
             while held is not None:
                 ahead = None
-                if (len(held.signals) >= limit and self.claim_limit is None
-                        and time.monotonic() < deadline):
+                full = len(held.signals) >= limit
+                if full and self.claim_limit is None and time.monotonic() < deadline:
+                    # a backlog: batches grow, so a catch-up pays fewer commits per row
+                    limit = min(limit * 2, base * GROW_MAX)
                     ahead = asyncio.ensure_future(self._take(limit))
                 try:
                     await self._apply_and_finish(held)
@@ -301,7 +304,7 @@ class PgDrain(QueueDrain):
                         await _drop(ahead)
                     raise
                 n += sum(s["op"] != "C" for s in held.signals)
-                self.more = len(held.signals) >= limit
+                self.more = full
                 held = await ahead if ahead is not None else None
         return n
 
@@ -313,13 +316,13 @@ class PgDrain(QueueDrain):
         conn = await self.source.acquire()
         held = Held(self.source, conn, [], [], [])
         try:
-            await conn.execute("begin")
-            held.signals = await conn.fetch(SQL["take"], self.link.name, self.src, limit)
+            await conn.execute(SQL["hold"])
+            held.signals = await conn.fetch(SQL["take"], self.link.name, self.src, limit,
+                                            self.source_table)
             if not held.signals:  # nothing taken: committing and rolling back are the same
                 await held.commit()
                 return None
-            self.check_shape(self.src, await conn.fetchval(SQL["table_shape"],
-                                                           self.source_table))
+            self.check_shape(self.src, next(s["shape"] for s in held.signals if s["shape"]))
             faults.hit("after_claim")
             held.upserts, held.deletes = await self._read(conn, held.signals)
         except BaseException:

@@ -5,16 +5,25 @@
 -- engine/sqlserver/pg_to_ct.py).
 
 -- name: take
--- Take the oldest visible signals of one link side: deleted in a transaction the drain commits after the sink did.
-delete from sync.queue
- where ctid = any(array(
-           select ctid from sync.queue
-            where link = $1 and side = $2 and batch_id is null and op <> 'W'
-              and (retry_at is null or retry_at <= clock_timestamp())
-            order by id
-            limit $3
-              for update skip locked))
-returning id, op, key::text as key, attempts
+-- Take the oldest visible signals of one link side: deleted in a transaction the drain commits after the sink did; the first row carries the table's shape.
+with taken as (
+    delete from sync.queue
+     where ctid = any(array(
+               select ctid from sync.queue
+                where link = $1 and side = $2 and batch_id is null and op <> 'W'
+                  and (retry_at is null or retry_at <= clock_timestamp())
+                order by id
+                limit $3
+                  for update skip locked))
+    returning id, op, key, attempts
+)
+select id, op, key::text as key, attempts,
+       case when row_number() over () = 1 then sync.table_shape($4::regclass)::text end as shape
+  from taken
+
+-- name: hold
+-- Open the source transaction of a held batch. Its commit need not wait for a flush: if a crash loses it, the signals come back and recovery replays the batch from the sink's durable record.
+begin; set local synchronous_commit = off
 
 -- name: take_ids
 -- Take exactly the signals of an applied batch that are still queued (recovery: the third parameter holds its ids).
