@@ -73,8 +73,14 @@ def is_connection_error(exc: BaseException) -> bool:
         (sqlstate(exc) or "").startswith("08") or sqlstate(exc) in ("57P01", "57P02", "57P03"))
 
 
+class AlreadyApplied(Exception):
+    """Signals of a batch were already applied by an earlier batch whose source commit
+    was lost (they came back at the source without that batch's recovery). The batch is
+    given back undone and retried: the retry recovers the earlier batch first."""
+
+
 def is_transient(exc: BaseException) -> bool:
-    if isinstance(exc, asyncio.TimeoutError) or is_connection_error(exc):
+    if isinstance(exc, (asyncio.TimeoutError, AlreadyApplied)) or is_connection_error(exc):
         return True
     state = sqlstate(exc)
     if state:

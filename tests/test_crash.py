@@ -93,3 +93,31 @@ def test_random_kills_during_a_large_load(new_db, tmp_path):
         assert _sink_totals(rig)[1] == ROWS
     finally:
         rig.close()
+
+
+def test_signals_back_without_their_batch_are_recovered_not_applied_twice(new_db, tmp_path):
+    """A source commit lost after the sink committed (the source runs it without waiting
+    for a flush; a server crash can drop it) puts the batch's signals back while the
+    bridge runs. The next take gets them; the sink's record of the earlier batch names
+    them, so the apply is undone and that batch is recovered instead: once, not twice."""
+    rig = make_rig(new_db, tmp_path, SCHEMA, [link("items", "items", ["id"], "a_to_b")])
+    try:
+        rig.execute("b", APPLY_LOG)
+        rig.start_bridge()
+        rig.execute("a", "insert into items values (1, 'x', 1)")
+        rig.wait_equal({"items": ["id"]})
+        rig.wait_drained()
+        [(ids,)] = rig.query("b", "select queue_ids::text from sync.applied_batches")
+        signal_id = int(ids.strip("{[").split(",")[0])
+        # the lost commit: the signal is back under its own id; a NOTIFY wakes the drain
+        rig.execute("a", "insert into sync.queue (id, link, side, key) overriding system value "
+                         "values (%s, 'items', 'a', '{\"id\": 1}')", (signal_id,))
+        rig.execute("a", "select pg_notify('syncbridge', 'items:a')")
+        wait_until(lambda: "event=recovered" in rig.log_text(), 30, "the batch to be recovered")
+        rig.wait_drained()
+        assert "AlreadyApplied" in rig.log_text() or "applied before" in rig.log_text()
+        assert rig.query("b", "select count(*) from applies") == [(1,)], "applied once"
+        assert rig.query("b", "select count(*), sum(signals) from sync.applied_batches") == [(1, 1)]
+        assert rig.stop_bridge() == 0
+    finally:
+        rig.close()

@@ -358,11 +358,14 @@ class PgDrain(QueueDrain):
             if self.two_way:
                 await self._remember(conn, out)
             record = out.record(truncate)
-            await conn.execute(
+            recorded = await conn.execute(
                 SQL["record_batch"], held.batch_id, self.link.name, self.src, len(signals),
                 out.upserts, out.deletes, record.problems, record.synced, record.conflicts,
                 truncate, id_ranges([s["id"] for s in signals]),
             )
+            if recorded.split()[-1] == "0":  # the sink transaction rolls back: nothing applied
+                raise errors.AlreadyApplied(f"{self.name}: signals of batch {held.batch_id} "
+                                            "were applied before; recovering that batch first")
         faults.hit("after_sink_commit")
         await self._finish(held.conn, held.batch_id, record, signals)
         await held.commit()

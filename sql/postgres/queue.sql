@@ -129,10 +129,16 @@ select dead::text as dead, synced::text as synced, conflicts::text as conflicts,
 
 -- name: record_batch
 -- Written in the same sink transaction as the batch's rows (the last parameter: the signals' queue ids, null from SQL Server).
+-- Not written (and the batch is given back) when an applied batch already names one of its signals:
+-- those came back at the source without their batch's recovery (a lost source commit), so they are
+-- recovered first, never applied twice.
 insert into sync.applied_batches
        (batch_id, link, source_side, signals, upserts, deletes, dead, synced, conflicts, truncated,
         queue_ids)
-values ($1, $2, $3, $4, $5, $6, $7::jsonb, $8::jsonb, $9::jsonb, $10, $11::text::int8multirange)
+select $1, $2, $3, $4, $5, $6, $7::jsonb, $8::jsonb, $9::jsonb, $10, $11::text::int8multirange
+ where not exists (select 1 from sync.applied_batches
+                    where link = $2 and source_side = $3
+                      and queue_ids && $11::text::int8multirange)
 
 -- name: state_write
 -- Two-way links: remember each row's image as last synced (null = absent): a known base.
