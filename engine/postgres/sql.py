@@ -4,7 +4,7 @@ Rows travel between Postgres peers as one jsonb array per batch whose values
 are each column's *text representation* (`col::text`, printed under the pinned
 settings of `pg_session`) or JSON null for SQL NULL. The sink reads every
 value back through its column's own input function
-(`jsonb_populate_record`), so what arrives is exactly what the source holds:
+(`jsonb_to_recordset`), so what arrives is exactly what the source holds:
 numeric scale, interval fields, -0, JSON `null` (the string "null", never
 confused with SQL NULL), trailing spaces, every Unicode form. json and jsonb
 columns are cast from the text themselves, because populate would store the
@@ -146,7 +146,7 @@ def _read_rows(shape: LinkShape, source: str, sink: str) -> str:
 def _upsert(shape: LinkShape, sink: str) -> str:
     """One INSERT ... ON CONFLICT over the batch's rows.
 
-    jsonb_to_record with the linked columns' own types reads each text through its
+    jsonb_to_recordset with the linked columns' own types reads each text through its
     input function (typmods and domain checks included) and touches no other sink
     column; json-family columns are read as text and cast, so their text is the
     value. Key columns are set too: 1.5 -> 1.50 or a citext case change is the same

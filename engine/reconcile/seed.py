@@ -393,9 +393,11 @@ def _handover(config: Config, shape: LinkShape, run: SeedRun, source: psycopg.Co
                            "while it was being seeded (it did not honour the pause); the copy "
                            "cannot be vouched for: empty the sink table, delete the run from "
                            "sync.seed_runs there and seed again")
-    source.execute(SQL["forget_signals"], {"ids": run.signals})
+    source.execute(SQL["forget_signals"], {"link": run.link, "side": run.src,
+                                           "ids": run.signals})
     if run.sink_signals:
-        sink.execute(SQL["forget_signals"], {"ids": run.sink_signals})
+        sink.execute(SQL["forget_signals"], {"link": run.link, "side": run.dst,
+                                             "ids": run.sink_signals})
     if shape.link.direction == "both":
         base.seed(config, shape)
     sink.execute(SQL["finish_run"], {"id": run.id})

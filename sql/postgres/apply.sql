@@ -8,8 +8,7 @@
 insert into {table} as t ({cols})
 overriding system value
 select {values}
-  from jsonb_array_elements($1::jsonb) as x(elem),
-       jsonb_to_record(x.elem) as r({defs})
+  from jsonb_to_recordset($1::jsonb) as r({defs})
     on conflict ({keys}) do update set {sets}
  where {current} is distinct from {incoming}
 

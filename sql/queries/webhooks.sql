@@ -17,7 +17,7 @@ select id, link, side, source, event_id, topic, payload::text as payload
 
 -- name: delete_claimed
 -- Remove exactly the events this drain claimed and applied (or dead-lettered).
-delete from sync.queue where id = any($1::bigint[])
+delete from sync.queue where op = 'W' and id = any($1::bigint[])
 
 -- name: dead_letter
 -- Record events that cannot be applied, keeping the payload for sync.retry_webhook_v1.

@@ -39,12 +39,18 @@ select coalesce(array_agg(id order by id), array[]::bigint[]) from sync.queue
 
 -- name: forget_signals
 -- Source or sink, at the handover: drop exactly the signals the copy already reflects.
-delete from sync.queue where id = any(%(ids)s)
+delete from sync.queue
+ where link = %(link)s and side = %(side)s and batch_id is null and id = any(%(ids)s)
 
 -- name: claimed
--- Source: signals of a link side a bridge claimed and has not finished (a batch in flight).
-select count(*) from sync.queue
- where link = %(link)s and side = %(side)s and batch_id is not null and op not in ('W', 'C')
+-- Source: signals of a link side in a batch in flight: claimed by batch id (a SQL Server sink), or held (deleted in a transaction still open, so locked).
+select count(*) filter (where batch_id is not null)
+       + count(*) - (select count(*) from (select 1 from sync.queue
+                                             where link = %(link)s and side = %(side)s
+                                               and op not in ('W', 'C')
+                                               for update skip locked) unlocked)
+  from sync.queue
+ where link = %(link)s and side = %(side)s and op not in ('W', 'C')
 
 -- name: unaware_bridges
 -- Hub: live active bridges, and those whose last heartbeat (which reads the pauses) may

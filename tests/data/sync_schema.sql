@@ -238,7 +238,6 @@ create table sync.queue (
     payload jsonb
 );
 alter table sync.queue add constraint queue_op_check CHECK ((op = ANY (ARRAY['K'::bpchar, 'T'::bpchar, 'R'::bpchar, 'W'::bpchar, 'C'::bpchar])));
-alter table sync.queue add constraint queue_pkey PRIMARY KEY (id);
 alter table sync.queue add constraint queue_side_check CHECK ((side = ANY (ARRAY['a'::bpchar, 'b'::bpchar])));
 CREATE INDEX queue_batch ON sync.queue USING btree (batch_id) WHERE (batch_id IS NOT NULL);
 CREATE INDEX queue_claim ON sync.queue USING btree (link, side, id) WHERE (batch_id IS NULL);
