@@ -428,3 +428,33 @@ def test_no_edit_is_undone_after_uninstall_install_or_a_repair(new_db, tmp_path)
         assert _conflicts(rig) == []
     finally:
         rig.close()
+
+
+def test_a_key_named_differently_on_each_side_flows_both_ways(new_db, tmp_path):
+    """The drain builds the key once when both sides name it alike; renamed, it builds
+    the side-a spelling (the row_state key) apart: both ways, the bases agree."""
+    rig = Rig(tmp_path, new_db("a"), new_db("b"),
+              [link("people", "people", ["id"], columns={"id": "person_id", "name": "name"})])
+    rig.execute("a", "create table people (id int primary key, name text)")
+    rig.execute("b", "create table people (person_id int primary key, name text)")
+    rig.setup()
+    try:
+        rig.start_bridge()
+        rig.execute("a", "insert into people values (1, 'from a')")
+        rig.execute("b", "insert into people values (2, 'from b')")
+        wait_until(lambda: rig.query("a", "select count(*) from people")[0][0] == 2
+                   and rig.query("b", "select count(*) from people")[0][0] == 2, 30, "both rows")
+        rig.execute("b", "update people set name = 'b edit' where person_id = 1")
+        rig.execute("a", "update people set name = 'a edit' where id = 2")
+        want = [(1, "b edit"), (2, "a edit")]
+        wait_until(lambda: rig.query("a", "select id, name from people order by 1") == want
+                   and rig.query("b", "select person_id, name from people order by 1") == want,
+                   30, "both edits on both sides")
+        rig.wait_drained()
+        for side in ("a", "b"):
+            assert rig.query(side, "select key::text, image->>'name' from sync.row_state "
+                                   "order by key::text") == [('{"id": 1}', "b edit"),
+                                                            ('{"id": 2}', "a edit")]
+        assert _conflicts(rig) == []
+    finally:
+        rig.close()

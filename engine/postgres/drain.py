@@ -402,14 +402,13 @@ class PgDrain(QueueDrain):
         upserts: dict[str, Item] = {}  # by the row's own key: one item per sink row
         deletes = []
         worst = max(attempts.values())  # once: a default argument is evaluated every call
-        for r in rows:
-            skey = r["skey"]
+        for skey, key, ka, row, img in ((r["skey"], r["key"], r["ka"] or r["key"], r["row"],
+                                         r["img"]) for r in rows):
             tries = attempts.get(skey, worst)
-            if r["row"] is None:
-                deletes.append(Item(skey, r["key"], r["ka"], r["key"], None, tries))
+            if row is None:
+                deletes.append(Item(skey, key, ka, key, None, tries))
             else:
-                upserts.setdefault(r["key"], Item(skey, r["key"], r["ka"], r["row"], r["img"],
-                                                  tries))
+                upserts.setdefault(key, Item(skey, key, ka, row, img, tries))
         return list(upserts.values()), deletes
 
     async def _settle(self, conn: asyncpg.Connection, upserts: list[Item], deletes: list[Item],

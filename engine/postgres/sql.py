@@ -110,7 +110,7 @@ def text_row(alias: str, cols: list[str]) -> sql.Composed:
 
 @dataclass(frozen=True)
 class PgLinkSql:
-    read_rows: str  # $1 jsonb keys -> (row|null, key) in sink names, skey in source names, img
+    read_rows: str  # $1 jsonb keys -> (row|null, key, ka|null = key) in sink and a names, skey, img
     upsert: str  # $1 jsonb array of rows in sink names, values as text
     delete: str  # $1 jsonb array of keys in sink names
     truncate: str
@@ -134,11 +134,16 @@ def _read_rows(shape: LinkShape, source: str, sink: str) -> str:
     if shape.link.direction == "both":
         img = READ.compose("row_image", first_key=src_keys[0],
                            image=text_obj(shape.cols("a"), "t", shape.cols(source)))
+    def spelled(names: list[str]) -> sql.Composed:
+        return READ.compose("found_or_signal", first_key=src_keys[0],
+                            signal=typed_obj(names, "k", src_keys),
+                            found=typed_obj(names, "t", src_keys))
+
+    # ka (side-a names) is the same object as key when the names are: not built twice
+    ka = sql.SQL("null::jsonb") if dst_keys == a_keys else spelled(a_keys)
     return READ.render(
         "read_rows", first_key=src_keys[0],
-        row=text_obj(shape.cols(sink), "t", shape.cols(source)),
-        key_signal=typed_obj(dst_keys, "k", src_keys), key_found=typed_obj(dst_keys, "t", src_keys),
-        ka_signal=typed_obj(a_keys, "k", src_keys), ka_found=typed_obj(a_keys, "t", src_keys),
+        row=text_obj(shape.cols(sink), "t", shape.cols(source)), key=spelled(dst_keys), ka=ka,
         skey=typed_obj(src_keys, "k", src_keys), img=img, key_defs=key_defs(shape, source),
         table=source_rows(shape, source), join=key_match("t", "k", src_keys))
 

@@ -4,13 +4,15 @@
 -- An entry's description line is part of its statement: it holds no $, % or braces.
 
 -- name: read_rows
--- Source rows for a batch of keys (jsonb, source names): row or null, key and ka in sink and side-a names, the signal's key, the image.
+-- Source rows for a batch of keys (jsonb, source names): row or null, key and ka in sink and side-a names (ka null: the same as key), the signal's key, the image.
 select case when t.{first_key} is null then null else {row} end as row,
-       case when t.{first_key} is null then {key_signal} else {key_found} end as key,
-       case when t.{first_key} is null then {ka_signal} else {ka_found} end as ka,
-       {skey} as skey, {img} as img
+       {key} as key, {ka} as ka, {skey} as skey, {img} as img
   from jsonb_to_recordset($1::jsonb) as k({key_defs})
   left join {table} t on {join}
+
+-- name: found_or_signal
+-- A key as the found row spells it, or as the signal did for a missing row (read_rows: key, ka).
+case when t.{first_key} is null then {signal} else {found} end
 
 -- name: row_image
 -- A found row's image in side-a names, null for a missing row (two-way links).
