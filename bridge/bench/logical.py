@@ -21,6 +21,8 @@ Both engines run the same workloads, in one run, on the same two clusters
 - idle_statements_s: statements per second the engine sends to both peers'
   databases while idle, counted from the servers' own logs
   (`log_statement = all`, set for the window only);
+- idle_cpu_pct: CPU (percent of one core) of the bridge process, or of the
+  walsender plus the apply worker, over that idle window;
 - rss_mb: peak RSS during bulk. syncbridge: VmHWM of the bridge process;
   logical: VmRSS minus RssShmem (shared_buffers pages) of the walsender plus
   the apply worker, sampled every 50 ms.
@@ -52,6 +54,7 @@ import psycopg
 
 from syncbridge.bridge.bench.native import (
     CompareBench,
+    IdleWindow,
     LogicalBench,
     Server,
     count_idle_statements,
@@ -60,7 +63,7 @@ from syncbridge.bridge.bench.native import (
 
 KEYS = ("catchup_rows_s", "bulk_rows_s", "latency_p50_ms", "latency_p99_ms",
         "overhead_insert_c1", "overhead_update_c1", "overhead_insert_c4", "overhead_update_c4",
-        "idle_statements_s", "rss_mb")
+        "idle_statements_s", "idle_cpu_pct", "rss_mb")
 ENGINES = ("logical", "syncbridge")
 
 
@@ -80,8 +83,10 @@ class SyncbridgeRun:
         out["catchup_rows_s"] = b.catchup()["rows_per_s"]
         out["bulk_rows_s"] = b.bulk()["rows_per_s"]
         out["rss_mb"] = status_kb(b.rig.proc.pid)["VmHWM"] / 1024
-        out["idle_statements_s"] = sum(count_idle_statements(
-            self.servers, self.dbs, self.args.idle_seconds).values())
+        with IdleWindow([b.rig.proc.pid]) as idle:
+            out["idle_statements_s"] = sum(count_idle_statements(
+                self.servers, self.dbs, self.args.idle_seconds).values())
+        out["idle_cpu_pct"] = idle.percent
         lat = b.latency()
         out["latency_p50_ms"], out["latency_p99_ms"] = lat["p50_ms"], lat["p99_ms"]
         suffix = "_ratio_no_notify" if self.args.no_notify else "_ratio"
@@ -114,8 +119,10 @@ class LogicalRun:
         out["catchup_rows_s"] = b.catchup()["rows_per_s"]
         bulk = b.bulk()
         out["bulk_rows_s"], out["rss_mb"] = bulk["rows_per_s"], bulk["rss_mb"]
-        out["idle_statements_s"] = sum(count_idle_statements(
-            self.servers, self.dbs, self.args.idle_seconds).values())
+        with IdleWindow([b._apply_pid(), b._walsender_pid()]) as idle:
+            out["idle_statements_s"] = sum(count_idle_statements(
+                self.servers, self.dbs, self.args.idle_seconds).values())
+        out["idle_cpu_pct"] = idle.percent
         lat = b.latency()
         out["latency_p50_ms"], out["latency_p99_ms"] = lat["p50_ms"], lat["p99_ms"]
         ov = b.overhead()

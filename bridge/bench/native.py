@@ -10,6 +10,7 @@ sql/bench/logical.sql.
 from __future__ import annotations
 
 import math
+import os
 import re
 import threading
 import time
@@ -88,6 +89,31 @@ def count_idle_statements(servers: dict[str, Server], dbs: dict[str, str],
     if any(n < 0 for n in counts.values()):
         return {side: math.nan for side in counts}
     return {side: n / seconds for side, n in counts.items()}
+
+
+def cpu_seconds(pids: list[int | None]) -> float:
+    """User plus system CPU seconds the processes used so far (/proc/<pid>/stat)."""
+    total = 0
+    for pid in pids:
+        if pid is not None:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+class IdleWindow:
+    """CPU of the engine's processes (percent of one core) over the idle window."""
+
+    def __init__(self, pids: list[int | None]) -> None:
+        self.pids = pids
+
+    def __enter__(self) -> IdleWindow:
+        self.cpu, self.at = cpu_seconds(self.pids), time.monotonic()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.percent = (cpu_seconds(self.pids) - self.cpu) / (time.monotonic() - self.at) * 100
 
 
 def status_kb(pid: int) -> dict[str, int]:
