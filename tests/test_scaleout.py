@@ -64,8 +64,8 @@ def _shared(rig: Rig, procs: list, n: int, each: int | None = None) -> bool:
 def _write(rig: Rig, n: int, start: int, count: int) -> None:
     with psycopg.connect(rig.dsn["a"], autocommit=True) as c:
         for t in _tables(n):
-            c.execute(f"insert into {t} select g, 'v' || g from generate_series(%s::int, %s::int) g",
-                      (start, start + count - 1))
+            c.execute(f"insert into {t} select g, 'v' || g "
+                      "from generate_series(%s::int, %s::int) g", (start, start + count - 1))
 
 
 def _converged(rig: Rig, n: int) -> None:
@@ -116,8 +116,8 @@ def _writer(rig: Rig, n: int, stop: threading.Event, count: list[int]) -> None:
         while not stop.is_set():
             k = count[0]
             for t in _tables(n):
-                c.execute(f"insert into {t} select g, 'w' || g from generate_series(%s::int, %s::int) g",
-                          (k + 1, k + 10))
+                c.execute(f"insert into {t} select g, 'w' || g "
+                          "from generate_series(%s::int, %s::int) g", (k + 1, k + 10))
             count[0] = k + 10
 
 
