@@ -9,7 +9,9 @@ hub-wide jobs (webhook events, scheduled checks and resyncs, retention).
 Every heartbeat (engine/hub/lease.py Beat: the same one statement an idle
 bridge sends anyway) says which wanted locks are free and how many bridges of
 this link set are alive; `_share` then takes free links up to the bridge's fair
-share, ceil(links / live bridges), or gives back what is over it. A change ends
+share, ceil(links / live bridges), or gives back what is over it (and one more
+while another bridge holds fewer than floor(links / live bridges), which that
+one then takes: four links on three bridges run as 2, 1, 1, not 2, 2, 0). A change ends
 the term the way a SIGHUP reload does (batches in flight finish) and the next
 term runs the new set; a link given back is released only after the term's
 drains stopped (`_give_back`), so no two bridges ever drain a link at once. A
@@ -70,16 +72,22 @@ class Sharing(Reloading):
         if missing and beat.free.issuperset(missing) and await self._take_all(lease):
             log.info("event=coordinating links_in_set=%d", len(self.config.links))
             changed = True
-        share = math.ceil(len(self.config.links) / beat.live)
+        n = len(self.config.links)
+        share, floor = math.ceil(n / beat.live), n // beat.live
+        starving = beat.least is not None and beat.least < floor  # another holds too few
         mine = sorted(self.links)
-        if len(mine) > share:
-            back = set(mine[share:])
+        keep = share - 1 if starving and len(mine) == share > floor else share
+        if len(mine) > keep:
+            back = set(mine[keep:])
             self.links -= back
             self.give_back |= back
             log.info("event=links_given_back links=%s live_bridges=%d share=%d",
                      ",".join(sorted(back)), beat.live, share)
             return True
-        if len(mine) < share and (self.coordinating or self._link_set() not in beat.free):
+        # below its share a bridge takes free links, unless another holds fewer than
+        # the floor and this one has that many (the free ones are the other's to take)
+        if len(mine) < share and not (starving and len(mine) >= floor) and (
+                self.coordinating or self._link_set() not in beat.free):
             took = []
             for name in sorted(self.config.links):
                 if len(self.links) >= share:

@@ -164,20 +164,23 @@ def test_a_killed_bridges_links_move_to_the_survivor_under_writes(new_db, tmp_pa
 
 
 def test_a_third_bridge_joining_takes_a_share(new_db, tmp_path):
-    rig = _rig(new_db, tmp_path, 6)
+    """Four links on three bridges run as 2, 1, 1: a bridge holding fewer than
+    floor(links / bridges) gets one from a bridge at the ceiling."""
+    rig = _rig(new_db, tmp_path, 4)
     try:
         procs = [rig.start_bridge()]
-        wait_until(lambda: _shared(rig, procs, 6), EVENTUALLY, "the first bridge")
+        wait_until(lambda: _shared(rig, procs, 4), EVENTUALLY, "the first bridge")
         procs.append(rig.start_bridge())
-        wait_until(lambda: _shared(rig, procs, 6, each=3), EVENTUALLY, "three links each")
-        _write(rig, 6, 1, 200)
+        wait_until(lambda: _shared(rig, procs, 4, each=2), EVENTUALLY, "two links each")
+        _write(rig, 4, 1, 200)
         procs.append(rig.start_bridge())
-        wait_until(lambda: _shared(rig, procs, 6, each=2), EVENTUALLY,
-                   "two links each of three bridges")
-        _write(rig, 6, 201, 200)
-        _converged(rig, 6)
+        wait_until(lambda: _shared(rig, procs, 4) and sorted(
+            len(_holdings(rig)[p.pid]) for p in procs) == [1, 1, 2], EVENTUALLY,
+            "the third bridge holding a share")
+        _write(rig, 4, 201, 200)
+        _converged(rig, 4)
         rig.wait_drained()
-        _assert_each_key_applied_once(rig, 6)
+        _assert_each_key_applied_once(rig, 4)
         assert all(p.poll() is None for p in procs)
     finally:
         rig.close()

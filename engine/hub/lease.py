@@ -47,6 +47,7 @@ class Beat:
     free: set[str]  # the wanted locks nobody holds
     stale: list[int]  # hub backends holding a wanted lock for a bridge that stopped beating
     live: int  # bridges of this link set whose lock session is alive, this one included
+    least: int | None  # the fewest links another of them holds (None: no other)
 
 
 class Lease:
@@ -85,7 +86,8 @@ class Lease:
                                         for r in kinds.get("hold", [])]),
                     "upkeep" in kinds, {r["link"] for r in kinds.get("free", [])},
                     [r["n"] for r in kinds.get("stale", [])],
-                    max([1, *(r["n"] for r in kinds.get("live", []))]))
+                    max([1, *(r["n"] for r in kinds.get("live", []))]),
+                    min((r["n"] for r in kinds.get("least", [])), default=None))
 
     async def publish_link_options(self, hours: dict[str, str | None]) -> None:
         """At the start of a term: each link's active_hours, with the zone they are read

@@ -11,7 +11,8 @@
 -- is polled), 'free' (a wanted lock nobody holds), 'stale' (the hub backend holding a
 -- wanted lock for a bridge that missed two beats: a stopped or hung process keeps its
 -- session; a backend younger than that may be a bridge that has not beaten yet),
--- 'live' (n: bridges of this link set whose lock session is alive, this one included).
+-- 'live' (n: bridges of this link set whose lock session is alive, this one included),
+-- 'least' (n: the fewest links one of the others holds; no row without others).
 with beat as (
     insert into sync.bridges (instance, host, pid, role, heartbeat_interval, backend_pid,
                               link_set, links)
@@ -35,6 +36,11 @@ with beat as (
        and l.database = (select oid from pg_database where datname = current_database())
 ), wanted as (
     select w.name, hashtext(w.name)::bigint as key from unnest($9::text[]) w(name)
+), peers as (  -- the other live bridges of this link set
+    select b.links from sync.bridges b
+     where b.link_set = $7 and b.instance <> $1
+       and b.heartbeat > clock_timestamp() - 2 * b.heartbeat_interval
+       and exists (select 1 from pg_stat_activity a where a.pid = b.backend_pid)
 )
 select 'hold' as kind, link, held_reason, rate_limit, null::bigint as n from sync.link_holds
  where held_reason is not null or rate_limit is not null
@@ -54,10 +60,10 @@ select distinct 'stale', null::text, null::text, null::float8, l.pid::bigint
    and not exists (select 1 from sync.bridges b where b.backend_pid = l.pid
                       and b.heartbeat > clock_timestamp() - 2 * b.heartbeat_interval)
 union all
-select 'live', null, null, null, 1 + count(*) from sync.bridges b
- where b.link_set = $7 and b.instance <> $1
-   and b.heartbeat > clock_timestamp() - 2 * b.heartbeat_interval
-   and exists (select 1 from pg_stat_activity a where a.pid = b.backend_pid)
+select 'live', null, null, null, 1 + count(*) from peers
+union all
+select 'least', null, null, null, min(coalesce(cardinality(links), 0)) from peers
+having count(*) > 0
 
 -- name: forget_bridge
 -- Hub: this bridge stops; it is gone at once, not after missed heartbeats.
