@@ -13,6 +13,7 @@ drain.
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from pathlib import Path
 
@@ -30,6 +31,16 @@ BRIDGES = (1, 2)  # the figures printed: catch-up on one bridge, then on two
 
 def _tables() -> list[str]:
     return [f"bench_scale_{i}" for i in range(LINKS)]
+
+
+def _cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) a process used so far; NaN off Linux. It tells a
+    bridge-bound catch-up (the bridges' CPU near the wall time) from a server-bound one."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class ScaleOut:
@@ -68,8 +79,9 @@ class ScaleOut:
             return sum(c.execute(SQL.compose("count", table=t)).fetchone()[0]
                        for t in _tables())
 
-    def catchup(self, bridges: int) -> float:
-        """Rows/s of the paused backlog drained by `bridges` bridges sharing the links."""
+    def catchup(self, bridges: int) -> tuple[float, float]:
+        """Rows/s of the paused backlog drained by `bridges` bridges sharing the links,
+        and the bridges' CPU seconds per wall second meanwhile."""
         self._reset()
         per_link = max(100, self.args.rows // LINKS)
         self._backlog(per_link)
@@ -77,6 +89,7 @@ class ScaleOut:
         holders = SQL["holders"]
         wait_until(lambda: self.rig.query("a", holders)[0] == (LINKS, bridges), 120,
                    f"{bridges} bridge(s) sharing the {LINKS} links")
+        cpu = sum(_cpu_seconds(p.pid) for p in procs)
         start = time.monotonic()
         with psycopg.connect(self.rig.dsn["a"], autocommit=True) as c:
             for t in _tables():
@@ -84,19 +97,23 @@ class ScaleOut:
         total = per_link * LINKS
         wait_until(lambda: self._arrived() >= total, 600, "the backlog on the target", 0.05)
         took = time.monotonic() - start
+        cpu = sum(_cpu_seconds(p.pid) for p in procs) - cpu
         for proc in procs:
             self.rig.proc = proc
             self.rig.stop_bridge()
-        return total / took
+        return total / took, cpu / took
 
 
 def scaleout(args: argparse.Namespace, dsn_a: str, dsn_b: str, workdir: Path
              ) -> dict[str, float]:
     """Both figures of one run: catch-up rows/s on one bridge and on two."""
     bench = ScaleOut(args, dsn_a, dsn_b, workdir)
+    figures: dict[str, float] = {}
     try:
-        figures = {f"rows_per_s_{n}_bridge{'s' if n > 1 else ''}": bench.catchup(n)
-                   for n in BRIDGES}
+        for n in BRIDGES:
+            name = f"{n}_bridge{'s' if n > 1 else ''}"
+            figures[f"rows_per_s_{name}"], figures[f"bridge_cpu_per_s_{name}"] = \
+                bench.catchup(n)
     finally:
         bench.rig.close()
     figures["speedup"] = figures["rows_per_s_2_bridges"] / figures["rows_per_s_1_bridge"]
