@@ -205,6 +205,7 @@ class Bridge(Sharing, Upkeep):
                 await self._apply_pending(lease)
                 await self._give_back(lease)
             await self._share(lease, await self._beat(lease))
+            await self._give_back(lease)  # between terms: no drain runs
             if self.links or self.coordinating:
                 return
             if not announced:
