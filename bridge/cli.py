@@ -248,7 +248,8 @@ def _bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dsn-b", help="target database (default: embedded PostgreSQL)")
     p.add_argument("--only", default="bulk,latency,catchup,overhead",
                    help="comma-separated parts: bulk, latency, catchup, overhead, "
-                        "webhooks (signed requests through the webhook app)")
+                        "webhooks (signed requests through the webhook app), scaleout "
+                        "(catch-up across 8 links on 1 bridge vs 2)")
     p.add_argument("--concurrency", type=int, default=32, help="webhooks: parallel senders")
     p.add_argument("--direction", choices=("a_to_b", "both"), default="a_to_b",
                    help="link direction (both = with conflict checking)")

@@ -1,11 +1,15 @@
 """The bridge: one asyncio process that keeps every link drained.
 
 Shape of a run (this module: the process, leadership and terms):
-- take the configuration's advisory lock on the hub (engine/hub/lease.py),
-  else wait as a hot standby, heartbeating, until the active bridge dies;
-- a term of leadership runs named tasks: LISTEN per source peer and one drain
-  loop per link (bridge/draining.py), the stats, control and webhook loops
-  (bridge/upkeep.py), and the leader guard here;
+- take the locks of a fair share of the configuration's links on the hub, and
+  the coordinator lock if it is free (bridge/sharing.py, engine/hub/lease.py);
+  holding none, wait as a hot standby, heartbeating, until a bridge dies or
+  a share is free;
+- a term runs named tasks: LISTEN per source peer and one drain loop per held
+  link (bridge/draining.py), the stats and control loops, the webhook loop and
+  scheduled checks when coordinating (bridge/upkeep.py), and the leader guard
+  here, whose heartbeat also takes or gives back links (a change of the set
+  ends the term as a reload does; the next term runs the new set);
 - a lost leadership cancels every loop of the term at once; the bridge then
   tries to lead again;
 - SIGTERM/SIGINT: stop claiming, let the batch in flight finish, exit 0.
@@ -45,7 +49,8 @@ from syncbridge.engine.contract import Drain
 from syncbridge.engine.hub.lease import Lease, lock_key
 from syncbridge.engine.validate import shapes
 
-from .reload import Plan, Reloading
+from .reload import Plan
+from .sharing import Sharing
 from .upkeep import Upkeep
 from .waits import HUB_ERRORS, retryable, wait_any
 
@@ -60,7 +65,7 @@ class LostLeadership(Exception):
     """The hub connection holding the advisory lock is gone: stop draining."""
 
 
-class Bridge(Reloading, Upkeep):
+class Bridge(Sharing, Upkeep):
     """The process: leadership, terms, signals, health (see the module docstring)."""
 
     def __init__(self, config: Config, hup: asyncio.Event | None = None) -> None:
@@ -93,6 +98,9 @@ class Bridge(Reloading, Upkeep):
         self.pending: Plan | None = None  # a validated reload, applied between terms
         self.lock_keys = [lock_key(list(config.links))]  # every link set run, in order
         self.held: set[str] = set()  # the lock_keys this hub session holds
+        self.links: set[str] = set()  # the links whose lock it holds (bridge/sharing.py)
+        self.give_back: set[str] = set()  # links released once this term's drains stop
+        self.regroup = False  # the term ends: the set of held links or locks changed
 
     # -- lifecycle --------------------------------------------------------
     async def run(self) -> None:
@@ -170,46 +178,52 @@ class Bridge(Reloading, Upkeep):
                                      server_settings={"application_name": "syncbridge-leader"})
         lease = Lease(conn, self.instance, self.lock_keys[0], self.hb)
         try:
-            await self._wait_for_lock(lease)
             while not self.stop.is_set():
+                await self._wait_for_work(lease)
                 while self.pending is not None:
                     await self._apply_pending(lease)
+                    await self._give_back(lease)
                 self.halt = asyncio.Event()
+                self.regroup = False
                 if self.stop.is_set():
                     break
                 await self._active(lease)
+                await self._give_back(lease)  # the term's drains stopped
         finally:
             self.role = "starting"
             if not conn.is_closed():  # a clean stop: gone from sync.bridges at once
                 with contextlib.suppress(*HUB_ERRORS):
                     await lease.forget()
             conn.terminate()
-            self.held = set()  # the session's locks went with it
+            self.held, self.links, self.give_back = set(), set(), set()  # gone with the session
 
-    async def _wait_for_lock(self, lease: Lease) -> None:
+    async def _wait_for_work(self, lease: Lease) -> None:
+        """Beat until this bridge holds links or coordinates (a hot standby meanwhile)."""
         announced = False
         while not self.stop.is_set():
             while self.pending is not None:  # a standby reloads too: it waits for the new locks
                 await self._apply_pending(lease)
-            if await self._take_all(lease):
+                await self._give_back(lease)
+            await self._share(lease, await self._beat(lease))
+            await self._give_back(lease)  # between terms: no drain runs
+            if self.links or self.coordinating:
                 return
             if not announced:
                 log.info("event=standby instance=%s", self.instance)
                 self.role = "standby"
                 sdnotify.notify("READY=1\nSTATUS=standby")
                 announced = True
-            await lease.beat(self.role)
             self.ticks = {"standby": time.monotonic()}
-            await lease.fence_stale()
             await self._sleep(self.hb)
 
     async def _active(self, lease: Lease) -> None:
         self.role = "active"
         self.lease = lease
         self.lost: str | None = None  # why the leadership was lost, once it is
-        await lease.beat(self.role)  # before connecting: a standby sees us alive
+        await self._beat(lease)  # before connecting: a standby sees us alive
         self.leader_ok_at = time.monotonic()
-        log.info("event=active instance=%s links=%d", self.instance, len(self.shapes))
+        log.info("event=active instance=%s links=%d of=%d coordinator=%s", self.instance,
+                 len(self.links), len(self.shapes), "yes" if self.coordinating else "no")
         self.ticks = {}
         self.paused, self.rates, self.quiet, self.depths = {}, {}, set(), {}
         self.upkeep.set()  # look for retries and resolutions once at the start of a term
@@ -238,8 +252,8 @@ class Bridge(Reloading, Upkeep):
                 raise LostLeadership(self.lost)
         finally:
             self.halt.set()
-            await self._shutdown(tasks, stopper,
-                                 graceful and (self.stop.is_set() or self.pending is not None))
+            await self._shutdown(tasks, stopper, graceful and (
+                self.stop.is_set() or self.pending is not None or self.regroup))
             self.lease = None
             await self._close_pools()
             self.drains.clear()
@@ -249,8 +263,9 @@ class Bridge(Reloading, Upkeep):
         loops = [("leader", self._guard_leadership(lease))]
         loops += [(f"listen:{p}", self._listen(p)) for p in self._source_peers()]
         loops += [(f"drain:{link}", self._drain_loop(ds)) for link, ds in self._by_link().items()]
-        loops += [("stats", self._stats_loop()), ("control", self._control_loop()),
-                  ("extra", self._extra_loops())]
+        loops += [("stats", self._stats_loop()), ("control", self._control_loop())]
+        if self.coordinating:  # the hub-wide jobs: one bridge runs them
+            loops.append(("extra", self._extra_loops()))
         return [asyncio.create_task(coro, name=name) for name, coro in loops]
 
     async def _term_ends(self) -> None:
@@ -287,16 +302,19 @@ class Bridge(Reloading, Upkeep):
 
     async def _check_leader(self, lease: Lease) -> None:
         try:
-            controls, upkeep = await lease.beat(self.role, self._quiet_directions())
+            beat = await self._beat(lease, self._quiet_directions())
+            self.leader_ok_at = time.monotonic()
+            if await self._share(lease, beat):  # links taken or given back: the next term
+                self.regroup = True
+                self.halt.set()
         except Exception as e:
             if not retryable(e):
                 raise
             self.lost = errors.describe(e)
             self.halt.set()
             raise LostLeadership(self.lost) from e
-        self.leader_ok_at = time.monotonic()
-        self._set_controls(controls)
-        if upkeep:
+        self._set_controls(beat.controls)
+        if beat.upkeep:
             self.upkeep.set()
             self.resyncs.set()
 

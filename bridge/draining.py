@@ -56,6 +56,7 @@ class Draining(LinkControls, Listening):
 
     config: Config
     shapes: dict[str, LinkShape]
+    links: set[str]  # the links whose lock this bridge holds: the only ones it drains
     pools: dict[str, asyncpg.Pool]
     mssql: dict[str, Any]
     drains: list[Drain]
@@ -94,6 +95,8 @@ class Draining(LinkControls, Listening):
         self.drains = []
         self.batch_gate = asyncio.Semaphore(HELD_AT_ONCE)
         for shape in self.shapes.values():
+            if shape.link.name not in self.links:  # another bridge holds it (bridge/sharing.py)
+                continue
             for src, dst in shape.link.directions():
                 d = self._make_drain(shape, src, dst)
                 self.drains.append(d)

@@ -13,7 +13,9 @@ The lock's name follows the set of links (engine/hub/lease.py lock_key): a
 leading bridge takes the new set's lock before it applies the plan (refused
 if another bridge holds it) and keeps every lock it took, so no bridge started
 with the old or the new file leads beside it. A standby takes them all or
-none. docs/topologies.md "Reloading" has the operator's side.
+none. The links a bridge holds (bridge/sharing.py) are kept through a reload;
+those the new file removes are let go once the term's drains stopped.
+docs/topologies.md "Reloading" has the operator's side.
 
 Also here: what the bridge says at start about webhook sources it does not drain.
 """

@@ -3,8 +3,10 @@
 Every `stats_interval` the stats loop samples queue depths into the hub,
 turns sync.retry_dead() requests into signals, enacts resolved conflicts,
 sends canaries and prunes — each step is a function of engine/hub/, this
-module only schedules them. The webhook loop applies events the webhook app
-queued on the hub; scheduled checks run beside it (engine/reconcile/schedule.py).
+module only schedules them. Samples, canaries, retries and resolutions are
+each bridge's for the links it holds; retention, the webhook loop (events the
+webhook app queued on the hub) and scheduled checks beside it
+(engine/reconcile/schedule.py) are the coordinator's (bridge/sharing.py).
 `Upkeep` is a part of bridge.daemon.Bridge.
 """
 
@@ -34,6 +36,7 @@ class Upkeep(Draining):
     metrics: metrics.Metrics
     resyncs: asyncio.Event
     mssql: dict[str, Any]
+    coordinating: bool  # runs the hub-wide jobs (bridge/sharing.py)
 
     async def _stats_loop(self) -> None:
         hub = self.pools[self.config.hub]
@@ -57,7 +60,7 @@ class Upkeep(Draining):
                 if due("canary"):  # lag of directions carrying traffic; quiet ones send none
                     for d in await report.send_canaries(hub, busy, self.paused):
                         self._wake(d.link.name, d.src)
-                if due("prune"):
+                if due("prune") and self.coordinating:
                     await prune.prune(self.config, hub, self._postgres_sinks())
                 if self.config.setting("metrics"):
                     self.metrics.update(await report.status_rows(hub))
@@ -86,16 +89,19 @@ class Upkeep(Draining):
     async def _upkeep(self, hub: asyncpg.Pool) -> None:
         """What an operator asked for: dead-letter retries, resolved conflicts."""
         try:
-            await dead_letters.retry_requested(hub, self.config, self.pools, self._wake)
-            await resolutions.enact(hub, self.shapes, self.pools, self.drains, self._wake,
-                                    self.mssql)
+            await dead_letters.retry_requested(hub, self.config, self.pools, self._wake,
+                                               self.links)
+            held = {name: s for name, s in self.shapes.items() if name in self.links}
+            await resolutions.enact(hub, held, self.pools, self.drains, self._wake, self.mssql)
         except BaseException:
             self.upkeep.set()  # not done: again next round
             raise
 
     def _postgres_sinks(self) -> dict[str, asyncpg.Pool]:
-        """The Postgres peers some drain writes (their sync.applied_batches is pruned)."""
-        peers = {d.link.side(d.dst).peer for d in self.drains}
+        """The Postgres peers some link writes (their sync.applied_batches is pruned;
+        by the coordinator, whichever bridge drains the link)."""
+        peers = {link.side(dst).peer for link in self.config.links.values()
+                 for _src, dst in link.directions()}
         return {p: self.pools[p] for p in peers if p in self.pools}
 
     async def _extra_loops(self) -> None:

@@ -9,7 +9,9 @@
 (c) catch-up: the same rows written while the bridge is stopped, then rows/s
     to drain them from bridge start;
 (d) write overhead: pgbench transactions/s of inserts and updates without
-    capture, with capture, and with capture but no NOTIFY, at 1 and 4 clients.
+    capture, with capture, and with capture but no NOTIFY, at 1 and 4 clients;
+(e) scaleout (only when asked): catch-up of a backlog split across 8 links,
+    on 1 bridge and on 2 sharing the links (bridge/bench/scaleout.py).
 Runs on the embedded PostgreSQL unless --dsn-a/--dsn-b are given.
 """
 
@@ -102,6 +104,14 @@ class Bench:
         self.rig.start_bridge()
         wait_until(lambda: self._target_count() >= n, 600, "catch-up rows on the target", 0.02)
         return {"rows_per_s": n / (time.monotonic() - start)}
+
+    def scaleout(self) -> dict[str, float]:
+        """Catch-up of a backlog across 8 links on 1 bridge, then 2 (bench/scaleout.py)."""
+        from syncbridge.bridge.bench.scaleout import scaleout
+
+        self.reset()
+        return scaleout(self.args, self.rig.dsn["a"], self.rig.dsn["b"],
+                        self.rig.workdir / "scaleout")
 
     def latency(self) -> dict[str, float]:
         self.reset()
@@ -236,7 +246,8 @@ def main(args: argparse.Namespace) -> int:
 
         return bench_logical.main(args)
     parts = [p.strip() for p in args.only.split(",") if p.strip()]
-    unknown = set(parts) - {"bulk", "latency", "catchup", "overhead", "webhooks"}
+    unknown = set(parts) - {"bulk", "latency", "catchup", "overhead", "webhooks",
+                           "scaleout"}
     if unknown:
         raise SystemExit(f"syncbridge bench: unknown part(s): {', '.join(sorted(unknown))}")
     from syncbridge.engine.embedded import EmbeddedPostgres

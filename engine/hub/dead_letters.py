@@ -12,7 +12,7 @@ The table and sync.retry_dead() are defined in migrations/postgres/."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 import asyncpg
 
@@ -38,13 +38,15 @@ async def open_sides(hub: asyncpg.Pool) -> set[tuple[str, str]]:
 
 
 async def retry_requested(hub: asyncpg.Pool, config: Config, pools: dict[str, asyncpg.Pool],
-                          wake: Callable[[str, str], None]) -> None:
-    """Turn sync.retry_dead() requests into fresh signals at their Postgres source.
+                          wake: Callable[[str, str], None],
+                          links: Collection[str] | None = None) -> None:
+    """Turn sync.retry_dead() requests into fresh signals at their Postgres source
+    (`links`: only those of these links, the ones this bridge drains).
 
     A SQL Server source has no queue: its drain re-reads the key itself."""
     for r in await hub.fetch(SQL["retry_requests"]):
         link = config.links.get(r["link"])
-        if link is None:
+        if link is None or links is not None and r["link"] not in links:
             continue
         source = pools.get(link.side(r["source_side"]).peer)
         if source is None:

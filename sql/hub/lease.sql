@@ -1,18 +1,27 @@
--- Leadership of the bridge: the advisory lock, heartbeats in sync.bridges (engine/hub/lease.py).
+-- Leadership of the bridge: the advisory locks (its link set's, one per link), heartbeats in
+-- sync.bridges (engine/hub/lease.py).
 
 -- name: heartbeat
--- Hub, once per heartbeat interval, the bridge's only statement while idle: this bridge
--- is alive (gone after two missed beats); the depth samples of its quiet directions
--- ($6: [{link, side}] woken by NOTIFY, nothing queued at their last sample, nothing
--- claimed since) stay fresh; returns the held links and the rate limits
--- (sync.link_holds: paused, or outside active_hours), and a row with no link when
--- the bridge has upkeep to do (so none of that is polled either).
+-- Hub, once per heartbeat interval, the bridge's only statement while idle (lease.Beat).
+-- ($6: [{link, side}] quiet directions woken by NOTIFY, nothing queued at their last
+-- sample, nothing claimed since, whose sample stays fresh; $7: its link set
+-- (lease.lock_key); $8: the links it holds; $9: the lock names it wants and does not
+-- hold.) Rows by kind: 'hold' (sync.link_holds: paused, outside active_hours, rate
+-- limits), 'upkeep' (dead-letter retries, resolutions or a resync wait: none of that
+-- is polled), 'free' (a wanted lock nobody holds), 'stale' (the hub backend holding a
+-- wanted lock for a bridge that missed two beats: a stopped or hung process keeps its
+-- session; a backend younger than that may be a bridge that has not beaten yet),
+-- 'live' (n: bridges of this link set whose lock session is alive, this one included),
+-- 'least' (n: the fewest links one of the others holds; no row without others).
 with beat as (
-    insert into sync.bridges (instance, host, pid, role, heartbeat_interval)
-    values ($1, $2, $3, $4, make_interval(secs => $5))
+    insert into sync.bridges (instance, host, pid, role, heartbeat_interval, backend_pid,
+                              link_set, links)
+    values ($1, $2, $3, $4, make_interval(secs => $5), pg_backend_pid(), $7, $8)
     on conflict (instance) do update
        set role = excluded.role, heartbeat = clock_timestamp(),
-           heartbeat_interval = excluded.heartbeat_interval
+           heartbeat_interval = excluded.heartbeat_interval,
+           backend_pid = excluded.backend_pid, link_set = excluded.link_set,
+           links = excluded.links
 ), quiet as (
     update sync.link_state s set sampled_at = clock_timestamp()
       from jsonb_to_recordset($6::jsonb) q(link text, side text)
@@ -20,31 +29,45 @@ with beat as (
 ), gone as (  -- rows of bridges gone for a minute
     delete from sync.bridges
      where heartbeat < clock_timestamp() - greatest(interval '1 minute', 2 * heartbeat_interval)
+), locks as (  -- the advisory locks granted in this database, and their backends
+    select (l.classid::bigint << 32) | l.objid::bigint as key, l.pid, a.backend_start
+      from pg_locks l join pg_stat_activity a on a.pid = l.pid
+     where l.locktype = 'advisory' and l.granted and l.objsubid = 1
+       and l.database = (select oid from pg_database where datname = current_database())
+), wanted as (
+    select w.name, hashtext(w.name)::bigint as key from unnest($9::text[]) w(name)
+), peers as (  -- the other live bridges of this link set
+    select b.links from sync.bridges b
+     where b.link_set = $7 and b.instance <> $1
+       and b.heartbeat > clock_timestamp() - 2 * b.heartbeat_interval
+       and exists (select 1 from pg_stat_activity a where a.pid = b.backend_pid)
 )
-select link, held_reason, rate_limit from sync.link_holds
+select 'hold' as kind, link, held_reason, rate_limit, null::bigint as n from sync.link_holds
  where held_reason is not null or rate_limit is not null
-union all  -- a row with no link: an operator asked for dead-letter retries, resolutions
-select null, null, null  -- or a resync
+union all
+select 'upkeep', null, null, null, null
  where exists (select 1 from sync.dead_letter where status = 'retry')
     or exists (select 1 from sync.conflicts where status = 'resolving')
     or exists (select 1 from sync.backfill_runs where status = 'requested')
+union all
+select 'free', w.name, null, null, null from wanted w
+ where not exists (select 1 from locks l where l.key = w.key)
+union all
+select distinct 'stale', null::text, null::text, null::float8, l.pid::bigint
+  from wanted w join locks l on l.key = w.key
+ where l.pid <> pg_backend_pid()
+   and l.backend_start < clock_timestamp() - make_interval(secs => 2 * $5)
+   and not exists (select 1 from sync.bridges b where b.backend_pid = l.pid
+                      and b.heartbeat > clock_timestamp() - 2 * b.heartbeat_interval)
+union all
+select 'live', null, null, null, 1 + count(*) from peers
+union all
+select 'least', null, null, null, min(coalesce(cardinality(links), 0)) from peers
+having count(*) > 0
 
 -- name: forget_bridge
 -- Hub: this bridge stops; it is gone at once, not after missed heartbeats.
 delete from sync.bridges where instance = $1
-
--- name: stale_leader
--- Hub: the backend holding the bridge's advisory lock ($1) when no active bridge has
--- beaten for two intervals (a stopped or hung process keeps its session and lock);
--- a backend younger than that may be a bridge that has not beaten yet.
-select l.pid from pg_locks l join pg_stat_activity a on a.pid = l.pid
- where l.locktype = 'advisory' and l.granted and l.objsubid = 1
-   and l.database = (select oid from pg_database where datname = current_database())
-   and ((l.classid::bigint << 32) | l.objid::bigint) = hashtext($1)::bigint
-   and a.backend_start < clock_timestamp() - make_interval(secs => 2 * $2)
-   and not exists (select 1 from sync.bridges b
-                    where b.role = 'active'
-                      and b.heartbeat > clock_timestamp() - 2 * b.heartbeat_interval)
 
 -- name: try_lock
 -- Hub: take the configuration's advisory lock if free (held by the session: a dead

@@ -53,7 +53,10 @@ create table sync.bridges (
     role text not null,
     started_at timestamp with time zone not null default clock_timestamp(),
     heartbeat timestamp with time zone not null default clock_timestamp(),
-    heartbeat_interval interval not null default '00:00:02'::interval
+    heartbeat_interval interval not null default '00:00:02'::interval,
+    backend_pid integer,
+    link_set text,
+    links text[]
 );
 alter table sync.bridges add constraint bridges_pkey PRIMARY KEY (instance);
 -- grants on sync.bridges: default
@@ -299,9 +302,14 @@ create view sync.status as
             b.role,
             b.started_at,
             b.heartbeat,
-            b.heartbeat_interval
+            b.heartbeat_interval,
+            b.backend_pid,
+            b.link_set,
+            b.links
            FROM sync.bridges b
-          WHERE b.heartbeat > (clock_timestamp() - 2::double precision * b.heartbeat_interval)
+          WHERE b.heartbeat > (clock_timestamp() - 2::double precision * b.heartbeat_interval) AND (b.backend_pid IS NULL OR (EXISTS ( SELECT 1
+                   FROM pg_stat_activity a
+                  WHERE a.pid = b.backend_pid)))
         ), base AS (
          SELECT k.link,
             k.source_side,
@@ -328,7 +336,10 @@ create view sync.status as
             c.rate_limit,
             (EXISTS ( SELECT 1
                    FROM live
-                  WHERE live.role = 'active'::text)) AS bridge_alive
+                  WHERE live.role = 'active'::text AND (live.links IS NULL OR (k.link = ANY (live.links))))) AS bridge_alive,
+            ( SELECT string_agg((live.host || ':'::text) || live.pid, ', '::text ORDER BY live.host, live.pid) AS string_agg
+                   FROM live
+                  WHERE live.role = 'active'::text AND (k.link = ANY (live.links))) AS held_by
            FROM sides k
              LEFT JOIN sync.link_state s ON s.link = k.link AND s.source_side = k.source_side
              LEFT JOIN sync.link_holds c ON c.link = k.link
@@ -361,6 +372,7 @@ create view sync.status as
             b.paused_reason,
             b.rate_limit,
             b.bridge_alive,
+            b.held_by,
                 CASE
                     WHEN b.local THEN b.q_queued
                     ELSE COALESCE(b.queued, 0::bigint)
@@ -437,7 +449,8 @@ create view sync.status as
           WHERE c.kind = 'link'::text AND c.name = f.link) AS last_check,
     ( SELECT string_agg((((((b.role || ' '::text) || b.host) || ':'::text) || b.pid) || ' '::text) || to_char(b.heartbeat, 'HH24:MI:SS'::text), ', '::text ORDER BY b.role, b.host) AS string_agg
            FROM live b) AS bridges,
-    rate_limit
+    rate_limit,
+    held_by
    FROM facts f
   ORDER BY link, source_side;
 -- grants on sync.status: default
