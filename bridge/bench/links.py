@@ -19,6 +19,7 @@ per link for `--seconds`. It reports
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import threading
 import time
@@ -46,11 +47,46 @@ def table_name(i: int) -> str:
     return f"bench_links_{i:03d}"
 
 
+def _stat(pid: int) -> list[str]:
+    """/proc/<pid>/stat from its third field on (the state; stat(5) numbers it 3)."""
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rpartition(")")[2].split()
+
+
 def cpu_seconds(pid: int) -> float:
     """utime + stime of a process (every thread of it) from /proc/<pid>/stat."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rpartition(")")[2].split()
+    fields = _stat(pid)
     return (int(fields[11]) + int(fields[12])) / TICKS  # fields 14 and 15 of stat(5)
+
+
+def postmasters(dsns: list[str]) -> set[int]:
+    """The local PostgreSQL servers behind `dsns` (a backend's parent); empty when one
+    is not on this machine."""
+    found = set()
+    for dsn in dsns:
+        with psycopg.connect(dsn) as c:  # read while the backend lives
+            backend = c.execute("select pg_backend_pid()").fetchone()[0]
+            try:
+                found.add(int(_stat(backend)[1]))
+            except OSError:  # another machine's (or another namespace's) server
+                return set()
+    return found
+
+
+def server_cpu_seconds(postmaster: int) -> float:
+    """CPU of a server: its live processes' utime + stime, and its reaped ones' (the
+    postmaster's cutime + cstime), so a backend that exits meanwhile still counts."""
+    own = _stat(postmaster)
+    total = sum(int(x) for x in own[11:15])
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                fields = _stat(int(entry))
+            except OSError:  # gone meanwhile: its time is in the postmaster's cutime
+                continue
+            if fields[1] == str(postmaster):
+                total += int(fields[11]) + int(fields[12])
+    return total / TICKS
 
 
 class LinksBench:
@@ -93,12 +129,14 @@ class LinksBench:
         try:
             pid = self.rig.proc.pid
             self._settle(pid)
-            cpu_before, at = cpu_seconds(pid), time.monotonic()
+            servers = postmasters(list(self.rig.dsn.values()))
+            before = self._cpu(pid, servers)
+            at = time.monotonic()
             with RssSampler([pid]) as rss:
                 written, wrote_s = self._write()
                 wait_until(lambda: self._arrived() >= written, ARRIVAL_TIMEOUT + wrote_s,
                            "every row on the sink", 0.1)
-                cpu = cpu_seconds(pid) - cpu_before
+                cpu = [b - a for a, b in zip(before, self._cpu(pid, servers), strict=True)]
                 busy_s = time.monotonic() - at
             return self._figures(written, wrote_s, cpu, busy_s, rss.peak_kb)
         finally:
@@ -116,20 +154,29 @@ class LinksBench:
 
         wait_until(quiet, 60, "the bridge to settle after its start", SETTLE_EVERY)
 
-    def _figures(self, written: int, wrote_s: float, cpu: float, busy_s: float,
+    @staticmethod
+    def _cpu(pid: int, servers: set[int]) -> tuple[float, float]:
+        """CPU seconds so far of the bridge, and of the servers (nan: not local)."""
+        server = sum(server_cpu_seconds(p) for p in servers) if servers else math.nan
+        return cpu_seconds(pid), server
+
+    def _figures(self, written: int, wrote_s: float, cpu: list[float], busy_s: float,
                  peak_kb: int) -> dict[str, float]:
         rows, p50, p99, worst, span = self.rig.query("b", SQL["lag"])[0]
         batches = self.rig.query("b", SQL["batches"])[0][0]
+        gap = self.rig.query("b", SQL["batch_gaps"])[0][0]
         return {
             "links": self.args.links, "idle_links": self.args.idle_links,
             "offered_rows_per_s": float(self.args.links * self.args.rate),
             "written_rows_per_s": written / wrote_s,
             "applied_rows_per_s": rows / float(span),
             "lag_p50_ms": float(p50), "lag_p99_ms": float(p99), "lag_max_ms": float(worst),
-            "rows": rows, "missing_rows": self._missing(),
+            "rows_written": written, "rows_applied": rows, "missing_rows": self._missing(),
             "rows_per_batch": rows / max(batches, 1),
-            "bridge_cpu_s_per_1k_rows": cpu / rows * 1000,
-            "bridge_cpu_share_of_core": cpu / busy_s,
+            "link_batch_gap_p50_ms": math.nan if gap is None else float(gap),
+            "bridge_cpu_s_per_1k_rows": cpu[0] / rows * 1000,
+            "bridge_cpu_share_of_core": cpu[0] / busy_s,
+            "servers_cpu_s_per_1k_rows": cpu[1] / rows * 1000,
             "bridge_peak_rss_mb": peak_kb / 1024,
         }
 

@@ -70,3 +70,11 @@ select count(*),
 -- name: batches
 -- Sink: batches the bridge applied (sync.applied_batches keeps one row each).
 select count(*) from sync.applied_batches
+
+-- name: batch_gaps
+-- Sink: median ms between one link's consecutive batches (how often each link gets its turn).
+select percentile_disc(0.5) within group (order by gap)
+  from (select extract(epoch from applied_at - lag(applied_at)
+                       over (partition by link order by applied_at)) * 1000 as gap
+          from sync.applied_batches) s
+ where gap is not null
