@@ -67,9 +67,14 @@ def postmasters(dsns: list[str]) -> set[int]:
         with psycopg.connect(dsn) as c:  # read while the backend lives
             backend = c.execute("select pg_backend_pid()").fetchone()[0]
             try:
-                found.add(int(_stat(backend)[1]))
+                with open(f"/proc/{backend}/comm") as f:
+                    local = f.read().strip() == "postgres"
+                parent = int(_stat(backend)[1])
             except OSError:  # another machine's (or another namespace's) server
                 return set()
+        if not local:  # that pid here is some other program
+            return set()
+        found.add(parent)
     return found
 
 
