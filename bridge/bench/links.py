@@ -150,14 +150,17 @@ class LinksBench:
     def _settle(self, pid: int) -> None:
         """Until the bridge's start (first claim and depth sample of every link) is
         over: CPU is then the heartbeat's only, and the CPU measured is the rows'."""
-        last = [cpu_seconds(pid)]
+        last = (time.monotonic(), cpu_seconds(pid))
 
         def quiet() -> bool:
-            now = cpu_seconds(pid)
-            used, last[0] = now - last[0], now
+            nonlocal last
+            now = (time.monotonic(), cpu_seconds(pid))
+            if now[0] - last[0] < SETTLE_EVERY:  # CPU over a whole window, not an instant
+                return False
+            used, last = now[1] - last[1], now
             return used < SETTLE_CPU
 
-        wait_until(quiet, 60, "the bridge to settle after its start", SETTLE_EVERY)
+        wait_until(quiet, 60, "the bridge to settle after its start", SETTLE_EVERY / 5)
 
     @staticmethod
     def _cpu(pid: int, servers: set[int]) -> tuple[float, float]:
