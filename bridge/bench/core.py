@@ -9,7 +9,9 @@
 (c) catch-up: the same rows written while the bridge is stopped, then rows/s
     to drain them from bridge start;
 (d) write overhead: pgbench transactions/s of inserts and updates without
-    capture, with capture, and with capture but no NOTIFY, at 1 and 4 clients.
+    capture, with capture, and with capture but no NOTIFY, at 1 and 4 clients;
+(e) links (only when asked, --only links): many busy and idle links on one
+    bridge, lag and the bridge's CPU per row (bench/links.py).
 Runs on the embedded PostgreSQL unless --dsn-a/--dsn-b are given.
 """
 

@@ -99,6 +99,9 @@ class LinksBench:
 
     def __init__(self, args: argparse.Namespace, dsn_a: str, dsn_b: str,
                  workdir: Path) -> None:
+        if args.links < 1 or args.idle_links < 0 or args.rate < 1:
+            raise SystemExit("syncbridge bench: links needs --links >= 1, --rate >= 1 and "
+                             "--idle-links >= 0")
         self.args = args
         self.tables = [table_name(i) for i in range(args.links + args.idle_links)]
         self.rig = Rig(workdir, dsn_a, dsn_b, [{
