@@ -249,13 +249,19 @@ def _bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--only", default="bulk,latency,catchup,overhead",
                    help="comma-separated parts: bulk, latency, catchup, overhead, "
                         "webhooks (signed requests through the webhook app), scaleout "
-                        "(catch-up across 8 links on 1 bridge vs 2)")
+                        "(catch-up across 8 links on 1 bridge vs 2), links (many busy links "
+                        "on one bridge)")
     p.add_argument("--concurrency", type=int, default=32, help="webhooks: parallel senders")
     p.add_argument("--direction", choices=("a_to_b", "both"), default="a_to_b",
                    help="link direction (both = with conflict checking)")
     p.add_argument("--rows", type=int, default=100_000, help="rows for bulk and catch-up")
-    p.add_argument("--rate", type=int, default=200, help="latency: transactions per second")
-    p.add_argument("--seconds", type=float, default=30, help="latency: duration")
+    p.add_argument("--rate", type=int, help="latency: transactions per second (default 200); "
+                                            "links: rows per second per link (default 1000)")
+    p.add_argument("--seconds", type=float, help="latency, webhooks: duration (default 30); "
+                                                 "links: time writing (default 20)")
+    p.add_argument("--links", type=int, default=50, help="links: busy links (one table each)")
+    p.add_argument("--idle-links", type=int, default=0,
+                   help="links: extra links that carry nothing")
     p.add_argument("--overhead-seconds", type=int, default=5, help="each pgbench run")
     p.add_argument("--runs", type=int, default=1, help="repeat and report the median")
     p.add_argument("--no-notify", action="store_true", help="link with NOTIFY off (polling)")
@@ -265,7 +271,8 @@ def _bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compare", choices=("logical",),
                    help="run the workloads on syncbridge and on native logical replication "
                         "and print both with the ratio (ignores --only)")
-    p.add_argument("--json", metavar="FILE", help="--compare: write the figures as JSON")
+    p.add_argument("--json", metavar="FILE",
+                   help="write the figures (the medians with --runs) as JSON")
     p.add_argument("--idle-seconds", type=float, default=10,
                    help="--compare: idle window for counting statements in the server log")
 

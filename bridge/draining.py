@@ -141,10 +141,13 @@ class Draining(LinkControls, Listening):
         healthy LISTEN, nothing queued at their last sample, nothing claimed since.
         Their depth is not sampled (no statement to the source while idle); the
         heartbeat keeps their sync.status sample fresh instead."""
-        return sorted(k for k in self.quiet if self.depths.get(k) == 0)
+        return sorted(k for k in self.quiet if self._vouched(k))
 
-    def _vouched(self, d: Drain) -> bool:
-        return (d.link.name, d.src) in self._quiet_directions()
+    def _vouched(self, key: tuple[str, str]) -> bool:
+        """One direction (link, source side) of _quiet_directions. The stats round asks
+        it of every direction each interval: building the list for each was O(links²),
+        0.7 s of CPU a second with 1,000 idle links."""
+        return key in self.quiet and self.depths.get(key) == 0
 
     # -- wake-ups ------------------------------------------------------------
     def _source_peers(self) -> set[str]:

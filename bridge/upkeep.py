@@ -73,7 +73,7 @@ class Upkeep(Draining):
     async def _sample(self, hub: asyncpg.Pool) -> list[Drain]:
         """Sample the depth of every direction the bridge cannot vouch for (see
         Draining._quiet_directions); returns those directions. Idle: no statement."""
-        busy = [d for d in self.drains if not self._vouched(d)]
+        busy = [d for d in self.drains if not self._vouched((d.link.name, d.src))]
         if not busy:
             return []
         open_sides = await dead_letters.open_sides(hub)

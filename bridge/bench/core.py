@@ -11,7 +11,9 @@
 (d) write overhead: pgbench transactions/s of inserts and updates without
     capture, with capture, and with capture but no NOTIFY, at 1 and 4 clients;
 (e) scaleout (only when asked): catch-up of a backlog split across 8 links,
-    on 1 bridge and on 2 sharing the links (bridge/bench/scaleout.py).
+    on 1 bridge and on 2 sharing the links (bridge/bench/scaleout.py);
+(f) links (only when asked, --only links): many busy and idle links on one
+    bridge, lag and the bridge's CPU per row (bench/links.py).
 Runs on the embedded PostgreSQL unless --dsn-a/--dsn-b are given.
 """
 
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import random
 import re
 import statistics
@@ -38,10 +41,35 @@ SQL = sqlfiles.Queries("bench/core.sql")
 SCHEMA = SQL["schema"]
 
 
-def with_payload(name: str, g: str = "g", queries: sqlfiles.Queries = SQL) -> str:
+def with_payload(name: str, g: str = "g", queries: sqlfiles.Queries = SQL,
+                 **fields: sql.Composable | str | tuple[str, ...]) -> str:
     """The template `name` (of sql/bench/core.sql unless `queries` says otherwise), its
-    {payload} the ~200-byte jsonb of row number `g` (an SQL expression, e.g. a column)."""
-    return queries.render(name, payload=SQL.compose("payload", g=sql.SQL(g)))
+    {payload} the ~200-byte jsonb of row number `g` (an SQL expression, e.g. a column),
+    its other fields (e.g. a table) as sqlfiles.Queries.render takes them."""
+    return queries.render(name, payload=SQL.compose("payload", g=sql.SQL(g)), **fields)
+
+
+# --rate and --seconds mean something else per part: None on the command line is this.
+PART_DEFAULTS = {"rate": {"latency": 200, "links": 1000},
+                 "seconds": {"latency": 30, "webhooks": 30, "links": 20}}
+
+
+def part_args(args: argparse.Namespace, part: str) -> argparse.Namespace:
+    """args with --rate and --seconds, where not given, set to `part`'s defaults (the
+    latency part's for a part that has none of its own, and for --compare)."""
+    out = argparse.Namespace(**vars(args))
+    for option, defaults in PART_DEFAULTS.items():
+        if getattr(out, option, None) is None:
+            setattr(out, option, defaults.get(part, defaults["latency"]))
+    return out
+
+
+def start_bridge_active(rig: Rig) -> None:
+    """Start the rig's bridge and wait until it leads (its drain loops are starting)."""
+    rig.start_bridge()
+    wait_until(lambda: rig.query(
+        "a", "select count(*) from sync.bridges where role = 'active' and pid = %s",
+        (rig.proc.pid,))[0][0] > 0, 30, "the bridge to become active")
 
 
 class Bench:
@@ -53,6 +81,7 @@ class Bench:
             "direction": args.direction, "batch_size": args.batch_size,
             "notify": not args.no_notify,
         }])
+        self.links_bench: Any = None  # bench/links.py's, set up at its first run
 
     def setup(self) -> None:
         for side in ("a", "b"):
@@ -70,12 +99,6 @@ class Bench:
     def _target_count(self) -> int:
         return self.rig.query("b", "select count(*) from bench_items")[0][0]
 
-    def _start_bridge_and_wait(self) -> None:
-        self.rig.start_bridge()
-        wait_until(lambda: self.rig.query(
-            "a", "select count(*) from sync.bridges where role = 'active' and pid = %s",
-            (self.rig.proc.pid,))[0][0] > 0, 30, "the bridge to become active")
-
     def _write_rows(self, n: int) -> float:
         """n rows in transactions of 100; returns the time of the first commit."""
         first = 0.0
@@ -88,7 +111,7 @@ class Bench:
 
     def bulk(self) -> dict[str, float]:
         self.reset()
-        self._start_bridge_and_wait()
+        start_bridge_active(self.rig)
         n = self.args.rows
         first = self._write_rows(n)
         wrote = time.monotonic()
@@ -116,7 +139,7 @@ class Bench:
     def latency(self) -> dict[str, float]:
         self.reset()
         self.rig.execute("a", with_payload("seed_latency"))
-        self._start_bridge_and_wait()
+        start_bridge_active(self.rig)
         wait_until(lambda: self._target_count() >= 1000, 60, "seed rows")
         self.rig.execute("b", "truncate bench_arrivals")
         sent = self._paced_writes(self.args.rate, self.args.seconds)
@@ -162,6 +185,18 @@ class Bench:
 
         self.reset()
         return run_webhook_bench(self.rig.dsn["a"], self.args.seconds, self.args.concurrency)
+
+    def links(self) -> dict[str, float]:
+        """Many links on one bridge (bridge/bench/links.py), on the same two databases."""
+        from syncbridge.bridge.bench.links import LinksBench
+
+        self.reset()
+        if self.links_bench is None:
+            self.links_bench = LinksBench(self.args, self.rig.dsn["a"], self.rig.dsn["b"],
+                                          self.rig.workdir / "links")
+            self.links_bench.setup()
+        self.links_bench.args = self.args
+        return self.links_bench.run()
 
     def overhead(self) -> dict[str, float]:
         self.reset()
@@ -244,10 +279,10 @@ def main(args: argparse.Namespace) -> int:
     if args.compare:
         from syncbridge.bridge.bench import logical as bench_logical
 
-        return bench_logical.main(args)
+        return bench_logical.main(part_args(args, "latency"))
     parts = [p.strip() for p in args.only.split(",") if p.strip()]
     unknown = set(parts) - {"bulk", "latency", "catchup", "overhead", "webhooks",
-                           "scaleout"}
+                           "scaleout", "links"}
     if unknown:
         raise SystemExit(f"syncbridge bench: unknown part(s): {', '.join(sorted(unknown))}")
     from syncbridge.engine.embedded import EmbeddedPostgres
@@ -266,14 +301,22 @@ def main(args: argparse.Namespace) -> int:
     try:
         bench.setup()
         for i in range(args.runs):
-            report = {part: getattr(bench, part)() for part in parts}
+            report = {}
+            for part in parts:
+                bench.args = part_args(args, part)
+                report[part] = getattr(bench, part)()
             _print(f"run {i + 1} of {args.runs}", report)
             runs.append(report)
+        final = _median_report(runs) if args.runs > 1 else runs[-1]
         if args.runs > 1:
-            _print(f"median of {args.runs} runs", _median_report(runs))
+            _print(f"median of {args.runs} runs", final)
+        if args.json:
+            Path(args.json).write_text(json.dumps(final, indent=2) + "\n")
     finally:
-        bench.rig.stop_bridge()
-        bench.rig.close()
+        for rig in (bench.rig, getattr(bench.links_bench, "rig", None)):
+            if rig is not None:
+                rig.stop_bridge()
+                rig.close()
         if pg:
             pg.destroy()
     return 0
