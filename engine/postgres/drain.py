@@ -21,18 +21,16 @@ batches still apply, and commit at the source, in order.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import time
 import uuid
-from collections.abc import Callable
 from typing import Any
 
 import asyncpg
 
 from syncbridge.engine import conflicts, errors, faults, sqlfiles
-from syncbridge.engine.catalog import LinkShape, Table
+from syncbridge.engine.catalog import LinkShape
 from syncbridge.engine.config import Link
 from syncbridge.engine.contract import (
     BatchRecord,
@@ -40,7 +38,6 @@ from syncbridge.engine.contract import (
     Outcome,
     RowProblem,
     SchemaChanged,
-    isolate,
     json_array,
     json_object,
     problem,
@@ -48,103 +45,13 @@ from syncbridge.engine.contract import (
 from syncbridge.engine.hub import dead_letters, report, resolutions
 from syncbridge.engine.postgres import capture
 from syncbridge.engine.postgres import sql as pg_sql
+from syncbridge.engine.postgres.held import Held, HeldRecovery, drop_ahead, id_ranges, signals_json
+from syncbridge.engine.postgres.sink import Isolate, apply_set, expected_shape, shape_change
 
 SQL = sqlfiles.Queries("postgres/queue.sql")
 log = logging.getLogger("syncbridge.drain")
 BURST = 0.5  # seconds of back-to-back batches in one drain_once, each taken while the last applies
 GROW_MAX = 8  # in a burst, batches double up to this many times the link's batch_size
-
-
-def id_ranges(ids: list[int]) -> str:
-    """The queue ids of a batch as an int8multirange literal (runs of ids stay one range)."""
-    ids = sorted(ids)
-    runs, start, prev = [], ids[0], ids[0]
-    for i in ids[1:]:
-        if i != prev + 1:
-            runs.append(f"[{start},{prev + 1})")
-            start = i
-        prev = i
-    runs.append(f"[{start},{prev + 1})")
-    return "{" + ",".join(runs) + "}"
-
-
-def signals_json(signals: list) -> str:
-    """The key signals (op K or R) of a batch as JSON, for requeueing deferred keys."""
-    return json_array([json_object(op=json.dumps(s["op"]), key=s["key"],
-                                   attempts=str(s["attempts"]))
-                       for s in signals if s["op"] in ("K", "R")])
-
-
-class Held:
-    """A batch taken at the source: its signals deleted in a transaction that is still
-    open on `conn`, and the current source rows for their keys."""
-
-    def __init__(self, pool: asyncpg.Pool, conn: asyncpg.Connection, signals: list,
-                 upserts: list[Item], deletes: list[Item]) -> None:
-        self.pool, self.conn, self.signals = pool, conn, signals
-        self.upserts, self.deletes = upserts, deletes
-        self.batch_id = uuid.uuid4()
-
-    async def commit(self) -> None:
-        try:
-            await self.conn.execute("commit")
-        finally:
-            await self.release()
-
-    async def release(self) -> None:
-        """Give the connection back; a transaction still open is rolled back (the
-        pool's reset), so the signals are queued again."""
-        if self.conn is not None:
-            conn, self.conn = self.conn, None
-            await self.pool.release(conn)
-
-
-async def _drop(ahead: asyncio.Future) -> None:
-    """A batch taken ahead that will not be applied: its transaction is rolled back."""
-    if not ahead.done():
-        ahead.cancel()
-    with contextlib.suppress(asyncio.CancelledError, Exception):
-        held = await ahead
-        if held is not None:
-            await held.release()
-
-
-def expected_shape(table: Table) -> list[list[Any]]:
-    """What sync.table_shape() returns for a table as the catalog read it."""
-    return [[c, col.type, c in table.pk] for c, col in table.columns.items()]
-
-
-def shape_change(before: list[list[Any]], after: list[list[Any]]) -> str:
-    """'column email added', 'column age type integer -> bigint', ... (empty: the same)."""
-    old = {c: (t, k) for c, t, k in before}
-    new = {c: (t, k) for c, t, k in after}
-    out = [f"column {c} added" for c in new if c not in old]
-    out += [f"column {c} dropped" for c in old if c not in new]
-    out += [f"column {c} type {old[c][0]} -> {new[c][0]}" for c in old
-            if c in new and old[c][0] != new[c][0]]
-    if any(old[c][1] != new[c][1] for c in old if c in new):
-        out.append("primary key changed")
-    return ", ".join(out)
-
-
-def _pg_row_error(exc: BaseException) -> bool:
-    return isinstance(exc, asyncpg.PostgresError) and errors.is_row_error(exc)
-
-
-async def apply_set(conn: asyncpg.Connection, stmt: str, items: list[Item], out: Outcome,
-                    problem_of: Callable[[Item, BaseException], RowProblem]) -> int:
-    """One set-based Postgres statement over items' payloads, each try in a savepoint;
-    rows the sink rejects go to out.problems (via problem_of), the rest to out.applied."""
-
-    async def attempt(part: list[Item]) -> int:
-        async with conn.transaction():  # a savepoint: a failure undoes only this part
-            status = await conn.execute(stmt, json_array([i.payload for i in part]))
-        return int(status.split()[-1])
-
-    n, applied = await isolate(items, attempt, _pg_row_error,
-                               lambda i, e: out.problems.append(problem_of(i, e)))
-    out.applied.extend(applied)
-    return n
 
 
 class QueueDrain:
@@ -198,7 +105,7 @@ class QueueDrain:
         raise NotImplementedError
 
 
-class PgDrain(QueueDrain):
+class PgDrain(HeldRecovery, QueueDrain):
     """Moves one link's changes from a Postgres source side to a Postgres sink side."""
 
     def __init__(
@@ -235,50 +142,6 @@ class PgDrain(QueueDrain):
         if detail:
             raise SchemaChanged(self.link.name, s.peer, s.qualified, detail)
 
-    async def recover(self) -> int:
-        """Replay the follow-ups of batches the sink applied whose source commit was
-        lost (their signals are still queued), then of batches an older bridge marked."""
-        async with self.gate:
-            n = await self._recover_marked()
-            floor = await self.source.fetchval(SQL["queue_floor"], self.link.name, self.src)
-            if floor is not None:
-                records = await self.sink.fetch(SQL["held_records"], self.link.name, self.src,
-                                                floor)
-                pending = await self.source.fetch(SQL["still_queued"], self.link.name, self.src,
-                                                  [r["queue_ids"] for r in records])
-                for (i,) in pending:  # in the order they were applied
-                    r = records[i - 1]
-                    n += await self._replay(SQL["take_ids"], r["queue_ids"], r)
-        if n:
-            log.info("event=recovered link=%s batches=%d", self.name, n)
-        return n
-
-    async def _recover_marked(self) -> int:
-        """Batches a bridge before the held design claimed by batch id: finished from the
-        sink's record when it has one, else given back to be taken again."""
-        n = 0
-        for row in await self.source.fetch(SQL["pending_batches"], self.link.name, self.src):
-            record = await self.sink.fetchrow(SQL["batch_record"], row["batch_id"])
-            if record is None:
-                await self.source.execute(SQL["release_batch"], row["batch_id"])
-            else:
-                n += await self._replay(SQL["legacy_batch_signals"], row["batch_id"], record,
-                                        numbered=False)
-        return n
-
-    async def _replay(self, take: str, which: Any, record: Any, numbered: bool = True) -> int:
-        """Take an applied batch's signals still queued and replay its follow-ups, in one
-        source transaction (1), or find it finished (0). A batch still held by a dead
-        session's transaction is waited for: it either commits (nothing left) or not."""
-        async with self.source.acquire() as conn, conn.transaction():
-            args = (self.link.name, self.src, which) if numbered else (which,)
-            signals = await conn.fetch(take, *args)
-            if not signals:
-                return 0
-            batch_id = record["batch_id"] if numbered else which
-            await self._finish(conn, batch_id, BatchRecord.from_row(record), signals)
-        return 1
-
     async def drain_once(self) -> int:
         """Apply a burst of batches; returns the number of changes they consumed (0 =
         idle: a batch of canaries only is not traffic, so it leaves the direction quiet).
@@ -301,7 +164,7 @@ class PgDrain(QueueDrain):
                 except BaseException:
                     await held.release()
                     if ahead is not None:
-                        await _drop(ahead)
+                        await drop_ahead(ahead)
                     raise
                 n += sum(s["op"] != "C" for s in held.signals)
                 self.more = full
@@ -331,8 +194,28 @@ class PgDrain(QueueDrain):
         return held
 
     async def _apply_and_finish(self, held: Held) -> None:
-        signals = held.signals
-        upserts, deletes = held.upserts, held.deletes
+        """Apply and record the batch at the sink, then commit the held source transaction
+        with the batch's follow-ups."""
+        # one-way: first without savepoints; a row error runs the transaction again with
+        # them (two-way settling asks the hub and a resolver: run once, with savepoints)
+        try:
+            out, record, canary = await self._apply(held, savepoints=self.two_way)
+        except Isolate:
+            out, record, canary = await self._apply(held, savepoints=True)
+        faults.hit("after_sink_commit")
+        await self._finish(held.conn, held.batch_id, record, held.signals)
+        await held.commit()
+        self.tally.add(out.upserts + out.deletes, out.deferred)
+        if self.open_dead_letters and out.applied:
+            await dead_letters.close(self.hub, self.link.name, self.src,
+                                     [i.source_key for i in out.applied])
+        if canary is not None:
+            await report.canary_arrived(self.hub, self.link.name, self.src, canary["sent_at"],
+                                        canary["applied_at"])
+
+    async def _apply(self, held: Held, savepoints: bool) -> tuple[Outcome, BatchRecord, Any]:
+        """The batch's sink transaction: its rows and its record (and canaries)."""
+        signals, upserts, deletes = held.signals, held.upserts, held.deletes
         truncate = any(s["op"] == "T" for s in signals)
         forced = {s["key"] for s in signals if s["op"] == "R"}
         canaries = [s["key"] for s in signals if s["op"] == "C"]
@@ -353,8 +236,8 @@ class PgDrain(QueueDrain):
             if self.two_way:
                 upserts, deletes = await self._settle(conn, upserts, deletes, forced, out)
             # deletes first: a changed key frees unique values before the new row arrives
-            out.deletes = await self._apply_set(conn, self.sql.delete, deletes, out)
-            out.upserts = await self._apply_set(conn, self.sql.upsert, upserts, out)
+            out.deletes = await self._apply_set(conn, self.sql.delete, deletes, out, savepoints)
+            out.upserts = await self._apply_set(conn, self.sql.upsert, upserts, out, savepoints)
             if self.two_way:
                 await self._remember(conn, out)
             record = out.record(truncate)
@@ -366,16 +249,7 @@ class PgDrain(QueueDrain):
             if recorded.split()[-1] == "0":  # the sink transaction rolls back: nothing applied
                 raise errors.AlreadyApplied(f"{self.name}: signals of batch {held.batch_id} "
                                             "were applied before; recovering that batch first")
-        faults.hit("after_sink_commit")
-        await self._finish(held.conn, held.batch_id, record, signals)
-        await held.commit()
-        self.tally.add(out.upserts + out.deletes, out.deferred)
-        if self.open_dead_letters and out.applied:
-            await dead_letters.close(self.hub, self.link.name, self.src,
-                                     [i.source_key for i in out.applied])
-        if canary is not None:
-            await report.canary_arrived(self.hub, self.link.name, self.src, canary["sent_at"],
-                                        canary["applied_at"])
+        return out, record, canary
 
     async def _truncate_statement(self, conn: asyncpg.Connection) -> str:
         """TRUNCATE where the sink's catalog allows it (sink_truncatable says when not),
@@ -491,9 +365,9 @@ class PgDrain(QueueDrain):
             await conn.execute(SQL["resignal"], self.link.name, self.dst, json_array(out.resignal))
 
     async def _apply_set(self, conn: asyncpg.Connection, stmt: str, items: list[Item],
-                         out: Outcome) -> int:
+                         out: Outcome, savepoints: bool = True) -> int:
         """Apply items in one statement; on a row error, bisect to isolate the bad rows."""
-        return await apply_set(conn, stmt, items, out, self._problem)
+        return await apply_set(conn, stmt, items, out, self._problem, savepoints)
 
     def _problem(self, item: Item, exc: BaseException) -> RowProblem:
         return problem(self.name, item.source_key, exc,

@@ -36,7 +36,7 @@ from syncbridge.engine.contract import Item, Outcome, RowProblem, problem
 from syncbridge.engine.hub import dead_letters, report
 from syncbridge.engine.postgres import capture
 from syncbridge.engine.postgres import sql as pg_sql
-from syncbridge.engine.postgres.drain import apply_set
+from syncbridge.engine.postgres.sink import apply_set
 from syncbridge.engine.sqlserver import convert
 from syncbridge.engine.sqlserver.capture import echo_context
 from syncbridge.engine.sqlserver.changes import CtCursor

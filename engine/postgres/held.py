@@ -1,0 +1,140 @@
+"""A batch held at a Postgres source (engine/postgres/drain.py has the protocol).
+
+The signals of a batch into a Postgres sink are deleted by `take` in a source
+transaction that stays open until the sink committed the rows and the batch's
+record, whose `queue_ids` name those signals. `Held` is that transaction;
+`HeldRecovery` is what a drain does after a crash or a failed attempt: the
+sink's records whose signals are still queued were applied, so only their
+signals are taken and their follow-ups replayed from the record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import uuid
+from typing import Any
+
+import asyncpg
+
+from syncbridge.engine import sqlfiles
+from syncbridge.engine.config import Link
+from syncbridge.engine.contract import BatchRecord, Item, json_array, json_object
+
+SQL = sqlfiles.Queries("postgres/queue.sql")
+log = logging.getLogger("syncbridge.drain")
+
+
+def id_ranges(ids: list[int]) -> str:
+    """The queue ids of a batch as an int8multirange literal (runs of ids stay one range)."""
+    ids = sorted(ids)
+    runs, start, prev = [], ids[0], ids[0]
+    for i in ids[1:]:
+        if i != prev + 1:
+            runs.append(f"[{start},{prev + 1})")
+            start = i
+        prev = i
+    runs.append(f"[{start},{prev + 1})")
+    return "{" + ",".join(runs) + "}"
+
+
+def signals_json(signals: list) -> str:
+    """The key signals (op K or R) of a batch as JSON, for requeueing deferred keys."""
+    return json_array([json_object(op=json.dumps(s["op"]), key=s["key"],
+                                   attempts=str(s["attempts"]))
+                       for s in signals if s["op"] in ("K", "R")])
+
+
+class Held:
+    """A batch taken at the source: its signals deleted in a transaction that is still
+    open on `conn`, and the current source rows for their keys."""
+
+    def __init__(self, pool: asyncpg.Pool, conn: asyncpg.Connection, signals: list,
+                 upserts: list[Item], deletes: list[Item]) -> None:
+        self.pool, self.conn, self.signals = pool, conn, signals
+        self.upserts, self.deletes = upserts, deletes
+        self.batch_id = uuid.uuid4()
+
+    async def commit(self) -> None:
+        try:
+            await self.conn.execute("commit")
+        finally:
+            await self.release()
+
+    async def release(self) -> None:
+        """Give the connection back; a transaction still open is rolled back (the
+        pool's reset), so the signals are queued again."""
+        if self.conn is not None:
+            conn, self.conn = self.conn, None
+            await self.pool.release(conn)
+
+
+async def drop_ahead(ahead: asyncio.Future) -> None:
+    """A batch taken ahead that will not be applied: its transaction is rolled back."""
+    if not ahead.done():
+        ahead.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        held = await ahead
+        if held is not None:
+            await held.release()
+
+
+class HeldRecovery:
+    """Recovery of a drain whose batches are held (PgDrain's base class)."""
+
+    link: Link
+    src: str
+    name: str
+    source: asyncpg.Pool
+    sink: asyncpg.Pool
+    gate: asyncio.Semaphore
+
+    async def _finish(self, conn: asyncpg.Connection, batch_id: uuid.UUID, record: BatchRecord,
+                      signals: list) -> None:
+        raise NotImplementedError
+
+    async def recover(self) -> int:
+        """Replay the follow-ups of batches the sink applied whose source commit was
+        lost (their signals are still queued), then of batches an older bridge marked."""
+        async with self.gate:
+            n = await self._recover_marked()
+            floor = await self.source.fetchval(SQL["queue_floor"], self.link.name, self.src)
+            if floor is not None:
+                records = await self.sink.fetch(SQL["held_records"], self.link.name, self.src,
+                                                floor)
+                pending = await self.source.fetch(SQL["still_queued"], self.link.name, self.src,
+                                                  [r["queue_ids"] for r in records])
+                for (i,) in pending:  # in the order they were applied
+                    r = records[i - 1]
+                    n += await self._replay(SQL["take_ids"], r["queue_ids"], r)
+        if n:
+            log.info("event=recovered link=%s batches=%d", self.name, n)
+        return n
+
+    async def _recover_marked(self) -> int:
+        """Batches a bridge before the held design claimed by batch id: finished from the
+        sink's record when it has one, else given back to be taken again."""
+        n = 0
+        for row in await self.source.fetch(SQL["pending_batches"], self.link.name, self.src):
+            record = await self.sink.fetchrow(SQL["batch_record"], row["batch_id"])
+            if record is None:
+                await self.source.execute(SQL["release_batch"], row["batch_id"])
+            else:
+                n += await self._replay(SQL["legacy_batch_signals"], row["batch_id"], record,
+                                        numbered=False)
+        return n
+
+    async def _replay(self, take: str, which: Any, record: Any, numbered: bool = True) -> int:
+        """Take an applied batch's signals still queued and replay its follow-ups, in one
+        source transaction (1), or find it finished (0). A batch still held by a dead
+        session's transaction is waited for: it either commits (nothing left) or not."""
+        async with self.source.acquire() as conn, conn.transaction():
+            args = (self.link.name, self.src, which) if numbered else (which,)
+            signals = await conn.fetch(take, *args)
+            if not signals:
+                return 0
+            batch_id = record["batch_id"] if numbered else which
+            await self._finish(conn, batch_id, BatchRecord.from_row(record), signals)
+        return 1
