@@ -12,7 +12,7 @@ from syncbridge.engine import errors
 RETRY_MAX = 1.0  # seconds; full-jitter backoff ceiling: flowing <= ~1 s after a fault heals
 
 # what a best-effort write to the hub may fail with (the log has the cause already)
-HUB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
+HUB_ERRORS = errors.DATABASE_ERRORS  # a hub that is down or gone
 
 
 def retryable(exc: BaseException) -> bool:

@@ -35,7 +35,7 @@ from starlette.routing import Route
 
 from syncbridge.engine import sqlfiles
 from syncbridge.engine.config import Config
-from syncbridge.engine.errors import sqlstate
+from syncbridge.engine.errors import DATABASE_ERRORS, sqlstate
 from syncbridge.engine.webhooks.config import parse_webhooks
 from syncbridge.engine.webhooks.map import map_event
 from syncbridge.engine.webhooks.model import Source, WebhookConfig
@@ -125,7 +125,7 @@ async def _accept(state: _State, source: Source, request: Request, body: bytes) 
     try:
         queued = await _enqueue(state, source, event_id, topic, tmap.link, tmap.side,
                                 json.dumps(mapped.key), body.decode("utf-8"))
-    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as e:
+    except DATABASE_ERRORS as e:
         if (sqlstate(e) or "").startswith("22"):  # e.g. \u0000, which jsonb cannot store
             raise EventError(f"payload cannot be stored: {type(e).__name__}") from None
         log.error("source=%s event=%s hub unavailable: %s", source.name, event_id,
@@ -166,7 +166,7 @@ async def _healthz(request: Request) -> Response:
         async with asyncio.timeout(state.webhooks.db_timeout):
             async with state.pool.acquire() as conn:
                 await conn.fetchval("select 1")
-    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError):
+    except DATABASE_ERRORS:
         return _answer(503, ok=False, database="unreachable")
     return _answer(200, ok=True, sources=sorted(state.webhooks.sources))
 

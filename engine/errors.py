@@ -73,6 +73,10 @@ def is_connection_error(exc: BaseException) -> bool:
         (sqlstate(exc) or "").startswith("08") or sqlstate(exc) in ("57P01", "57P02", "57P03"))
 
 
+DATABASE_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
+"""What a statement to a Postgres server that is down, gone or refusing can raise."""
+
+
 class AlreadyApplied(Exception):
     """Signals of a batch were already applied by an earlier batch whose source commit
     was lost (they came back at the source without that batch's recovery). The batch is

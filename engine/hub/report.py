@@ -83,7 +83,7 @@ class Tally:
             self.rows = self.deferred = self.batches = 0
             try:
                 await batch(self.hub, self.link, self.side, rows, deferred, batches)
-            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as e:
+            except errors.DATABASE_ERRORS as e:
                 self.rows, self.deferred, self.batches = (self.rows + rows,
                                                           self.deferred + deferred,
                                                           self.batches + batches)

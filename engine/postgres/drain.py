@@ -177,7 +177,7 @@ class PgDrain(HeldRecovery, QueueDrain):
     async def _take(self, limit: int) -> Held | None:
         """Take the next batch at the source and read its rows (the transaction stays open)."""
         conn = await self.source.acquire()
-        held = Held(self.source, conn, [], [], [])
+        held = Held(self.source, conn)
         try:
             await conn.execute(SQL["hold"])
             held.signals = await conn.fetch(SQL["take"], self.link.name, self.src, limit,

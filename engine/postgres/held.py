@@ -51,10 +51,11 @@ class Held:
     """A batch taken at the source: its signals deleted in a transaction that is still
     open on `conn`, and the current source rows for their keys."""
 
-    def __init__(self, pool: asyncpg.Pool, conn: asyncpg.Connection, signals: list,
-                 upserts: list[Item], deletes: list[Item]) -> None:
-        self.pool, self.conn, self.signals = pool, conn, signals
-        self.upserts, self.deletes = upserts, deletes
+    def __init__(self, pool: asyncpg.Pool, conn: asyncpg.Connection) -> None:
+        self.pool, self.conn = pool, conn
+        self.signals: list = []
+        self.upserts: list[Item] = []
+        self.deletes: list[Item] = []
         self.batch_id = uuid.uuid4()
 
     async def commit(self) -> None:
@@ -101,9 +102,9 @@ class HeldRecovery:
         async with self.gate:
             n = await self._recover_marked()
             floor = await self.source.fetchval(SQL["queue_floor"], self.link.name, self.src)
-            if floor is not None:
-                records = await self.sink.fetch(SQL["held_records"], self.link.name, self.src,
-                                                floor)
+            records = [] if floor is None else await self.sink.fetch(
+                SQL["held_records"], self.link.name, self.src, floor)
+            if records:
                 pending = await self.source.fetch(SQL["still_queued"], self.link.name, self.src,
                                                   [r["queue_ids"] for r in records])
                 for (i,) in pending:  # in the order they were applied

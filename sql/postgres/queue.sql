@@ -92,22 +92,9 @@ select id, op, key::text as key, attempts from sync.queue where batch_id = $1 or
 -- Give a claimed batch back untouched (its link paused before anything was applied).
 update sync.queue set batch_id = null where batch_id = $1
 
--- name: table_shape
--- The linked table's columns as the bridge validated them (schema-change check).
-select sync.table_shape($1::regclass)::text
-
 -- name: finish_batch
 -- The sink committed the batch: drop exactly its claimed signals.
 delete from sync.queue where batch_id = $1
-
--- name: defer_keys
--- Give signals of keys the sink could not take yet ($2: the batch's problems) back, later.
-update sync.queue
-   set batch_id = null, attempts = attempts + 1,
-       retry_at = clock_timestamp() + make_interval(secs => least(60, $3 * power(2, attempts)))
- where batch_id = $1
-   and key in (select e -> 'key' from jsonb_array_elements($2::jsonb) e
-                where (e ->> 'defer')::boolean)
 
 -- name: queue_depth
 -- Queued signals of one link side and the age of the oldest (lag); canaries not counted.
