@@ -23,6 +23,19 @@ from rigs import Rig, link
 from syncbridge.engine.embedded import EmbeddedPostgres
 
 SCHEMA = "create table items (id int primary key, v text not null);"
+# On the sink: one row per key per committed apply (a BEFORE INSERT row trigger fires for
+# every row an upsert proposes, and commits or rolls back with the batch), so a batch
+# applied twice after a fault leaves two rows for its keys (tests/test_crash.py's log)
+APPLY_LOG = """
+create table public.applies (id int not null);
+create function public.log_apply() returns trigger language plpgsql as $$
+begin
+    insert into public.applies values (new.id);
+    return new;
+end $$;
+create trigger log_apply before insert on public.items
+    for each row execute function public.log_apply();
+"""
 # issue 13: a gone bridge shown gone within 2 heartbeats (2 s each), judged by the hub's
 # clock (state_after), so a slow poll from a loaded machine cannot fail it
 GONE_WITHIN = 5.0
@@ -69,6 +82,7 @@ def make(clusters: Clusters, tmp_path: Path, settings: dict[str, Any] | None = N
               {**FAST, **(settings or {})})
     rig.execute("a", SCHEMA)
     rig.execute("b", SCHEMA)
+    rig.execute("b", APPLY_LOG)
     rig.setup()
     return rig
 

@@ -56,6 +56,10 @@ def _converged(rig) -> None:
     rig.wait_drained(30)
     assert rig.query("a", "select count(*) from sync.queue where op = 'K'") == [(0,)], \
         "no taken batch may be left behind"
+    # the writer's keys are inserted once each: each must be applied exactly once
+    assert rig.query("b", "select count(*) from (select id from applies where id >= 1000000 "
+                          "group by id having count(*) > 1) twice") == [(0,)], \
+        "a batch was applied twice after the fault"
 
 
 def _assert_heal(fault: str, times: list[float]) -> None:
