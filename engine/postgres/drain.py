@@ -43,7 +43,7 @@ from syncbridge.engine.contract import (
     problem,
 )
 from syncbridge.engine.hub import dead_letters, report, resolutions
-from syncbridge.engine.postgres import capture
+from syncbridge.engine.postgres import capture, staged
 from syncbridge.engine.postgres import sql as pg_sql
 from syncbridge.engine.postgres.held import Held, HeldRecovery, drop_ahead, id_ranges, signals_json
 from syncbridge.engine.postgres.sink import Isolate, apply_set, expected_shape, shape_change
@@ -187,7 +187,11 @@ class PgDrain(HeldRecovery, QueueDrain):
                 return None
             self.check_shape(self.src, next(s["shape"] for s in held.signals if s["shape"]))
             faults.hit("after_claim")
-            held.upserts, held.deletes = await self._read(conn, held.signals)
+            keys = self._keys(held.signals)
+            if not self.two_way and len(keys) >= staged.STAGE_FROM:
+                held.staged = await staged.read(conn, self.sql.staged, list(keys))
+            else:
+                held.upserts, held.deletes = await self._read(conn, keys)
         except BaseException:
             await held.release()
             raise
@@ -200,15 +204,19 @@ class PgDrain(HeldRecovery, QueueDrain):
         # them (two-way settling asks the hub and a resolver: run once, with savepoints)
         try:
             out, record, canary = await self._apply(held, savepoints=self.two_way)
-        except Isolate:
+        except Isolate:  # a staged batch goes the item path: it isolates the row
+            if held.staged is not None:
+                held.staged = None
+                held.upserts, held.deletes = await self._read(held.conn,
+                                                              self._keys(held.signals))
             out, record, canary = await self._apply(held, savepoints=True)
         faults.hit("after_sink_commit")
         await self._finish(held.conn, held.batch_id, record, held.signals)
         await held.commit()
         self.tally.add(out.upserts + out.deletes, out.deferred)
-        if self.open_dead_letters and out.applied:
-            await dead_letters.close(self.hub, self.link.name, self.src,
-                                     [i.source_key for i in out.applied])
+        applied = held.staged.keys if held.staged else [i.source_key for i in out.applied]
+        if self.open_dead_letters and applied:
+            await dead_letters.close(self.hub, self.link.name, self.src, applied)
         if canary is not None:
             await report.canary_arrived(self.hub, self.link.name, self.src, canary["sent_at"],
                                         canary["applied_at"])
@@ -235,9 +243,14 @@ class PgDrain(HeldRecovery, QueueDrain):
                 deletes = []
             if self.two_way:
                 upserts, deletes = await self._settle(conn, upserts, deletes, forced, out)
-            # deletes first: a changed key frees unique values before the new row arrives
-            out.deletes = await self._apply_set(conn, self.sql.delete, deletes, out, savepoints)
-            out.upserts = await self._apply_set(conn, self.sql.upsert, upserts, out, savepoints)
+            if held.staged is not None:  # a large one-way batch: one COPY stream
+                out.deletes, out.upserts = await staged.apply(
+                    conn, self.sql.staged, held.staged, self.link.deletes != "ignore")
+            else:  # deletes first: a changed key frees unique values before the new row
+                out.deletes = await self._apply_set(conn, self.sql.delete, deletes, out,
+                                                    savepoints)
+                out.upserts = await self._apply_set(conn, self.sql.upsert, upserts, out,
+                                                    savepoints)
             if self.two_way:
                 await self._remember(conn, out)
             record = out.record(truncate)
@@ -263,13 +276,18 @@ class PgDrain(HeldRecovery, QueueDrain):
         """Queue an end-to-end canary at the source; returns when it was sent."""
         return await self.source.fetchval(SQL["canary_send"], self.link.name, self.src)
 
-    async def _read(self, conn: asyncpg.Connection, signals: list
-                    ) -> tuple[list[Item], list[Item]]:
-        """Current source rows for the batch's distinct keys: upserts and deletes."""
+    @staticmethod
+    def _keys(signals: list) -> dict[str, int]:
+        """The batch's distinct keys (op K or R), each with its most attempts so far."""
         attempts: dict[str, int] = {}
         for s in signals:
             if s["op"] in ("K", "R"):
                 attempts[s["key"]] = max(attempts.get(s["key"], 0), s["attempts"])
+        return attempts
+
+    async def _read(self, conn: asyncpg.Connection, attempts: dict[str, int]
+                    ) -> tuple[list[Item], list[Item]]:
+        """Current source rows for the batch's distinct keys: upserts and deletes."""
         if not attempts:
             return [], []
         rows = await conn.fetch(self.sql.read_rows, json_array(list(attempts)))

@@ -22,6 +22,7 @@ import asyncpg
 from syncbridge.engine import sqlfiles
 from syncbridge.engine.config import Link
 from syncbridge.engine.contract import BatchRecord, Item, json_array, json_object
+from syncbridge.engine.postgres.staged import Rows
 
 SQL = sqlfiles.Queries("postgres/queue.sql")
 log = logging.getLogger("syncbridge.drain")
@@ -56,6 +57,7 @@ class Held:
         self.signals: list = []
         self.upserts: list[Item] = []
         self.deletes: list[Item] = []
+        self.staged: Rows | None = None  # a large one-way batch's rows as COPY text
         self.batch_id = uuid.uuid4()
 
     async def commit(self) -> None:

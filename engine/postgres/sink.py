@@ -32,7 +32,7 @@ def shape_change(before: list[list[Any]], after: list[list[Any]]) -> str:
     return ", ".join(out)
 
 
-def _pg_row_error(exc: BaseException) -> bool:
+def row_error(exc: BaseException) -> bool:
     return isinstance(exc, asyncpg.PostgresError) and errors.is_row_error(exc)
 
 
@@ -51,7 +51,7 @@ async def apply_set(conn: asyncpg.Connection, stmt: str, items: list[Item], out:
         try:
             status = await conn.execute(stmt, json_array([i.payload for i in items]))
         except asyncpg.PostgresError as e:
-            if _pg_row_error(e):
+            if row_error(e):
                 raise Isolate from e
             raise
         out.applied.extend(items)
@@ -62,7 +62,7 @@ async def apply_set(conn: asyncpg.Connection, stmt: str, items: list[Item], out:
             status = await conn.execute(stmt, json_array([i.payload for i in part]))
         return int(status.split()[-1])
 
-    n, applied = await isolate(items, attempt, _pg_row_error,
+    n, applied = await isolate(items, attempt, row_error,
                                lambda i, e: out.problems.append(problem_of(i, e)))
     out.applied.extend(applied)
     return n

@@ -18,18 +18,22 @@ bytes is still skipped.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 from psycopg import sql
 
 from syncbridge.engine import sqlfiles
-from syncbridge.engine.catalog import LinkShape, table_identifier
+from syncbridge.engine.catalog import LinkShape, base_type, table_identifier
 
 JSON_TYPES = ("json", "jsonb")
 APPLY = sqlfiles.Queries("postgres/apply.sql")
 READ = sqlfiles.Queries("postgres/read.sql")
 _PAIRS_PER_CALL = 50  # jsonb_build_object takes at most 100 arguments
+KEYS_GO_HERE = "\x00"  # no SQL text holds a NUL: marks where copy_rows takes a batch's keys
+# key types whose equal values have one text: two keys of a batch never name one row
+_ONE_TEXT_KEYS = {"smallint", "integer", "bigint", "uuid"}
 
 
 def table_name(shape: LinkShape, side: str) -> sql.Identifier:
@@ -109,19 +113,32 @@ def text_row(alias: str, cols: list[str]) -> sql.Composed:
 
 
 @dataclass(frozen=True)
+class StagedSql:
+    """The staged path's statements (engine/postgres/staged.py)."""
+
+    read_head: str  # the COPY query up to the batch's keys (a jsonb literal goes between)
+    read_tail: str
+    stage: tuple[str, str]  # the staging table: pg_temp and its name (one per shape)
+    create: str
+    upsert: str
+    delete: str
+
+
+@dataclass(frozen=True)
 class PgLinkSql:
     read_rows: str  # $1 jsonb keys -> (row|null, key, ka|null = key) in sink and a names, skey, img
     upsert: str  # $1 jsonb array of rows in sink names, values as text
     delete: str  # $1 jsonb array of keys in sink names
     truncate: str
     state_read: str  # $1 jsonb sink keys, $2 link -> (ka, cur, last image, known), two-way only
+    staged: StagedSql  # a large one-way batch as a COPY stream
 
 
 def render(shape: LinkShape, source: str, sink: str) -> PgLinkSql:
     """The statements of one direction of a link, as text for asyncpg."""
     return PgLinkSql(_read_rows(shape, source, sink), _upsert(shape, sink),
                      _delete(shape, sink), APPLY.render("truncate", table=table_name(shape, sink)),
-                     _state_read(shape, sink))
+                     _state_read(shape, sink), _staged(shape, source, sink))
 
 
 def _read_rows(shape: LinkShape, source: str, sink: str) -> str:
@@ -165,13 +182,56 @@ def _upsert(shape: LinkShape, sink: str) -> str:
     values = sql.SQL(", ").join(
         sql.SQL("{}::{}").format(sql.Identifier("r", c), sql.SQL(types[c].type))
         if c in json_cols else sql.Identifier("r", c) for c in cols)
+    return APPLY.render("upsert", values=values, defs=defs, **_on_conflict(shape, sink))
+
+
+def _on_conflict(shape: LinkShape, sink: str) -> dict[str, sql.Composable]:
+    """The fields an upsert's insert and guard share, whatever feeds its rows."""
+    cols = shape.cols(sink)
     sets = sql.SQL(", ").join(sql.SQL("{} = {}").format(sql.Identifier(c),
                                                          sql.Identifier("excluded", c))
                               for c in cols)
-    return APPLY.render(
-        "upsert", table=table_name(shape, sink), cols=names(cols), values=values, defs=defs,
-        keys=names(shape.key_cols(sink)),
-        sets=sets, current=text_row("t", cols), incoming=text_row("excluded", cols))
+    return {"table": table_name(shape, sink), "cols": names(cols),
+            "keys": names(shape.key_cols(sink)), "sets": sets,
+            "current": text_row("t", cols), "incoming": text_row("excluded", cols)}
+
+
+def _staged(shape: LinkShape, source: str, sink: str) -> StagedSql:
+    """The staged path: the source's COPY of the batch's rows, the sink's staging table
+    (c0 found or not, c1.. the linked columns in order, whatever their names) and the
+    upsert and delete from it. A key is spelled as the found row holds it, so two
+    signals of one row name one row; where equal keys can be spelled two ways (numeric
+    scale, citext, a collation) the upsert takes one row per key."""
+    src_keys, cols, types = shape.key_cols(source), shape.cols(sink), shape.table(sink).columns
+    sink_keys = shape.key_cols(sink)
+    staged = {c: f"c{i}" for i, c in enumerate(cols, 1)}
+    texts = sql.SQL(", ").join(
+        sql.SQL("({})::text").format(READ.compose(
+            "found_or_signal", first_key=src_keys[0], signal=sql.Identifier("k", c),
+            found=sql.Identifier("t", c))) if c in src_keys else sql.SQL("{}::text").format(
+            sql.Identifier("t", c)) for c in shape.cols(source))
+    read = READ.render("copy_rows", first_key=src_keys[0], cols=texts,
+                       table=source_rows(shape, source), keys=sql.SQL(KEYS_GO_HERE),
+                       key_defs=key_defs(shape, source), join=key_match("t", "k", src_keys))
+    head, _, tail = read.partition(KEYS_GO_HERE)
+    defs = ", ".join([sql.SQL("c0 boolean").as_string(None)] + [
+        sql.SQL("{} {}").format(sql.Identifier(staged[c]), sql.SQL(
+            types[c].type if c in sink_keys else types[c].base)).as_string(None) for c in cols])
+    digest = hashlib.sha1(f"{shape.link.name}\n{sink}\n{defs}".encode()).hexdigest()[:16]
+    stage = ("pg_temp", f"syncbridge_stage_{digest}")
+    keyed = [sql.Identifier("r", staged[c]) for c in sink_keys]
+    one_text = all(base_type(shape.table(side).columns[c].base) in _ONE_TEXT_KEYS
+                   for side, keys in ((source, src_keys), (sink, sink_keys)) for c in keys)
+    distinct = sql.SQL("") if one_text else sql.SQL("distinct on ({})").format(
+        sql.SQL(", ").join(keyed))
+    join = sql.SQL(" and ").join(sql.SQL("{} = {}").format(
+        sql.Identifier("t", c), sql.Identifier("k", staged[c])) for c in sink_keys)
+    return StagedSql(
+        head, tail, stage, APPLY.render("stage", stage=stage, defs=sql.SQL(defs)),
+        APPLY.render("upsert_staged", distinct=distinct, values=sql.SQL(", ").join(
+            sql.Identifier("r", staged[c]) for c in cols), stage=stage,
+            **_on_conflict(shape, sink)),
+        APPLY.render("delete_staged", table=table_name(shape, sink), stage=stage, join=join))
 
 
 def _delete(shape: LinkShape, sink: str) -> str:

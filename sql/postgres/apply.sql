@@ -25,3 +25,23 @@ delete from {table}
 -- name: truncate_table
 -- Empty the sink table with TRUNCATE (drain.py picks it when no foreign key references the table).
 truncate {table}
+
+-- name: stage
+-- The staged path's table on a sink connection: found or not, then the linked columns typed as the sink's (a domain as its base type, checked when the row is inserted); emptied at every commit.
+create temp table if not exists {stage} ({defs}) on commit delete rows
+
+-- name: upsert_staged
+-- The staged path's upsert: the found rows of the staging table; a row whose columns' texts are byte-for-byte unchanged is skipped.
+insert into {table} as t ({cols})
+overriding system value
+select {distinct} {values}
+  from {stage} r
+ where r.c0
+    on conflict ({keys}) do update set {sets}
+ where {current} is distinct from {incoming}
+
+-- name: delete_staged
+-- The staged path's delete: the rows of the keys the source no longer has.
+delete from {table} t
+ using {stage} k
+ where not k.c0 and {join}

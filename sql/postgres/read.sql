@@ -49,3 +49,9 @@ select ({expr}) as v from {table} t limit 0
 -- name: type_name
 -- A result column type as the catalog spells it (run under search_path pg_catalog).
 select format_type(%s, %s)
+
+-- name: copy_rows
+-- The staged path: a batch's source rows as COPY gives them, found or not first, then the linked columns as text (a missing row only its key, as the signal spells it); the batch's keys go where the NUL is.
+select t.{first_key} is not null, {cols}
+  from {table} t
+ right join jsonb_to_recordset({keys}::jsonb) as k({key_defs}) on {join}

@@ -1,0 +1,84 @@
+"""The staged path between Postgres peers: a large one-way batch as one COPY stream.
+
+The item path (drain.py `_read`, `apply_set`) builds every row into jsonb at the
+source, decodes it into Python, joins the rows into one jsonb array and has the
+sink parse it again. For a batch of STAGE_FROM keys or more, the rows go as COPY
+text instead: `COPY (select ... ::text ...) TO STDOUT` in the held source
+transaction, then `COPY ... FROM STDIN` into a staging table on the sink
+connection, then one delete and one upsert from it. Python passes the bytes on
+without looking inside; values are still each column's own text under the pinned
+session settings, read back through the sink column's input function (a domain
+as its base type at COPY, its checks applied by the insert), so what arrives is
+what the item path delivers. A row error raises Isolate: the drain runs the batch
+again on the item path, which isolates the row.
+
+Small batches keep the item path: staging costs two more round trips (the
+staging table's `create if not exists` and COPY's own), which a one-row batch at
+low latency would pay in full.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import asyncpg
+from psycopg import sql
+
+from syncbridge.engine.contract import json_array
+from syncbridge.engine.postgres.sink import Isolate, row_error
+from syncbridge.engine.postgres.sql import StagedSql
+
+# keys in a batch from which it is staged; SYNCBRIDGE_STAGE_FROM=1 stages every
+# one-way batch (the tests run the staged path that way)
+STAGE_FROM = int(os.environ.get("SYNCBRIDGE_STAGE_FROM", "100"))
+
+
+@dataclass(frozen=True)
+class Rows:
+    """A batch's source rows as COPY text: each line `t|f <tab> column texts`."""
+
+    data: bytes
+    found: int
+    missing: int
+    keys: list[str]  # the batch's distinct source keys (jsonb text), for dead-letter closing
+
+
+async def read(conn: asyncpg.Connection, stmt: StagedSql, keys: list[str]) -> Rows:
+    """The current source rows of the keys, in the held source transaction on conn.
+    The keys go as one literal (COPY takes no parameters), quoted by psycopg."""
+    chunks: list[bytes] = []
+
+    async def keep(chunk: bytes) -> None:
+        chunks.append(chunk)
+
+    literal = sql.Literal(json_array(keys)).as_string(None)
+    await conn.copy_from_query(stmt.read_head + literal + stmt.read_tail, output=keep)
+    data = b"".join(chunks)
+    # a value's own newlines and tabs are escaped by COPY: a bare newline ends a row
+    missing = data.count(b"\nf\t") + data.startswith(b"f\t")
+    return Rows(data, data.count(b"\n") - missing, missing, keys)
+
+
+async def apply(conn: asyncpg.Connection, stmt: StagedSql, rows: Rows, deletes: bool
+                ) -> tuple[int, int]:
+    """Stage the rows in the sink transaction on conn, then delete the missing keys'
+    rows (first, as the item path does: a changed key frees its unique values) and
+    upsert the found ones. Returns (deleted, upserted)."""
+    async def stream() -> AsyncIterator[bytes]:
+        yield rows.data
+
+    try:
+        await conn.execute(stmt.create)
+        await conn.copy_to_table(stmt.stage[1], schema_name=stmt.stage[0], source=stream())
+        gone = put = "0"
+        if deletes and rows.missing:
+            gone = (await conn.execute(stmt.delete)).split()[-1]
+        if rows.found:
+            put = (await conn.execute(stmt.upsert)).split()[-1]
+    except asyncpg.PostgresError as e:
+        if row_error(e):
+            raise Isolate from e
+        raise
+    return int(gone), int(put)
