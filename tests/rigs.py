@@ -12,6 +12,12 @@ from syncbridge.bridge.bench import rig as bench_rig
 # rig's 30 s defaults (sized for the demo and benches) left a loaded machine too
 # little of that. Only a bug (never converging) exceeds it; passing runs never wait it.
 EVENTUALLY = 90.0
+# Bridge environments that pick how one-way batches travel (engine/postgres/staged.py):
+# STAGED stages every batch, so a test of a few rows runs the COPY path that only
+# large batches take otherwise; ITEMS never stages, so a large batch runs the item path.
+STAGED = {"SYNCBRIDGE_STAGE_FROM": "1"}
+ITEMS = {"SYNCBRIDGE_STAGE_FROM": str(10**9)}
+TRANSPORTS = {"items": ITEMS, "staged": STAGED}  # parametrize ids -> the bridge's extra env
 
 
 class Rig(bench_rig.Rig):

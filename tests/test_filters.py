@@ -11,7 +11,7 @@ import threading
 import psycopg
 import pytest
 
-from rigs import link, make_rig
+from rigs import TRANSPORTS, link, make_rig
 from syncbridge.bridge.bench.rig import Rig, wait_until
 from syncbridge.engine.config import ConfigError
 from syncbridge.engine.config import load as load_config
@@ -56,11 +56,11 @@ def quiet(rig: Rig, side: str, statement: str) -> None:
         c.execute(statement)
 
 
-@pytest.fixture
-def filtered(new_db, tmp_path):
+@pytest.fixture(params=TRANSPORTS.values(), ids=TRANSPORTS.keys())
+def filtered(request, new_db, tmp_path):
     r = make_rig(new_db, tmp_path, SCHEMA,
                  [link("patients", "patients", ["id"], "a_to_b", where=CLINIC)])
-    r.start_bridge()
+    r.start_bridge(request.param)
     yield r
     r.close()
 

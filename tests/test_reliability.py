@@ -6,19 +6,23 @@ import signal
 import time
 
 import psycopg
+import pytest
 
-from rigs import link, make_rig
+from rigs import TRANSPORTS, link, make_rig
 from syncbridge.bridge.bench.rig import wait_until
 
 SCHEMA = "create table items (id int primary key, v text not null);"
 
 
-def test_poison_row_is_isolated_dead_lettered_and_retried(new_db, tmp_path):
+@pytest.mark.parametrize("env", TRANSPORTS.values(), ids=TRANSPORTS.keys())
+def test_poison_row_is_isolated_dead_lettered_and_retried(new_db, tmp_path, env):
+    """Staged or not, a row the sink rejects is isolated on the item path in the same
+    batch's sink transaction."""
     sink = SCHEMA + "alter table items add constraint no_bad_values check (v <> 'bad');"
     rig = make_rig(new_db, tmp_path, SCHEMA, [link("items", "items", ["id"], "a_to_b")],
                    schema_b=sink)
     try:
-        rig.start_bridge()
+        rig.start_bridge(env)
         rig.execute("a", "insert into items select g, case when g = 500 then 'bad' else 'ok' end "
                          "from generate_series(1, 1000) g")
         wait_until(lambda: rig.query("b", "select count(*) from items")[0][0] == 999, 60,
@@ -31,6 +35,8 @@ def test_poison_row_is_isolated_dead_lettered_and_retried(new_db, tmp_path):
         # one batch, not a row-by-row replay
         batches = rig.query("b", "select count(*), sum(upserts) from sync.applied_batches")
         assert batches == [(1, 999)]
+        staged = env["SYNCBRIDGE_STAGE_FROM"] == "1"
+        assert ("event=staged_batch_isolating" in rig.log_text()) == staged
         wait_until(lambda: rig.query("a", "select dead_letters from sync.status")[0][0] == 1, 30,
                    "sync.status to count the dead letter")
         rig.execute("b", "alter table items drop constraint no_bad_values")

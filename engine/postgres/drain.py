@@ -39,13 +39,20 @@ from syncbridge.engine.contract import (
     RowProblem,
     SchemaChanged,
     json_array,
-    json_object,
     problem,
 )
 from syncbridge.engine.hub import dead_letters, report, resolutions
 from syncbridge.engine.postgres import capture, staged
 from syncbridge.engine.postgres import sql as pg_sql
-from syncbridge.engine.postgres.held import Held, HeldRecovery, drop_ahead, id_ranges, signals_json
+from syncbridge.engine.postgres.held import (
+    Held,
+    HeldRecovery,
+    Taken,
+    drop_ahead,
+    id_ranges,
+    signals_json,
+)
+from syncbridge.engine.postgres.settle import Settling
 from syncbridge.engine.postgres.sink import Isolate, apply_set, expected_shape, shape_change
 
 SQL = sqlfiles.Queries("postgres/queue.sql")
@@ -105,7 +112,7 @@ class QueueDrain:
         raise NotImplementedError
 
 
-class PgDrain(HeldRecovery, QueueDrain):
+class PgDrain(HeldRecovery, Settling, QueueDrain):
     """Moves one link's changes from a Postgres source side to a Postgres sink side."""
 
     def __init__(
@@ -166,7 +173,7 @@ class PgDrain(HeldRecovery, QueueDrain):
                     if ahead is not None:
                         await drop_ahead(ahead)
                     raise
-                n += sum(s["op"] != "C" for s in held.signals)
+                n += held.taken.changes
                 self.more = full
                 held = await ahead if ahead is not None else None
         return n
@@ -187,11 +194,11 @@ class PgDrain(HeldRecovery, QueueDrain):
                 return None
             self.check_shape(self.src, next(s["shape"] for s in held.signals if s["shape"]))
             faults.hit("after_claim")
-            keys = self._keys(held.signals)
-            if not self.two_way and len(keys) >= staged.STAGE_FROM:
-                held.staged = await staged.read(conn, self.sql.staged, list(keys))
+            held.taken = taken = Taken.of(held.signals)
+            if not self.two_way and len(taken.keys) >= staged.STAGE_FROM:
+                held.staged = await staged.read(conn, self.sql.staged, list(taken.keys))
             else:
-                held.upserts, held.deletes = await self._read(conn, keys)
+                held.upserts, held.deletes = await self._read(conn, taken.keys)
         except BaseException:
             await held.release()
             raise
@@ -204,11 +211,12 @@ class PgDrain(HeldRecovery, QueueDrain):
         # them (two-way settling asks the hub and a resolver: run once, with savepoints)
         try:
             out, record, canary = await self._apply(held, savepoints=self.two_way)
-        except Isolate:  # a staged batch goes the item path: it isolates the row
+        except Isolate as e:  # a staged batch goes the item path: it isolates the row
             if held.staged is not None:
+                log.info("event=staged_batch_isolating link=%s keys=%d sqlstate=%s", self.name,
+                         len(held.taken.keys), errors.sqlstate(e.__cause__))
                 held.staged = None
-                held.upserts, held.deletes = await self._read(held.conn,
-                                                              self._keys(held.signals))
+                held.upserts, held.deletes = await self._read(held.conn, held.taken.keys)
             out, record, canary = await self._apply(held, savepoints=True)
         faults.hit("after_sink_commit")
         await self._finish(held.conn, held.batch_id, record, held.signals)
@@ -223,10 +231,8 @@ class PgDrain(HeldRecovery, QueueDrain):
 
     async def _apply(self, held: Held, savepoints: bool) -> tuple[Outcome, BatchRecord, Any]:
         """The batch's sink transaction: its rows and its record (and canaries)."""
-        signals, upserts, deletes = held.signals, held.upserts, held.deletes
-        truncate = any(s["op"] == "T" for s in signals)
-        forced = {s["key"] for s in signals if s["op"] == "R"}
-        canaries = [s["key"] for s in signals if s["op"] == "C"]
+        upserts, deletes, taken = held.upserts, held.deletes, held.taken
+        truncate, forced, canaries = taken.truncate, taken.forced, taken.canaries
         canary = None
         out = Outcome()
         async with self.sink.acquire() as conn, conn.transaction():
@@ -255,9 +261,9 @@ class PgDrain(HeldRecovery, QueueDrain):
                 await self._remember(conn, out)
             record = out.record(truncate)
             recorded = await conn.execute(
-                SQL["record_batch"], held.batch_id, self.link.name, self.src, len(signals),
+                SQL["record_batch"], held.batch_id, self.link.name, self.src, len(taken.ids),
                 out.upserts, out.deletes, record.problems, record.synced, record.conflicts,
-                truncate, id_ranges([s["id"] for s in signals]),
+                truncate, id_ranges(taken.ids),
             )
             if recorded.split()[-1] == "0":  # the sink transaction rolls back: nothing applied
                 raise errors.AlreadyApplied(f"{self.name}: signals of batch {held.batch_id} "
@@ -276,15 +282,6 @@ class PgDrain(HeldRecovery, QueueDrain):
         """Queue an end-to-end canary at the source; returns when it was sent."""
         return await self.source.fetchval(SQL["canary_send"], self.link.name, self.src)
 
-    @staticmethod
-    def _keys(signals: list) -> dict[str, int]:
-        """The batch's distinct keys (op K or R), each with its most attempts so far."""
-        attempts: dict[str, int] = {}
-        for s in signals:
-            if s["op"] in ("K", "R"):
-                attempts[s["key"]] = max(attempts.get(s["key"], 0), s["attempts"])
-        return attempts
-
     async def _read(self, conn: asyncpg.Connection, attempts: dict[str, int]
                     ) -> tuple[list[Item], list[Item]]:
         """Current source rows for the batch's distinct keys: upserts and deletes."""
@@ -302,85 +299,6 @@ class PgDrain(HeldRecovery, QueueDrain):
             else:
                 upserts.setdefault(key, Item(skey, key, ka, row, img, tries))
         return list(upserts.values()), deletes
-
-    async def _settle(self, conn: asyncpg.Connection, upserts: list[Item], deletes: list[Item],
-                      forced: set[str], out: Outcome) -> tuple[list[Item], list[Item]]:
-        """Two-way links: keep only what should be applied; record conflicts."""
-        items = deletes + upserts
-        if not items:
-            return upserts, deletes
-        state = {r["ka"]: r for r in await conn.fetch(
-            self.sql.state_read, json_array([i.sink_key for i in items]), self.link.name)}
-        keep: list[Item] = []
-        for item in items:
-            st = state[item.state_key]
-            source, sink = conflicts.load(item.image), conflicts.load(st["cur"])
-            base = conflicts.load(st["last"])
-            v = conflicts.decide(self.link, self.src, source, sink, base, st["known"],
-                                 item.source_key in forced)
-            if v.action == conflicts.RESOLVE:
-                v = await self._resolve(item, source, sink, base, out)
-                if v is None:
-                    continue
-            if v.conflict:
-                out.conflicts.append(self._conflict(item, st, v))
-            if v.action == conflicts.APPLY:
-                keep.append(item)
-            elif v.action == conflicts.SKIP:
-                out.synced.append(json_object(key=item.state_key, image=item.image or "null"))
-            elif v.action == conflicts.KEEP_SINK:
-                out.resignal.append(item.sink_key)
-            elif v.action == conflicts.MERGE:
-                keep.append(self._merged(item, v.row))
-                out.resignal.append(item.sink_key)  # the source gets the merged row too
-        return [i for i in keep if i.image is not None], [i for i in keep if i.image is None]
-
-    async def write_settled(self, row: conflicts.Image, sink_key: str) -> None:
-        """Write a settled merge (an operator's choice) on this drain's sink side, as the
-        bridge's own write; the caller then re-sends that side's row the other way."""
-        async with self.sink.acquire() as conn, conn.transaction():
-            await conn.execute(SQL["set_origin"], self.origin)
-            if row is None:
-                await conn.execute(self.sql.delete, json_array([sink_key]))
-            else:
-                await conn.execute(self.sql.upsert, json_array([self._payload(row)]))
-
-    def _payload(self, row: dict[str, str | None]) -> str:
-        return json.dumps({self.to_sink[c]: v for c, v in row.items()}, ensure_ascii=False)
-
-    def _merged(self, item: Item, row: conflicts.Image) -> Item:
-        """The item carrying a merged (or resolver's) row instead of the source's."""
-        if row is None:
-            return Item(item.source_key, item.sink_key, item.state_key, item.sink_key, None,
-                        item.attempts)
-        payload = self._payload(row)
-        return Item(item.source_key, item.sink_key, item.state_key, payload, conflicts.dump(row),
-                    item.attempts)
-
-    async def _resolve(self, item: Item, source: conflicts.Image, sink: conflicts.Image,
-                       base: conflicts.Image, out: Outcome) -> conflicts.Verdict | None:
-        """conflict = "function:s.fn" (engine/hub/resolutions.run_resolver)."""
-        return await resolutions.run_resolver(
-            self.hub, self.resolver, self.link, self.src, item.state_key, self.name,
-            item.source_key, source, sink, base, out.problems)
-
-    def _conflict(self, item: Item, st: Any, v: conflicts.Verdict) -> str:
-        images = {self.src: item.image or "null", self.dst: st["cur"] or "null"}
-        policy = v.policy or self.link.conflict
-        log.warning("event=conflict link=%s key=%s policy=%s winner=%s columns=%s",
-                    self.link.name, item.state_key, policy, v.winner or "manual",
-                    ",".join(v.columns) or "-")
-        return json_object(key=item.state_key, a=images["a"], b=images["b"],
-                           last=st["last"] or "null", winner=json.dumps(v.winner),
-                           columns=json.dumps(list(v.columns)), policy=json.dumps(policy))
-
-    async def _remember(self, conn: asyncpg.Connection, out: Outcome) -> None:
-        out.synced.extend(json_object(key=i.state_key, image=i.image or "null")
-                          for i in out.applied)
-        if out.synced:
-            await conn.execute(SQL["state_write"], self.link.name, json_array(out.synced))
-        if out.resignal:
-            await conn.execute(SQL["resignal"], self.link.name, self.dst, json_array(out.resignal))
 
     async def _apply_set(self, conn: asyncpg.Connection, stmt: str, items: list[Item],
                          out: Outcome, savepoints: bool = True) -> int:

@@ -15,6 +15,7 @@ import contextlib
 import json
 import logging
 import uuid
+from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
@@ -48,6 +49,41 @@ def signals_json(signals: list) -> str:
                        for s in signals if s["op"] in ("K", "R")])
 
 
+@dataclass
+class Taken:
+    """What a batch's signals say, read in one pass: a catch-up batch holds thousands,
+    and a pass per question cost more than the rest of the batch's Python."""
+
+    keys: dict[str, int] = field(default_factory=dict)  # distinct K/R keys -> most attempts
+    forced: set[str] = field(default_factory=set)  # keys of R signals (sync.resync)
+    canaries: list[str] = field(default_factory=list)
+    ids: list[int] = field(default_factory=list)
+    truncate: bool = False
+
+    @classmethod
+    def of(cls, signals: list) -> Taken:
+        t = cls()
+        keys = t.keys
+        for s in signals:  # by position: id, op, key, attempts
+            op, key = s[1], s[2]
+            t.ids.append(s[0])
+            if op == "K" or op == "R":
+                if s[3] >= keys.get(key, 0):
+                    keys[key] = s[3]
+                if op == "R":
+                    t.forced.add(key)
+            elif op == "C":
+                t.canaries.append(key)
+            elif op == "T":
+                t.truncate = True
+        return t
+
+    @property
+    def changes(self) -> int:
+        """Signals that are traffic (canaries are not)."""
+        return len(self.ids) - len(self.canaries)
+
+
 class Held:
     """A batch taken at the source: its signals deleted in a transaction that is still
     open on `conn`, and the current source rows for their keys."""
@@ -55,6 +91,7 @@ class Held:
     def __init__(self, pool: asyncpg.Pool, conn: asyncpg.Connection) -> None:
         self.pool, self.conn = pool, conn
         self.signals: list = []
+        self.taken = Taken()
         self.upserts: list[Item] = []
         self.deletes: list[Item] = []
         self.staged: Rows | None = None  # a large one-way batch's rows as COPY text

@@ -56,9 +56,10 @@ async def read(conn: asyncpg.Connection, stmt: StagedSql, keys: list[str]) -> Ro
     literal = sql.Literal(json_array(keys)).as_string(None)
     await conn.copy_from_query(stmt.read_head + literal + stmt.read_tail, output=keep)
     data = b"".join(chunks)
-    # a value's own newlines and tabs are escaped by COPY: a bare newline ends a row
+    # one row per key (the join is on the key); a value's own newlines and tabs are
+    # escaped by COPY, so a row whose first field is f starts the data or a line
     missing = data.count(b"\nf\t") + data.startswith(b"f\t")
-    return Rows(data, data.count(b"\n") - missing, missing, keys)
+    return Rows(data, len(keys) - missing, missing, keys)
 
 
 async def apply(conn: asyncpg.Connection, stmt: StagedSql, rows: Rows, deletes: bool
