@@ -9,7 +9,7 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg
 import pytest
 
-from rigs import Rig, link
+from rigs import STAGED, Rig, link
 
 ROLE = "syncbridge"
 
@@ -20,7 +20,7 @@ def _readme_grants(database: str) -> list[str]:
     text = re.sub(r"--[^\n]*", "", block).replace("password '…'", "")
     text = text.replace("database portal", f'database "{database}"')
     return [s.strip() for s in text.replace("public.patients, public.appointments",
-                                            "public.t").split(";") if s.strip()]
+                                            "public.t, public.u").split(";") if s.strip()]
 
 
 @pytest.fixture
@@ -38,32 +38,63 @@ def role(pg_server):
         c.execute(f"drop role if exists {ROLE}")
 
 
-def test_bridge_runs_with_only_the_readme_grants(new_db, tmp_path, role):
-    schema = "create table t (id int primary key, v text);"
+LINKS = [link("t", "t", ["id"], "both"), link("u", "u", ["id"], "a_to_b")]
+
+
+def _rigs(new_db, tmp_path, role: str, readme: bool) -> tuple[Rig, Rig]:
+    """The owner's rig (migrated, installed) and the bridge's, as `role` with the
+    README's grants (readme) or all of them but TEMPORARY, on databases whose PUBLIC
+    may not create temporary tables (a hardened server)."""
+    schema = "create table t (id int primary key, v text); create table u (id int primary key);"
     dsn = {"a": new_db("a"), "b": new_db("b")}
-    owner = Rig(tmp_path / "owner", dsn["a"], dsn["b"], [link("t", "t", ["id"], "both")])
+    owner = Rig(tmp_path / "owner", dsn["a"], dsn["b"], LINKS)
     for side in ("a", "b"):
         owner.execute(side, schema)
     owner.setup()
     for side in ("a", "b"):
-        grants = _readme_grants(urlsplit(dsn[side]).path.lstrip("/"))
+        database = urlsplit(dsn[side]).path.lstrip("/")
+        owner.execute(side, f'revoke temporary on database "{database}" from public')
+        grants = _readme_grants(database)
         assert grants[0].startswith("create role")  # once per server, not per database
+        assert any(g.startswith("grant temporary") for g in grants)
         for stmt in grants if side == "a" else grants[1:]:
-            owner.execute(side, stmt)
+            if readme or not stmt.startswith("grant temporary"):
+                owner.execute(side, stmt)
 
     def as_role(d: str) -> str:
         p = urlsplit(d)
         return urlunsplit(p._replace(netloc=f"{role}@{p.hostname}:{p.port}"))
 
-    bridge = Rig(tmp_path / "bridge", as_role(dsn["a"]), as_role(dsn["b"]),
-                 [link("t", "t", ["id"], "both")])
+    return owner, Rig(tmp_path / "bridge", as_role(dsn["a"]), as_role(dsn["b"]), LINKS)
+
+
+def test_bridge_runs_with_only_the_readme_grants(new_db, tmp_path, role):
+    owner, bridge = _rigs(new_db, tmp_path, role, readme=True)
     try:
-        bridge.start_bridge()
+        bridge.start_bridge(STAGED)
         owner.execute("a", "insert into t values (1, 'from a')")
         owner.execute("b", "insert into t values (2, 'from b')")
-        owner.wait_equal({"t": ["id"]}, 30)
+        owner.execute("a", "insert into u select generate_series(1, 500)")
+        owner.wait_equal({"t": ["id"], "u": ["id"]}, 30)
         owner.execute("a", "truncate t")
         owner.wait_equal({"t": ["id"]}, 30)
         assert "permission denied" not in bridge.log_text(), bridge.log_text()
+        assert "event=staging_unavailable" not in bridge.log_text()
+    finally:
+        bridge.close()
+
+
+def test_without_temporary_rows_flow_as_items_and_the_log_says_why(new_db, tmp_path, role):
+    owner, bridge = _rigs(new_db, tmp_path, role, readme=False)
+    try:
+        bridge.start_bridge(STAGED)
+        owner.execute("a", "insert into u select generate_series(1, 500)")
+        owner.wait_equal({"u": ["id"]}, 30)
+        owner.execute("a", "delete from u where id > 250")
+        owner.wait_equal({"u": ["id"]}, 30)
+        log = bridge.log_text()
+        assert log.count("event=staging_unavailable link=u:a->b") == 1, log
+        assert "grant_temporary" in log
+        assert owner.query("a", "select count(*) from sync.dead_letter") == [(0,)]
     finally:
         bridge.close()

@@ -132,6 +132,9 @@ class PgDrain(HeldRecovery, Settling, QueueDrain):
         self.sql = pg_sql.render(shape, self.src, self.dst)
         self.origin = capture.origin_tag(self.link, self.src)
         self.two_way = self.link.direction == "both"
+        # keys from which a batch is staged (staged.py); None: items only (two-way settling
+        # reads every row in Python, or the sink role may not create a staging table)
+        self.stage_from: int | None = None if self.two_way else staged.STAGE_FROM
         self.max_attempts = max_attempts
         # an image named as on side a -> the sink's column names (merged rows)
         self.to_sink = {ca: (ca if self.dst == "a" else cb) for ca, cb in shape.pairs}
@@ -195,7 +198,7 @@ class PgDrain(HeldRecovery, Settling, QueueDrain):
             self.check_shape(self.src, next(s["shape"] for s in held.signals if s["shape"]))
             faults.hit("after_claim")
             held.taken = taken = Taken.of(held.signals)
-            if not self.two_way and len(taken.keys) >= staged.STAGE_FROM:
+            if self.stage_from is not None and len(taken.keys) >= self.stage_from:
                 held.staged = await staged.read(conn, self.sql.staged, list(taken.keys))
             else:
                 held.upserts, held.deletes = await self._read(conn, taken.keys)
@@ -209,15 +212,21 @@ class PgDrain(HeldRecovery, Settling, QueueDrain):
         with the batch's follow-ups."""
         # one-way: first without savepoints; a row error runs the transaction again with
         # them (two-way settling asks the hub and a resolver: run once, with savepoints)
-        try:
-            out, record, canary = await self._apply(held, savepoints=self.two_way)
-        except Isolate as e:  # a staged batch goes the item path: it isolates the row
-            if held.staged is not None:
-                log.info("event=staged_batch_isolating link=%s keys=%d sqlstate=%s", self.name,
-                         len(held.taken.keys), errors.sqlstate(e.__cause__))
-                held.staged = None
-                held.upserts, held.deletes = await self._read(held.conn, held.taken.keys)
-            out, record, canary = await self._apply(held, savepoints=True)
+        savepoints = self.two_way
+        while True:
+            try:
+                out, record, canary = await self._apply(held, savepoints)
+                break
+            except staged.Unavailable as e:
+                log.warning("event=staging_unavailable link=%s error=%r action=items_only "
+                            "hint=grant_temporary_on_the_sink_database", self.name, str(e))
+                self.stage_from = None
+            except Isolate as e:  # on the item path, with savepoints: it isolates the row
+                if held.staged is not None:
+                    log.info("event=staged_batch_isolating link=%s keys=%d sqlstate=%s",
+                             self.name, len(held.taken.keys), errors.sqlstate(e.__cause__))
+                savepoints = True
+            await self._unstaged(held)
         faults.hit("after_sink_commit")
         await self._finish(held.conn, held.batch_id, record, held.signals)
         await held.commit()
@@ -269,6 +278,14 @@ class PgDrain(HeldRecovery, Settling, QueueDrain):
                 raise errors.AlreadyApplied(f"{self.name}: signals of batch {held.batch_id} "
                                             "were applied before; recovering that batch first")
         return out, record, canary
+
+    async def _unstaged(self, held: Held) -> Held:
+        """The batch as items (read again in its held source transaction), to run on the
+        item path: a staged batch whose sink rejected a row, or could not stage."""
+        if held.staged is not None:
+            held.staged = None
+            held.upserts, held.deletes = await self._read(held.conn, held.taken.keys)
+        return held
 
     async def _truncate_statement(self, conn: asyncpg.Connection) -> str:
         """TRUNCATE where the sink's catalog allows it (sink_truncatable says when not),

@@ -20,7 +20,7 @@ from typing import Any
 
 import asyncpg
 
-from syncbridge.engine import sqlfiles
+from syncbridge.engine import errors, sqlfiles
 from syncbridge.engine.config import Link
 from syncbridge.engine.contract import BatchRecord, Item, json_array, json_object
 from syncbridge.engine.postgres.staged import Rows
@@ -104,11 +104,17 @@ class Held:
             await self.release()
 
     async def release(self) -> None:
-        """Give the connection back; a transaction still open is rolled back (the
-        pool's reset), so the signals are queued again."""
+        """Give the connection back; a transaction still open is rolled back first, so
+        the signals are queued again (asyncpg's own reset would too, but logs every such
+        release as an error). A connection that cannot roll back is closed by the pool."""
         if self.conn is not None:
             conn, self.conn = self.conn, None
-            await self.pool.release(conn)
+            try:
+                if conn.is_in_transaction():
+                    with contextlib.suppress(*errors.DATABASE_ERRORS):
+                        await conn.execute("rollback")
+            finally:
+                await self.pool.release(conn)
 
 
 async def drop_ahead(ahead: asyncio.Future) -> None:

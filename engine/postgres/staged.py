@@ -35,6 +35,11 @@ from syncbridge.engine.postgres.sql import StagedSql
 STAGE_FROM = int(os.environ.get("SYNCBRIDGE_STAGE_FROM", "100"))
 
 
+class Unavailable(Exception):
+    """The sink role may not create temporary tables (`grant temporary on database`):
+    the drain carries its batches as items instead, and says so once."""
+
+
 @dataclass(frozen=True)
 class Rows:
     """A batch's source rows as COPY text: each line `t|f <tab> column texts`."""
@@ -72,6 +77,9 @@ async def apply(conn: asyncpg.Connection, stmt: StagedSql, rows: Rows, deletes: 
 
     try:
         await conn.execute(stmt.create)
+    except asyncpg.InsufficientPrivilegeError as e:
+        raise Unavailable(str(e)) from e
+    try:
         await conn.copy_to_table(stmt.stage[1], schema_name=stmt.stage[0], source=stream())
         gone = put = "0"
         if deletes and rows.missing:
