@@ -170,7 +170,7 @@ def _postgres(peer: Peer, sides: dict[Side, _Use]) -> Iterator[Check]:
     with psycopg.connect(peer.dsn) as conn:
         conn.read_only = True
         row = conn.execute(SQL["server_facts"]).fetchone()
-        num, version, user, db, max_conn, used, reserved, can_create, has_sync = row
+        num, version, user, db, max_conn, used, reserved, can_create, has_sync, temp = row
         who = _pg_ident(user)
         yield Check(peer.name, OK, f"PostgreSQL {version}; user {user}; wal_level does not "
                     "matter (trigger capture, no logical decoding)")
@@ -186,6 +186,10 @@ def _postgres(peer: Peer, sides: dict[Side, _Use]) -> Iterator[Check]:
         if not has_sync and not can_create:
             yield Check(peer.name, ERROR, f"no sync schema yet and {user} may not create one",
                         f"GRANT CREATE ON DATABASE {_pg_ident(db)} TO {who};")
+        if not temp and any(u.sink for u in sides.values()):
+            yield Check(peer.name, WARNING, f"{user} may not create temporary tables: large "
+                        "one-way batches into this peer travel as items, not staged (slower)",
+                        f"GRANT TEMPORARY ON DATABASE {_pg_ident(db)} TO {who};")
         for side, use in sides.items():
             table = _pg_ident(side.schema, side.table)
             exists = conn.execute(SQL["table_exists"], (table,)).fetchone()[0]

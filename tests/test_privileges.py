@@ -10,6 +10,7 @@ import psycopg
 import pytest
 
 from rigs import STAGED, Rig, link
+from syncbridge.engine import doctor
 
 ROLE = "syncbridge"
 
@@ -96,5 +97,10 @@ def test_without_temporary_rows_flow_as_items_and_the_log_says_why(new_db, tmp_p
         assert log.count("event=staging_unavailable link=u:a->b") == 1, log
         assert "grant_temporary" in log
         assert owner.query("a", "select count(*) from sync.dead_letter") == [(0,)]
+        # and `syncbridge doctor` names the grant, as a warning (the link works)
+        _code, lines = doctor.report(bridge.config)
+        i = next(i for i, line in enumerate(lines)
+                 if line.startswith("b: warning:") and "may not create temporary tables" in line)
+        assert "GRANT TEMPORARY ON DATABASE" in lines[i + 1]
     finally:
         bridge.close()

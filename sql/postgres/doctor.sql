@@ -2,13 +2,14 @@
 -- An entry's description line is part of its statement: it holds no $, % or braces.
 
 -- name: server_facts
--- Version number and text, user, database, connection limits and use, whether the user may create the sync schema or it exists.
+-- Version number and text, user, database, connection limits and use, whether the user may create the sync schema or it exists, whether it may create temporary tables.
 select current_setting('server_version_num')::int, current_setting('server_version'),
        current_user, current_database(), current_setting('max_connections')::int,
        (select count(*) from pg_stat_activity),
        current_setting('superuser_reserved_connections')::int,
        has_database_privilege(current_database(), 'CREATE'),
-       to_regnamespace('sync') is not null
+       to_regnamespace('sync') is not null,
+       has_database_privilege(current_database(), 'TEMPORARY')
 
 -- name: table_exists
 -- Whether the table (quoted qualified text) exists.
