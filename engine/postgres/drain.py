@@ -59,6 +59,7 @@ SQL = sqlfiles.Queries("postgres/queue.sql")
 log = logging.getLogger("syncbridge.drain")
 BURST = 0.5  # seconds of back-to-back batches in one drain_once, each taken while the last applies
 GROW_MAX = 8  # in a burst, batches double up to this many times the link's batch_size
+GROW_BYTES = 16 << 20  # ... while a staged batch's rows are fewer bytes than this (wide rows)
 
 
 class QueueDrain:
@@ -167,7 +168,8 @@ class PgDrain(HeldRecovery, Settling, QueueDrain):
                 full = len(held.signals) >= limit
                 if full and self.claim_limit is None and time.monotonic() < deadline:
                     # a backlog: batches grow, so a catch-up pays fewer commits per row
-                    limit = min(limit * 2, base * GROW_MAX)
+                    if held.staged is None or len(held.staged.data) < GROW_BYTES:
+                        limit = min(limit * 2, base * GROW_MAX)
                     ahead = asyncio.ensure_future(self._take(limit))
                 try:
                     await self._apply_and_finish(held)
