@@ -16,6 +16,8 @@ is lost; a signal costs the source one insert and one delete, no claim update.
 While a batch applies, the next one is taken and read (a burst of back-to-back
 batches, BURST seconds at most), so the source and the sink work at once; the
 batches still apply, and commit at the source, in order.
+A one-way batch of staged.STAGE_FROM keys or more travels as one COPY stream
+(staged.py); smaller ones, two-way ones and rows the sink rejects as jsonb items.
 """
 
 from __future__ import annotations
