@@ -26,8 +26,8 @@ UNITS = ("syncbridge.service", "syncbridge-webhooks.service")
 # between long-lived objects stay resident. Under a steady load the bridge's RSS kept
 # growing while the bytes in use stayed flat (`syncbridge bench --only soak`). Setting
 # the threshold turns that adjustment off: blocks of 128 KiB and more get mappings of
-# their own, returned when freed. (The bridge runs one thread, so glibc's per-thread
-# arenas, MALLOC_ARENA_MAX, are not what grows.)
+# their own, returned when freed. (The bridge works on one thread; others run only DNS
+# lookups and reloads, so glibc's per-thread arenas, MALLOC_ARENA_MAX, are not it.)
 BRIDGE_ENVIRONMENT = {"MALLOC_MMAP_THRESHOLD_": "131072"}
 
 
