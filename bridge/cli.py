@@ -250,18 +250,24 @@ def _bench_arguments(p: argparse.ArgumentParser) -> None:
                    help="comma-separated parts: bulk, latency, catchup, overhead, "
                         "webhooks (signed requests through the webhook app), scaleout "
                         "(catch-up across 8 links on 1 bridge vs 2), links (many busy links "
-                        "on one bridge)")
+                        "on one bridge), soak (the bridge's RSS over a long steady load)")
     p.add_argument("--concurrency", type=int, default=32, help="webhooks: parallel senders")
     p.add_argument("--direction", choices=("a_to_b", "both"), default="a_to_b",
                    help="link direction (both = with conflict checking)")
     p.add_argument("--rows", type=int, default=100_000, help="rows for bulk and catch-up")
     p.add_argument("--rate", type=int, help="latency: transactions per second (default 200); "
-                                            "links: rows per second per link (default 1000)")
+                                            "links: rows per second per link (default 1000); "
+                                            "soak: rows per second (default 1000)")
     p.add_argument("--seconds", type=float, help="latency, webhooks: duration (default 30); "
-                                                 "links: time writing (default 20)")
+                                                 "links: time writing (default 20); "
+                                                 "soak: duration (default 1800)")
     p.add_argument("--links", type=int, default=50, help="links: busy links (one table each)")
     p.add_argument("--idle-links", type=int, default=0,
                    help="links: extra links that carry nothing")
+    p.add_argument("--warmup-seconds", type=float, default=180,
+                   help="soak: samples before this are not growth (at most a third of the run)")
+    p.add_argument("--sample-seconds", type=float, default=10,
+                   help="soak: seconds between RSS samples")
     p.add_argument("--overhead-seconds", type=int, default=5, help="each pgbench run")
     p.add_argument("--runs", type=int, default=1, help="repeat and report the median")
     p.add_argument("--no-notify", action="store_true", help="link with NOTIFY off (polling)")

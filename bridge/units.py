@@ -18,6 +18,17 @@ from syncbridge.engine.config import Config
 
 CREDENTIALS_DIR = "/etc/syncbridge/credentials"  # where the recipe keeps credential files
 UNITS = ("syncbridge.service", "syncbridge-webhooks.service")
+# The bridge's environment beyond its config: the unit sets it, and the local rig
+# (bridge/bench/rig.py) starts its bridges with it, so tests and benches run what
+# operators run. glibc raises its mmap threshold (and its trim threshold) each time a
+# large block it mapped is freed, up to 32 MB: from then on such blocks (a batch's
+# jsonb, a large result) are carved from the main heap, and the free holes they leave
+# between long-lived objects stay resident. Under a steady load the bridge's RSS kept
+# growing while the bytes in use stayed flat (`syncbridge bench --only soak`). Setting
+# the threshold turns that adjustment off: blocks of 128 KiB and more get mappings of
+# their own, returned when freed. (The bridge works on one thread; others run only DNS
+# lookups and reloads, so glibc's per-thread arenas, MALLOC_ARENA_MAX, are not it.)
+BRIDGE_ENVIRONMENT = {"MALLOC_MMAP_THRESHOLD_": "131072"}
 
 
 def executable() -> str:
@@ -51,7 +62,9 @@ def render(config: Config, unit: str, config_path: str, exec_path: str | None = 
              for n in credentials(config, unit)]
     return (template.replace("@@EXEC@@", exec_path or executable())
             .replace("@@CONFIG@@", config_path)
-            .replace("@@CREDENTIALS@@", "\n".join(lines) or "# (the config names no credentials)"))
+            .replace("@@CREDENTIALS@@", "\n".join(lines) or "# (the config names no credentials)")
+            .replace("@@ENVIRONMENT@@", "\n".join(
+                f"Environment={k}={v}" for k, v in BRIDGE_ENVIRONMENT.items())))
 
 
 def wanted(config: Config) -> list[str]:

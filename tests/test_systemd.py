@@ -15,6 +15,7 @@ import pytest
 
 from rigs import link, make_rig
 from syncbridge.bridge.bench.rig import wait_until
+from syncbridge.bridge.units import BRIDGE_ENVIRONMENT
 
 SAMPLE = """
 hub = "portal"
@@ -73,6 +74,22 @@ def test_bridge_sends_ready_watchdog_and_stopping(new_db, tmp_path):
         rig.close()
 
 
+def test_rig_bridges_run_in_the_units_environment(new_db, tmp_path, monkeypatch):
+    """The benches and tests measure the bridge as the unit runs it (bridge/units.py)."""
+    for name in BRIDGE_ENVIRONMENT:
+        monkeypatch.delenv(name, raising=False)
+    rig = make_rig(new_db, tmp_path, "create table t (id int primary key);",
+                   [link("t", "t", ["id"])])
+    try:
+        proc = rig.start_bridge()
+        environ = Path(f"/proc/{proc.pid}/environ").read_bytes().split(b"\0")
+        for name, value in BRIDGE_ENVIRONMENT.items():
+            assert f"{name}={value}".encode() in environ
+    finally:
+        rig.stop_bridge()
+        rig.close()
+
+
 def _render(tmp_path: Path, *extra: str) -> dict[str, str]:
     config = tmp_path / "syncbridge.toml"
     config.write_text(SAMPLE)
@@ -98,9 +115,9 @@ def _service(text: str) -> ConfigParser:
     return unit
 
 
-def _credentials(text: str) -> list[str]:
+def _values(text: str, key: str = "LoadCredential") -> list[str]:
     return [line.split("=", 1)[1] for line in text.splitlines()
-            if line.startswith("LoadCredential=")]
+            if line.startswith(f"{key}=")]
 
 
 def test_rendered_units_name_this_executable_and_exactly_the_configs_credentials(tmp_path):
@@ -116,13 +133,16 @@ def test_rendered_units_name_this_executable_and_exactly_the_configs_credentials
     bridge = _service(units["syncbridge.service"])["Service"]
     assert bridge["Type"] == "notify" and int(bridge["WatchdogSec"]) > 0
     assert bridge["ExecStart"].endswith(" run") and "kill -HUP" in bridge["ExecReload"]
-    assert _credentials(units["syncbridge.service"]) == [
+    assert _values(units["syncbridge.service"]) == [
         "portal-dsn:/etc/syncbridge/credentials/portal-dsn",
         "clinic-dsn:/etc/syncbridge/credentials/clinic-dsn"]
+    # the allocator setting that keeps the bridge's RSS flat (units.BRIDGE_ENVIRONMENT)
+    assert _values(units["syncbridge.service"], "Environment") == [
+        "SYNCBRIDGE_LOG_LEVEL=info", "MALLOC_MMAP_THRESHOLD_=131072"]
     hooks = _service(units["syncbridge-webhooks.service"])["Service"]
     assert " webhooks " in hooks["ExecStart"]
     # the receiver talks only to the hub: its DSN and the sources' secrets, nothing else
-    assert _credentials(units["syncbridge-webhooks.service"]) == [
+    assert _values(units["syncbridge-webhooks.service"]) == [
         "portal-dsn:/etc/syncbridge/credentials/portal-dsn",
         "shop-secret:/etc/syncbridge/credentials/shop-secret"]
 

@@ -13,7 +13,9 @@
 (e) scaleout (only when asked): catch-up of a backlog split across 8 links,
     on 1 bridge and on 2 sharing the links (bridge/bench/scaleout.py);
 (f) links (only when asked, --only links): many busy and idle links on one
-    bridge, lag and the bridge's CPU per row (bench/links.py).
+    bridge, lag and the bridge's CPU per row (bench/links.py);
+(g) soak (only when asked, --only soak): the bridge's RSS over a long steady
+    load, its growth per hour (bench/soak.py).
 Runs on the embedded PostgreSQL unless --dsn-a/--dsn-b are given.
 """
 
@@ -50,8 +52,8 @@ def with_payload(name: str, g: str = "g", queries: sqlfiles.Queries = SQL,
 
 
 # --rate and --seconds mean something else per part: None on the command line is this.
-PART_DEFAULTS = {"rate": {"latency": 200, "links": 1000},
-                 "seconds": {"latency": 30, "webhooks": 30, "links": 20}}
+PART_DEFAULTS = {"rate": {"latency": 200, "links": 1000, "soak": 1000},
+                 "seconds": {"latency": 30, "webhooks": 30, "links": 20, "soak": 1800}}
 
 
 def part_args(args: argparse.Namespace, part: str) -> argparse.Namespace:
@@ -198,6 +200,13 @@ class Bench:
         self.links_bench.args = self.args
         return self.links_bench.run()
 
+    def soak(self) -> dict[str, float]:
+        """The bridge's RSS over a long steady load (bridge/bench/soak.py)."""
+        from syncbridge.bridge.bench.soak import Soak
+
+        self.reset()
+        return Soak(self.rig, self.args).run()
+
     def overhead(self) -> dict[str, float]:
         self.reset()
         self.rig.execute("a", with_payload("seed_overhead"))
@@ -282,7 +291,7 @@ def main(args: argparse.Namespace) -> int:
         return bench_logical.main(part_args(args, "latency"))
     parts = [p.strip() for p in args.only.split(",") if p.strip()]
     unknown = set(parts) - {"bulk", "latency", "catchup", "overhead", "webhooks",
-                           "scaleout", "links"}
+                           "scaleout", "links", "soak"}
     if unknown:
         raise SystemExit(f"syncbridge bench: unknown part(s): {', '.join(sorted(unknown))}")
     from syncbridge.engine.embedded import EmbeddedPostgres

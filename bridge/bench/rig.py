@@ -24,6 +24,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from syncbridge.bridge.units import BRIDGE_ENVIRONMENT
 from syncbridge.engine import config as config_mod
 from syncbridge.engine.install import install
 from syncbridge.engine.migrate import migrate
@@ -103,7 +104,9 @@ class Rig:
         return list(install(self.config))
 
     def start_bridge(self, extra_env: dict[str, str] | None = None) -> subprocess.Popen:
-        env = {**os.environ, **(extra_env or {})}
+        """A `syncbridge run` process in the systemd unit's environment (bridge/units.py
+        BRIDGE_ENVIRONMENT; this process's environment and `extra_env` override it)."""
+        env = {**BRIDGE_ENVIRONMENT, **os.environ, **(extra_env or {})}
         log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child process
         proc = subprocess.Popen(
             [sys.executable, "-m", "syncbridge.bridge.cli", "--config", str(self.config_path),
