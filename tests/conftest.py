@@ -14,6 +14,7 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg
 import pytest
 
+from rigs import make_template
 from syncbridge.engine.embedded import EmbeddedPostgres
 
 
@@ -21,14 +22,22 @@ class PgServer:
     def __init__(self, admin_dsn: str, embedded: EmbeddedPostgres | None) -> None:
         self.admin_dsn = admin_dsn
         self.embedded = embedded
+        self.template: str | None = None  # the migrated template, made on first use
 
     def dsn(self, database: str) -> str:
         parts = urlsplit(self.admin_dsn)
         return urlunsplit(parts._replace(path="/" + database))
 
-    def create_database(self, name: str) -> str:
+    def create_database(self, name: str, migrated: bool = False) -> str:
+        """migrated: a clone of the session's migrated template (rigs.make_template)."""
+        clone = ""
+        if migrated:
+            if self.template is None:
+                self.template = make_template(self.admin_dsn, self.dsn,
+                                              f"t_migrated_{uuid.uuid4().hex[:8]}")
+            clone = f' template "{self.template}"'
         with psycopg.connect(self.admin_dsn, autocommit=True) as c:
-            c.execute(f'create database "{name}"')
+            c.execute(f'create database "{name}"{clone}')
         return self.dsn(name)
 
     def drop_database(self, name: str) -> None:
@@ -40,7 +49,11 @@ class PgServer:
 def pg_server() -> Iterator[PgServer]:
     dsn = os.environ.get("SYNC_TEST_PG_DSN")
     if dsn:
-        yield PgServer(dsn, None)
+        server = PgServer(dsn, None)
+        yield server
+        if server.template:  # a shared server: leave it as we found it
+            with psycopg.connect(dsn, autocommit=True) as c:
+                c.execute(f'drop database if exists "{server.template}"')
         return
     pg = EmbeddedPostgres().start()
     try:
@@ -51,13 +64,14 @@ def pg_server() -> Iterator[PgServer]:
 
 @pytest.fixture
 def new_db(pg_server: PgServer) -> Iterator[Callable[[str], str]]:
-    """Factory: new_db("portal") -> DSN of a fresh, empty database."""
+    """Factory: new_db("portal") -> DSN of a fresh, empty database;
+    new_db("a", migrated=True): fresh, with every migration applied (a template clone)."""
     made: list[str] = []
 
-    def make(label: str = "db") -> str:
+    def make(label: str = "db", migrated: bool = False) -> str:
         name = f"t_{label}_{uuid.uuid4().hex[:8]}"
         made.append(name)
-        return pg_server.create_database(name)
+        return pg_server.create_database(name, migrated)
 
     yield make
     for name in made:

@@ -19,7 +19,7 @@ from typing import Any
 
 import psycopg
 
-from rigs import Rig, link
+from rigs import Rig, link, make_template
 from syncbridge.engine.embedded import EmbeddedPostgres
 
 SCHEMA = "create table items (id int primary key, v text not null);"
@@ -52,13 +52,20 @@ class Clusters:
         self.hub = EmbeddedPostgres(durable=True).start()
         self.sink = EmbeddedPostgres(durable=True).start()
         self.n = 0
+        self.migrated = False
 
     def databases(self) -> tuple[str, str]:
+        """A fresh database in each cluster, migrated (a clone of the cluster's template):
+        every caller runs `Rig.setup()` next, whose migrate then has nothing to do."""
+        if not self.migrated:
+            for pg in (self.hub, self.sink):
+                make_template(pg.dsn(), pg.dsn, "migrated")
+            self.migrated = True
         self.n += 1
         name = f"h{self.n}"
         for pg in (self.hub, self.sink):
             with psycopg.connect(pg.dsn(), autocommit=True) as c:
-                c.execute(f"create database {name}")
+                c.execute(f"create database {name} template migrated")
         return self.hub.dsn(name), self.sink.dsn(name)
 
     def destroy(self) -> None:

@@ -29,7 +29,7 @@ def _cli(rig: Rig, *args: str, env: dict | None = None) -> subprocess.CompletedP
 
 @pytest.fixture
 def rig(new_db, tmp_path):
-    a, b = new_db("a"), new_db("b")
+    a, b = new_db("a", migrated=True), new_db("b", migrated=True)
     r = Rig(tmp_path, a, b, [link("items", "items", ["id"], "a_to_b")])
     for side in ("a", "b"):
         r.execute(side, SCHEMA)

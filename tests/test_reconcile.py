@@ -192,6 +192,7 @@ def test_changes_in_flight_are_waited_for_not_reported(rig):
     # every 0.1 s; the pool resets a released connection's query text, so look often
     wait_until(lambda: rig.query("a", "select count(*) from pg_stat_activity where "
                                       "application_name = 'syncbridge-check' and "
+                                      "datname = current_database() and "
                                       "query like '%q.key = any%'")[0][0] > 0,
                30, "the check to wait on the queued keys", every=0.01)
     assert t.is_alive(), "the check must wait for the queued keys, not finish"

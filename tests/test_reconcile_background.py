@@ -20,7 +20,7 @@ SCHEMA = "create table items (id int primary key, v text);"
 
 
 def test_scheduled_check_repairs_and_resync_backfills(new_db, tmp_path):
-    rig = Rig(tmp_path, new_db("a"), new_db("b"),
+    rig = Rig(tmp_path, new_db("a", migrated=True), new_db("b", migrated=True),
               [link("items", "items", ["id"], "a_to_b", check_every="1s", repair="auto")])
     try:
         for side in ("a", "b"):

@@ -56,7 +56,7 @@ COLUMNS = {"id": "id", "v": "label", "n": "n", "ts": "ts", "j": "j", "f8": "f8"}
 
 @pytest.fixture
 def rig(new_db, tmp_path):
-    r = Rig(tmp_path, new_db("a"), new_db("b"),
+    r = Rig(tmp_path, new_db("a", migrated=True), new_db("b", migrated=True),
             [link("items", "items", ["id"], "a_to_b", columns=COLUMNS)])
     r.execute("a", SCHEMA_A)
     r.execute("b", SCHEMA_B)
@@ -231,7 +231,7 @@ def test_a_bridge_write_during_the_copy_fails_the_seed_and_keeps_the_link_paused
 def test_a_filtered_transformed_link_seeds_only_its_rows_as_read(new_db, tmp_path):
     """The seed reads the source as the link does (where, transform): a newcomer's seed
     of a filtered link copied every row, untransformed, and check then disagreed."""
-    r = Rig(tmp_path, new_db("a"), new_db("b"), [link(
+    r = Rig(tmp_path, new_db("a", migrated=True), new_db("b", migrated=True), [link(
         "items", "items", ["id"], "a_to_b", where="id % 3 = 0",
         transform={"v": "upper(v)"})])
     try:

@@ -39,7 +39,8 @@ def _cli(rig: Rig, *args: str) -> subprocess.CompletedProcess:
 
 def _prefilled(new_db, tmp_path, differ: bool = False, **extra):
     """Two equal tables filled before install (and, with differ, keys 3 and 4 apart)."""
-    rig = Rig(tmp_path, new_db("a"), new_db("b"), [link("people", "people", ["id"], **extra)])
+    rig = Rig(tmp_path, new_db("a", migrated=True), new_db("b", migrated=True),
+              [link("people", "people", ["id"], **extra)])
     fill = f"insert into people select g, 'p' || g, '000', '{T_OLD}' from generate_series(1, 20) g"
     for side in ("a", "b"):
         rig.execute(side, SCHEMA)
@@ -94,7 +95,8 @@ def test_rows_that_differ_at_install_are_reported_and_never_undone(new_db, tmp_p
 
 
 def test_a_numeric_key_of_many_digits_gets_its_base(new_db, tmp_path):
-    rig = Rig(tmp_path, new_db("a"), new_db("b"), [link("tk", "tk", ["id"])])
+    rig = Rig(tmp_path, new_db("a", migrated=True), new_db("b", migrated=True),
+              [link("tk", "tk", ["id"])])
     for side in ("a", "b"):
         rig.execute(side, "create table tk (id numeric primary key, v text)")
         rig.execute(side, "insert into tk values (0.12345678901234567890123, 'x'), (2, 'y')")
@@ -433,7 +435,7 @@ def test_no_edit_is_undone_after_uninstall_install_or_a_repair(new_db, tmp_path)
 def test_a_key_named_differently_on_each_side_flows_both_ways(new_db, tmp_path):
     """The drain builds the key once when both sides name it alike; renamed, it builds
     the side-a spelling (the row_state key) apart: both ways, the bases agree."""
-    rig = Rig(tmp_path, new_db("a"), new_db("b"),
+    rig = Rig(tmp_path, new_db("a", migrated=True), new_db("b", migrated=True),
               [link("people", "people", ["id"], columns={"id": "person_id", "name": "name"})])
     rig.execute("a", "create table people (id int primary key, name text)")
     rig.execute("b", "create table people (person_id int primary key, name text)")
