@@ -27,8 +27,8 @@ delete from {table}
 truncate {table}
 
 -- name: stage
--- The staged path's table on a sink connection: found or not, then the linked columns typed as the sink's (a domain as its base type, checked when the row is inserted); emptied at every commit.
-create temp table if not exists {stage} ({defs}) on commit delete rows
+-- The staged path's table on a sink connection: found or not, then the linked columns typed as the sink's (a domain as its base type, checked when the row is inserted); emptied at every commit, or dropped when a user type would otherwise depend on it.
+create temp table if not exists {stage} ({defs}) on commit {end}
 
 -- name: upsert_staged
 -- The staged path's upsert: the found rows of the staging table; a row whose columns' texts are byte-for-byte unchanged is skipped.

@@ -3,6 +3,8 @@
 -- or literals). Statement-level: one INSERT ... SELECT from the transition
 -- table and at most one pg_notify per statement, whatever the row count.
 -- SECURITY DEFINER so application roles need no grant on sync.queue.
+-- extra_float_digits = 3: a float key is queued as the shortest text that reads back
+-- to the same value, whatever the writer's session prints (the bridge reads it back).
 -- Writes carrying the origin of this link's other side are the bridge's own
 -- applies: they are not signalled back (echo suppression).
 -- An entry's description line is part of its statement: it holds no $, % or braces.
@@ -12,6 +14,7 @@
 create or replace function sync.{fn}() returns trigger
 language plpgsql security definer
 set search_path = pg_catalog, pg_temp
+set extra_float_digits = 3
 as $body$
 declare
     v_origin text := nullif(current_setting('syncbridge.origin', true), '');
