@@ -57,6 +57,15 @@ def _equal(rig, tables: dict[str, list[str]], what: str, timeout: float = 60) ->
                                  f" {diff}\n{rig.log_text()[-3000:]}") from None
 
 
+def _settled(rig, table: str, key: list[str], what: str) -> None:
+    """Once the queues are empty every batch is applied at the sink (its source commit comes
+    after the sink's): the tables must be equal then, without waiting for them to become so."""
+    rig.wait_drained()
+    a, b = rig.texts("a", table, key), rig.texts("b", table, key)
+    assert a == b, (f"{what}: {table} differs (a {len(a)} rows, b {len(b)} rows) "
+                    f"{sorted(set(a) ^ set(b))[:6]}\n{rig.log_text()[-2000:]}")
+
+
 def _drained(rig, what: str) -> None:
     rig.wait_drained()
     assert ISOLATING not in rig.log_text(), what
@@ -165,7 +174,7 @@ def test_a_float8_key_written_where_extra_float_digits_is_low_arrives(new_db, tm
     try:
         _write(rig, "a", [f"insert into k_f8 select {KEY_OF['k_f8']}, 'v' || g "
                           f"from generate_series(1, {N}) g"])
-        _equal(rig, {"k_f8": ["k"]}, "float8 keys", timeout=30)
+        _settled(rig, "k_f8", ["k"], "float8 keys")
     finally:
         rig.close()
 
@@ -455,6 +464,43 @@ def test_a_hundred_keys_are_staged_by_default(new_db, tmp_path):
         _write(rig, "a", [f"insert into df select g, E'\\N\t' from generate_series(51, {N}) g"])
         _equal(rig, {"df": ["id"]}, "a large batch")
         assert stages() == 1
+        _drained(rig, "no row error here")
+    finally:
+        rig.close()
+
+
+@pytest.mark.parametrize("env", TRANSPORTS.values(), ids=TRANSPORTS.keys())
+def test_a_negative_interval_key_written_under_sql_standard_interval_style(new_db, tmp_path,
+                                                                           env):
+    """The writer's session prints intervals in sql_standard (SETTINGS a): '-1 day -1 hour'
+    prints as '-1 1:00:00', where the leading sign applies to every field."""
+    rig = make_rig(new_db, tmp_path, "create table k_iv (k interval primary key, v text)",
+                   [link("k_iv", "k_iv", ["k"], "a_to_b")])
+    _unsettle(rig)
+    rig.start_bridge(env)
+    try:
+        _write(rig, "a", [f"insert into k_iv select - g * interval '1 day 1 hour', 'v' "
+                          f"from generate_series(1, {N}) g"])
+        _settled(rig, "k_iv", ["k"], "negative interval keys")
+    finally:
+        rig.close()
+
+
+def test_a_sink_type_dropped_with_cascade_and_recreated(new_db, tmp_path):
+    """The DBA follows the hint of `drop type` (CASCADE), which drops the staging table's
+    column of that type too, then recreates the type: the link's shape is as before and
+    the next staged batch must still arrive, staged."""
+    schema = ("create type mood as enum ('sad', 'ok'); "
+              "create table pt (id int primary key, e mood, v int)")
+    rig = _rig(new_db, tmp_path, schema, [link("pt", "pt", ["id"], "a_to_b")])
+    try:
+        _write(rig, "a", [f"insert into pt select g, 'ok', g from generate_series(1, {N}) g"])
+        _equal(rig, {"pt": ["id"]}, "inserts")
+        rig.execute("b", "alter table pt alter column e type text; drop type mood cascade; "
+                         "create type mood as enum ('sad', 'ok'); "
+                         "alter table pt alter column e type mood using e::mood")
+        _write(rig, "a", ["update pt set v = v + 1, e = 'sad'"])
+        _settled(rig, "pt", ["id"], "a batch after the type came back")
         _drained(rig, "no row error here")
     finally:
         rig.close()

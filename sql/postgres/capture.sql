@@ -3,8 +3,9 @@
 -- or literals). Statement-level: one INSERT ... SELECT from the transition
 -- table and at most one pg_notify per statement, whatever the row count.
 -- SECURITY DEFINER so application roles need no grant on sync.queue.
--- extra_float_digits = 3: a float key is queued as the shortest text that reads back
--- to the same value, whatever the writer's session prints (the bridge reads it back).
+-- Pinned print settings: a key is queued as text the bridge reads back to the same
+-- value, whatever the writer's session prints (a float's shortest exact digits, an
+-- interval whose fields keep their signs, money in C's format).
 -- Writes carrying the origin of this link's other side are the bridge's own
 -- applies: they are not signalled back (echo suppression).
 -- An entry's description line is part of its statement: it holds no $, % or braces.
@@ -15,6 +16,8 @@ create or replace function sync.{fn}() returns trigger
 language plpgsql security definer
 set search_path = pg_catalog, pg_temp
 set extra_float_digits = 3
+set intervalstyle = postgres
+set lc_monetary = 'C'
 as $body$
 declare
     v_origin text := nullif(current_setting('syncbridge.origin', true), '');
