@@ -25,6 +25,16 @@ ITEMS = {"SYNCBRIDGE_STAGE_FROM": str(10**9)}
 TRANSPORTS = {"items": ITEMS, "staged": STAGED}  # parametrize ids -> the bridge's extra env
 
 
+def unsettle(rig: bench_rig.Rig, settings: dict[str, dict[str, str]]) -> None:
+    """Give each side's database its own print settings (side -> setting -> value), so
+    a value that travels as text under the session's settings, not the bridge's pinned
+    ones, shows up as a difference."""
+    for side, values in settings.items():
+        db = rig.dsn[side].rsplit("/", 1)[1]
+        for k, v in values.items():
+            rig.execute(side, f'alter database "{db}" set {k} = \'{v}\'')
+
+
 class Rig(bench_rig.Rig):
     """bench.rig.Rig with the tests' patience for convergence and draining."""
 

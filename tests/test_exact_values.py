@@ -13,7 +13,7 @@ import asyncio
 import psycopg
 import pytest
 
-from rigs import ITEMS, STAGED, TRANSPORTS, link, make_rig
+from rigs import ITEMS, STAGED, TRANSPORTS, link, make_rig, unsettle
 from syncbridge.bridge.bench.rig import wait_until
 from syncbridge.engine import catalog
 from syncbridge.engine.config import ConfigError
@@ -104,13 +104,6 @@ def _rows() -> list[tuple[int, str, str]]:
     return rows
 
 
-def _unsettle(rig) -> None:
-    for side, settings in SETTINGS.items():
-        db = rig.dsn[side].rsplit("/", 1)[1]
-        for k, v in settings.items():
-            rig.execute(side, f'alter database "{db}" set {k} = \'{v}\'')
-
-
 def _write(rig, side: str, statements: list[str]) -> None:
     with psycopg.connect(rig.dsn[side], autocommit=True) as c:
         for s in statements:
@@ -122,7 +115,7 @@ def _write(rig, side: str, statements: list[str]) -> None:
 def rig(request, new_db, tmp_path):
     direction, env = request.param
     r = make_rig(new_db, tmp_path, TYPES, [link("v", "v", ["id"], direction)])
-    _unsettle(r)
+    unsettle(r, SETTINGS)
     r.start_bridge(env)
     yield r
     r.close()
