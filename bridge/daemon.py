@@ -84,6 +84,9 @@ class Bridge(Sharing, Upkeep):
         self.resyncs = asyncio.Event()  # sync.resync() requests wait (heartbeat)
         self.quiet: set[tuple[str, str]] = set()  # directions idle since their last wake
         self.depths: dict[tuple[str, str], int] = {}  # queued at each direction's last sample
+        self.armed: dict[tuple[str, str], str] = {}  # wake locks held (bridge/listening.py)
+        self.listen_conns: dict[str, Any] = {}  # peer -> (LISTEN connection, its lock)
+        self.flow: dict[tuple[str, str], tuple[float, int, int]] = {}  # rows drained a second
         self.ticks: dict[str, float] = {}  # loop -> last tick (monotonic)
         self.tick_every: dict[str, float] = {}  # loop -> its longest planned wait
         self.role = "starting"
@@ -226,6 +229,7 @@ class Bridge(Sharing, Upkeep):
                  len(self.links), len(self.shapes), "yes" if self.coordinating else "no")
         self.ticks = {}
         self.paused, self.rates, self.quiet, self.depths = {}, {}, set(), {}
+        self.armed, self.flow = {}, {}
         self.upkeep.set()  # look for retries and resolutions once at the start of a term
         try:  # a pool's first connection to a server still recovering was seen to hang
             await asyncio.wait_for(self._connect(), CONNECT_TIMEOUT)

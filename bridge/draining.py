@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -39,6 +40,15 @@ HELD_AT_ONCE = 4  # drains holding a batch at once; each holds at most 4 connect
 POOL_SIZE = 4 * HELD_AT_ONCE + 2  # per peer: every held batch gets its connections
 SCHEMA_PAUSE = "schema changed on peer"  # the pause reason a schema change gives
 ALIVE = lease.SQL["alive"]
+# rows a direction drains within one second before its writers stop notifying (its wake
+# lock is let go, bridge/listening.py): below it every commit wakes the loop at once
+DISARM_ROWS = int(os.environ.get("SYNCBRIDGE_DISARM_ROWS", "1000"))
+LINGER = 0.01  # seconds between looks while rows flow with no wake lock (no NOTIFY comes)
+
+
+def _notified(d: Drain) -> bool:
+    """A direction its writers wake by NOTIFY (not polled)."""
+    return d.poll_interval is None and d.link.notify
 
 
 async def _keep_session(conn: asyncpg.Connection) -> None:
@@ -72,6 +82,7 @@ class Draining(LinkControls, Listening):
     upkeep: asyncio.Event  # retries or resolutions asked for (the heartbeat tells)
     quiet: set[tuple[str, str]]  # (link, source side): claimed nothing since the last wake
     depths: dict[tuple[str, str], int]  # (link, source side): queued at the last sample
+    flow: dict[tuple[str, str], tuple[float, int, int]]  # (link, side): window, rows, last
     batch_gate: asyncio.Semaphore  # PgDrain batches held at once (engine/postgres/drain.py)
 
     async def _fence(self) -> None:
@@ -272,14 +283,22 @@ class Draining(LinkControls, Listening):
             started = time.monotonic()
             self._limit_claims(link.name, drains)
             n, drains = await self._drain_round(drains)
+            flowing = self._lingering(drains)
             if n:
                 idle = floor
                 await self._pace(link.name, n, started)  # sync.set_rate
                 if not any(d.more for d in drains):  # each took all it saw: the next
-                    await wait_any(events, self.halt, floor)  # commit's NOTIFY wakes it
+                    # commit's NOTIFY wakes it; while rows flow none comes, and what
+                    # gathers over LINGER is taken as one batch
+                    await wait_any(events, self.halt, LINGER if flowing else floor)
                 continue
-            # something queued that no claim takes yet (deferred keys): poll for it
-            backlog = any(self.depths.get((d.link.name, d.src), 1) for d in drains)
+            if flowing:  # ahead of a flow of rows: look again soon, no NOTIFY comes
+                await wait_any(events, self.halt, LINGER)
+                continue
+            # something queued that no claim takes yet (deferred keys), or a writer that
+            # did not notify still open (no wake lock): poll for it
+            backlog = (any(self.depths.get((d.link.name, d.src), 1) for d in drains)
+                       or self._unarmed(drains))
             await wait_any(events, self.halt, idle if backlog or not timeout_idle
                            else timeout_idle)
             idle = min(idle * 2, ceiling)
@@ -290,18 +309,54 @@ class Draining(LinkControls, Listening):
         for d in drains:
             if self.halt.is_set():
                 break
+            key = (d.link.name, d.src)
             try:
                 got = await self._retrying(d.name, d.drain_once, d.recover, drain=d) or 0
+                if _notified(d):
+                    got = await self._wake_lock(d, key, got)
             except SchemaChanged as e:
                 return 1, await self._schema_pause(drains, e)  # drain again with the new shape
-            key = (d.link.name, d.src)
             if got:
                 self.quiet.discard(key)
                 self.depths.pop(key, None)  # sampled again before it is vouched for
-            elif d.poll_interval is None and d.link.notify:
+            elif key in self.armed:  # a NOTIFY wakes it: nothing can be waiting unseen
                 self.quiet.add(key)
             n += got
         return n, drains
+
+    async def _wake_lock(self, d: Drain, key: tuple[str, str], got: int) -> int:
+        """After a batch of `got` rows: let the wake lock go while rows flow (each NOTIFY
+        holds its writer's commit behind every other notifying commit), take it before
+        the loop may sleep, and drain once more when just taken, for the rows of writers
+        that did not notify. The rows drained is what it returns."""
+        if not got:
+            if key in self.armed or self._flowing(key, 0):  # flowing: looked at again soon
+                return 0
+            if not await self._arm(key, d.queue_peer or ""):
+                return 0
+            got = await self._retrying(d.name, d.drain_once, d.recover, drain=d) or 0
+        if got and self._flowing(key, got):
+            await self._disarm(key)
+        return got
+
+    def _flowing(self, key: tuple[str, str], got: int) -> bool:
+        """Count `got` drained rows; whether the direction drained DISARM_ROWS rows in
+        this second or the last one."""
+        now = time.monotonic()
+        start, rows, last = self.flow.get(key, (now, 0, 0))
+        if now - start >= 1.0:
+            start, rows, last = now, 0, rows if now - start < 2.0 else 0
+        self.flow[key] = (start, rows + got, last)
+        return max(rows + got, last) >= DISARM_ROWS
+
+    def _unarmed(self, drains: list[Drain]) -> bool:
+        """Whether a NOTIFY-woken direction has no wake lock: no NOTIFY would wake it."""
+        return any(_notified(d) and (d.link.name, d.src) not in self.armed for d in drains)
+
+    def _lingering(self, drains: list[Drain]) -> bool:
+        """Whether a direction without its wake lock has rows flowing (polled at LINGER)."""
+        return any(_notified(d) and (d.link.name, d.src) not in self.armed
+                   and self._flowing((d.link.name, d.src), 0) for d in drains)
 
     async def _schema_pause(self, drains: list[Drain], exc: SchemaChanged) -> list[Drain]:
         """Pause the link (sync.pause, so sync.status says why) until `syncbridge adopt`

@@ -6,6 +6,14 @@ control loop. The connection is watched by asyncpg's termination listener and
 TCP keepalives, so an idle bridge sends no statement to find out it is alive;
 on any loss it reconnects with backoff and wakes every loop (catching up on
 what was sent meanwhile). `Listening` is a part of bridge.daemon.Bridge.
+
+A writer notifies only while the bridge holds the side's wake lock on this
+connection (engine/postgres/capture.py wake_lock): the drain loop takes it
+(`_arm`) before it sleeps and lets go of it (`_disarm`) while rows flow faster
+than wake-ups are worth, since every notifying commit holds a database-wide lock
+through its WAL flush. A writer that did not notify keeps the lock shared to its
+commit, so `_arm` fails (and the loop polls) until its rows are visible; the lock
+dies with the connection, and a new connection wakes every loop to arm again.
 """
 
 from __future__ import annotations
@@ -61,6 +69,9 @@ class Listening:
     tick_every: dict[str, float]
     halt: asyncio.Event
 
+    armed: dict[tuple[str, str], str]  # (link, source side): its wake lock is held on this peer
+    listen_conns: dict[str, tuple[asyncpg.Connection, asyncio.Lock]]  # peer: LISTEN session
+
     def _wake_all(self) -> None:
         raise NotImplementedError
 
@@ -78,6 +89,7 @@ class Listening:
             lost = asyncio.Event()
             try:
                 conn = await self._listen_connect(peer, lost)
+                self.listen_conns[peer] = (conn, asyncio.Lock())
                 if failures:
                     log.info("event=listen_restored peer=%s", peer)
                 failures = 0
@@ -88,7 +100,8 @@ class Listening:
                     await wait_any([lost], self.halt, LISTEN_PING)
                     if lost.is_set():
                         raise ConnectionError("LISTEN connection lost")
-                    await conn.fetchval(ALIVE, timeout=5)
+                    async with self.listen_conns[peer][1]:
+                        await conn.fetchval(ALIVE, timeout=5)
             except Exception as e:
                 if not retryable(e):
                     raise
@@ -98,7 +111,55 @@ class Listening:
                 await self._nap(backoff(failures))
             finally:
                 if conn is not None:
+                    self._forget_locks(peer, conn)
                     conn.terminate()
+
+    def _forget_locks(self, peer: str, conn: asyncpg.Connection) -> None:
+        """The wake locks of a LISTEN session that ends end with it: nothing armed there."""
+        if self.listen_conns.get(peer, (None,))[0] is conn:
+            del self.listen_conns[peer]
+        for key in [k for k, p in self.armed.items() if p == peer]:
+            del self.armed[key]
+
+    async def _arm(self, key: tuple[str, str], peer: str) -> bool:
+        """Hold the wake lock of (link, source side) so its writers notify; False while a
+        writer that did not notify is open, or with no LISTEN session (poll meanwhile)."""
+        if key in self.armed:
+            return True
+        session = self.listen_conns.get(peer)
+        if session is None:
+            return False
+        conn, busy = session
+        try:
+            async with busy:
+                ok = await conn.fetchval(capture.SQL["arm"], *capture.wake_lock(*key),
+                                         timeout=5)
+        except Exception as e:
+            if not retryable(e):
+                raise
+            return False  # the listen loop sees a lost connection and reconnects
+        log.debug("event=wake_lock link=%s side=%s taken=%s", key[0], key[1], bool(ok))
+        if ok and self.listen_conns.get(peer) is session:
+            self.armed[key] = peer
+        return key in self.armed
+
+    async def _disarm(self, key: tuple[str, str]) -> None:
+        """Let go of a wake lock: writers stop notifying while the loop drains anyway. A
+        failed unlock leaves it held, which only keeps the writers notifying."""
+        peer = self.armed.pop(key, None)
+        if peer is None:
+            return
+        log.debug("event=wake_lock link=%s side=%s let_go=true", key[0], key[1])
+        session = self.listen_conns.get(peer)
+        if session is None:
+            return
+        conn, busy = session
+        try:
+            async with busy:
+                await conn.fetchval(capture.SQL["disarm"], *capture.wake_lock(*key), timeout=5)
+        except Exception as e:
+            if not retryable(e):
+                raise
 
     async def _listen_connect(self, peer: str, lost: asyncio.Event) -> asyncpg.Connection:
         conn = await asyncpg.connect(self.config.peers[peer].dsn, timeout=10,

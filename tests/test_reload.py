@@ -52,9 +52,11 @@ def _synced(rig: Rig, table: str) -> bool:
 
 def _advisory_locks(rig: Rig) -> int:
     """The link-set (coordinator) locks granted on the hub; the per-link locks a bridge
-    holds for the links it drains (engine/hub/lease.py link_key) are not counted."""
+    holds for the links it drains (engine/hub/lease.py link_key) are not counted, nor the
+    two-key wake locks of its LISTEN connection (engine/postgres/capture.py wake_lock)."""
     return rig.query("a", "select count(*) from pg_locks l where locktype = 'advisory' "
-                          "and granted and (l.classid::bigint << 32) | l.objid::bigint "
+                          "and granted and l.objsubid = 1 "
+                          "and (l.classid::bigint << 32) | l.objid::bigint "
                           "<> all (select hashtext(k)::bigint from unnest(%s::text[]) k)",
                      ([link_key(t) for t in TABLES],))[0][0]
 

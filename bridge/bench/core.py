@@ -9,7 +9,10 @@
 (c) catch-up: the same rows written while the bridge is stopped, then rows/s
     to drain them from bridge start;
 (d) write overhead: pgbench transactions/s of inserts and updates without
-    capture, with capture, and with capture but no NOTIFY, at 1 and 4 clients;
+    capture, with capture while the bridge drains (as logical replication's are
+    measured with its subscription on), and with capture but no NOTIFY and no
+    bridge, at 1 and 4 clients. The bridge must run: writers notify only while
+    it sleeps on LISTEN, so with none there the NOTIFY would never be paid;
 (e) scaleout (only when asked): catch-up of a backlog split across 8 links,
     on 1 bridge and on 2 sharing the links (bridge/bench/scaleout.py);
 (f) links (only when asked, --only links): many busy and idle links on one
@@ -214,10 +217,17 @@ class Bench:
         modes = [("none", None), ("capture", True), ("capture_no_notify", False)]
         for mode, notify in modes:
             self._set_capture(notify)
+            if mode == "capture":
+                start_bridge_active(self.rig)
+                self.rig.wait_drained(600)  # the seed's signals, before any timing
             for clients in (1, 4):
                 for kind in ("insert", "update"):
                     out[f"{kind}_{clients}c_{mode}_tps"] = self._pgbench(kind, clients)
-                    self.rig.execute("a", "delete from sync.queue")
+                    if mode == "capture":  # the next pass starts with nothing to drain
+                        self.rig.wait_drained(600)
+                    else:
+                        self.rig.execute("a", "delete from sync.queue")
+            self.rig.stop_bridge()
         for clients in (1, 4):
             for kind in ("insert", "update"):
                 base = out[f"{kind}_{clients}c_none_tps"]

@@ -9,6 +9,8 @@ refuse the statement), so a change of that option takes effect at `install`.
 
 from __future__ import annotations
 
+import zlib
+
 import psycopg
 from psycopg import sql
 
@@ -19,6 +21,7 @@ from syncbridge.engine.postgres import sql as pg_sql
 
 SQL = sqlfiles.Queries("postgres/capture.sql")
 NOTIFY_CHANNEL = "syncbridge"
+WAKE_LOCK_CLASS = 0x73796E63  # first key of the two-key advisory locks syncbridge takes ("sync")
 _EVENTS = {
     "ins": ("INSERT", "referencing new table as new_rows"),
     "upd": ("UPDATE", "referencing old table as old_rows new table as new_rows"),
@@ -36,15 +39,27 @@ def origin_tag(link: Link, source_side: str) -> str:
     return f"{link.name}:{source_side}"
 
 
+def wake_lock(link_name: str, side: str) -> tuple[int, int]:
+    """The two int4 keys of one link side's wake lock (sql/postgres/capture.sql notify).
+
+    The bridge holds it while it sleeps on LISTEN; a writer notifies only then. Two keys
+    keep it apart from the one-key locks of the hub's leases (engine/hub/lease.py). Two
+    sides that hash alike only cost extra wake-ups or polls, never a missed one: a
+    writer that finds the lock held notifies, a bridge that cannot take it polls."""
+    key = zlib.crc32(f"{link_name}:{side}".encode())
+    return WAKE_LOCK_CLASS, key - (1 << 32) if key >= 1 << 31 else key
+
+
 def render_function(shape: LinkShape, side: str) -> sql.Composed:
     """The capture function of one link side (sql/postgres/capture.sql)."""
     link = shape.link
     other = "b" if side == "a" else "a"
     keys = shape.key_cols(side)
+    lock_class, lock_key = wake_lock(link.name, side)
     notify = (
-        sql.SQL("perform pg_notify({}, {});").format(
-            sql.Literal(NOTIFY_CHANNEL), sql.Literal(f"{link.name}:{side}")
-        )
+        SQL.compose("notify", lock_class=sql.Literal(lock_class),
+                    lock_key=sql.Literal(lock_key), channel=sql.Literal(NOTIFY_CHANNEL),
+                    payload=sql.Literal(f"{link.name}:{side}"))
         if link.notify
         else sql.SQL("")
     )

@@ -8,6 +8,9 @@
 -- interval whose fields keep their signs, money in C's format).
 -- Writes carrying the origin of this link's other side are the bridge's own
 -- applies: they are not signalled back (echo suppression).
+-- The NOTIFY is sent only while the bridge sleeps on LISTEN (it then holds the side's
+-- wake lock, see the notify entry): a commit that notifies holds a database-wide lock
+-- through its flush, so concurrent notifying writers cannot share a WAL flush.
 -- An entry's description line is part of its statement: it holds no $, % or braces.
 
 -- name: function
@@ -45,6 +48,20 @@ begin
     return null;
 end
 $body$;
+
+-- name: notify
+-- Wake the bridge only if it sleeps: it holds the wake lock then and this try fails. Otherwise the lock, shared, is kept to commit, so the bridge cannot go to sleep before this transaction's rows are visible to it (bridge/listening.py).
+if not pg_try_advisory_xact_lock_shared({lock_class}, {lock_key}) then
+    perform pg_notify({channel}, {payload});
+end if;
+
+-- name: arm
+-- Bridge, on its LISTEN connection: hold one side's wake lock before sleeping (false while a writer that did not notify is still open).
+select pg_try_advisory_lock($1, $2)
+
+-- name: disarm
+-- Bridge, on its LISTEN connection: let go of one side's wake lock while it drains anyway.
+select pg_advisory_unlock($1, $2)
 
 -- name: truncate_propagate
 -- The TRUNCATE branch of a link with truncate = propagate: the sink is emptied too.
