@@ -86,7 +86,9 @@ class Bridge(Sharing, Upkeep):
         self.depths: dict[tuple[str, str], int] = {}  # queued at each direction's last sample
         self.armed: dict[tuple[str, str], str] = {}  # wake locks held (bridge/listening.py)
         self.listen_conns: dict[str, Any] = {}  # peer -> (LISTEN connection, its lock)
-        self.flow: dict[tuple[str, str], tuple[float, int, int]] = {}  # rows drained a second
+        self.let_go: set[tuple[str, str]] = set()  # wake locks let go while rows flow
+        self.orphans: dict[str, int] = {}  # peer -> backend pid of the lost LISTEN session
+        self.wakes: dict[tuple[str, str], tuple[float, int, int]] = {}  # NOTIFYs a window
         self.ticks: dict[str, float] = {}  # loop -> last tick (monotonic)
         self.tick_every: dict[str, float] = {}  # loop -> its longest planned wait
         self.role = "starting"
@@ -229,7 +231,7 @@ class Bridge(Sharing, Upkeep):
                  len(self.links), len(self.shapes), "yes" if self.coordinating else "no")
         self.ticks = {}
         self.paused, self.rates, self.quiet, self.depths = {}, {}, set(), {}
-        self.armed, self.flow = {}, {}
+        self.armed, self.let_go, self.wakes = {}, set(), {}
         self.upkeep.set()  # look for retries and resolutions once at the start of a term
         try:  # a pool's first connection to a server still recovering was seen to hang
             await asyncio.wait_for(self._connect(), CONNECT_TIMEOUT)

@@ -40,10 +40,11 @@ HELD_AT_ONCE = 4  # drains holding a batch at once; each holds at most 4 connect
 POOL_SIZE = 4 * HELD_AT_ONCE + 2  # per peer: every held batch gets its connections
 SCHEMA_PAUSE = "schema changed on peer"  # the pause reason a schema change gives
 ALIVE = lease.SQL["alive"]
-# rows a direction drains within one second before its writers stop notifying (its wake
-# lock is let go, bridge/listening.py): below it every commit wakes the loop at once
-DISARM_ROWS = int(os.environ.get("SYNCBRIDGE_DISARM_ROWS", "1000"))
+# NOTIFYs a second from one direction's writers before they are spared them (its wake lock
+# is let go, bridge/listening.py): below it every commit wakes the loop at once
+DISARM_WAKES = int(os.environ.get("SYNCBRIDGE_DISARM_WAKES", "1000"))
 LINGER = 0.01  # seconds between looks while rows flow with no wake lock (no NOTIFY comes)
+WINDOW = 0.25  # seconds over which NOTIFYs are counted
 
 
 def _notified(d: Drain) -> bool:
@@ -82,7 +83,6 @@ class Draining(LinkControls, Listening):
     upkeep: asyncio.Event  # retries or resolutions asked for (the heartbeat tells)
     quiet: set[tuple[str, str]]  # (link, source side): claimed nothing since the last wake
     depths: dict[tuple[str, str], int]  # (link, source side): queued at the last sample
-    flow: dict[tuple[str, str], tuple[float, int, int]]  # (link, side): window, rows, last
     batch_gate: asyncio.Semaphore  # PgDrain batches held at once (engine/postgres/drain.py)
 
     async def _fence(self) -> None:
@@ -325,38 +325,40 @@ class Draining(LinkControls, Listening):
         return n, drains
 
     async def _wake_lock(self, d: Drain, key: tuple[str, str], got: int) -> int:
-        """After a batch of `got` rows: let the wake lock go while rows flow (each NOTIFY
-        holds its writer's commit behind every other notifying commit), take it before
-        the loop may sleep, and drain once more when just taken, for the rows of writers
-        that did not notify. The rows drained is what it returns."""
-        if not got:
-            if key in self.armed or self._flowing(key, 0):  # flowing: looked at again soon
-                return 0
-            if not await self._arm(key, d.queue_peer or ""):
-                return 0
-            got = await self._retrying(d.name, d.drain_once, d.recover, drain=d) or 0
-        if got and self._flowing(key, got):
+        """After a batch of `got` rows: let the wake lock go while writers notify faster
+        than DISARM_WAKES a second (each NOTIFY holds its writer's commit behind every
+        other notifying commit) and keep it let go while looks find rows; otherwise, and
+        at the first look that finds nothing, hold it, taken before the loop waits, and
+        drain once more when just taken, for the rows of writers that did not notify.
+        Returns the rows drained."""
+        if got and key in self.let_go:
+            return got  # rows still flowing: looked at again after LINGER
+        if got and key in self.armed and self._waking(key):
             await self._disarm(key)
-        return got
+            self.let_go.add(key)
+            return got
+        self.let_go.discard(key)
+        if key in self.armed or not await self._arm(key, d.queue_peer or ""):
+            return got
+        return got + (await self._retrying(d.name, d.drain_once, d.recover, drain=d) or 0)
 
-    def _flowing(self, key: tuple[str, str], got: int) -> bool:
-        """Count `got` drained rows; whether the direction drained DISARM_ROWS rows in
-        this second or the last one."""
+    def _waking(self, key: tuple[str, str], wakes: int = 0) -> bool:
+        """Count `wakes` NOTIFYs; whether the direction's writers notify DISARM_WAKES times
+        a second or more, over this window (WINDOW seconds) or the last one."""
         now = time.monotonic()
-        start, rows, last = self.flow.get(key, (now, 0, 0))
-        if now - start >= 1.0:
-            start, rows, last = now, 0, rows if now - start < 2.0 else 0
-        self.flow[key] = (start, rows + got, last)
-        return max(rows + got, last) >= DISARM_ROWS
+        start, count, last = self.wakes.get(key, (now, 0, 0))
+        if now - start >= WINDOW:
+            start, count, last = now, 0, count if now - start < 2 * WINDOW else 0
+        self.wakes[key] = (start, count + wakes, last)
+        return max(count + wakes, last) >= DISARM_WAKES * WINDOW
 
     def _unarmed(self, drains: list[Drain]) -> bool:
         """Whether a NOTIFY-woken direction has no wake lock: no NOTIFY would wake it."""
         return any(_notified(d) and (d.link.name, d.src) not in self.armed for d in drains)
 
     def _lingering(self, drains: list[Drain]) -> bool:
-        """Whether a direction without its wake lock has rows flowing (polled at LINGER)."""
-        return any(_notified(d) and (d.link.name, d.src) not in self.armed
-                   and self._flowing((d.link.name, d.src), 0) for d in drains)
+        """Whether a direction let its wake lock go while rows flow (looked at every LINGER)."""
+        return any((d.link.name, d.src) in self.let_go for d in drains)
 
     async def _schema_pause(self, drains: list[Drain], exc: SchemaChanged) -> list[Drain]:
         """Pause the link (sync.pause, so sync.status says why) until `syncbridge adopt`

@@ -38,6 +38,8 @@ log = logging.getLogger("syncbridge.bridge")
 LISTEN_PING = 300.0  # seconds between pings of a LISTEN connection; TCP keepalives and
 # asyncpg's termination listener see its loss long before (an idle bridge stays quiet)
 KEEPALIVE = (10, 5, 3)  # TCP keepalive idle s, interval s, probes: a dead path in ~25 s
+SERVER_KEEPALIVE = dict(zip(("tcp_keepalives_idle", "tcp_keepalives_interval",
+                             "tcp_keepalives_count"), map(str, KEEPALIVE), strict=True))
 CONTROL_CHANNEL = "syncbridge_control"  # sync.pause / sync.resume notify it
 ALIVE = lease.SQL["alive"]
 
@@ -48,8 +50,8 @@ def _keepalive(conn: asyncpg.Connection) -> None:
     without a statement on the wire. asyncpg exposes no option for it; the socket is
     its transport's."""
     sock = conn._transport.get_extra_info("socket")  # noqa: SLF001 - no public route
-    if sock is None:
-        return
+    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return  # a Unix socket (host=/run/postgresql) has no TCP keepalive: EOPNOTSUPP
     idle, interval, count = KEEPALIVE
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
     for name, value in (("TCP_KEEPIDLE", idle), ("TCP_KEEPINTVL", interval),
@@ -71,6 +73,12 @@ class Listening:
 
     armed: dict[tuple[str, str], str]  # (link, source side): its wake lock is held on this peer
     listen_conns: dict[str, tuple[asyncpg.Connection, asyncio.Lock]]  # peer: LISTEN session
+    let_go: set[tuple[str, str]]  # wake locks let go on purpose while rows flow
+    orphans: dict[str, int]  # peer: backend pid of the LISTEN session last lost there
+    wakes: dict[tuple[str, str], tuple[float, int, int]]  # NOTIFYs: window start, this, last
+
+    def _waking(self, key: tuple[str, str], wakes: int = 0) -> bool:
+        raise NotImplementedError
 
     def _wake_all(self) -> None:
         raise NotImplementedError
@@ -108,18 +116,27 @@ class Listening:
                 failures += 1
                 log.warning("event=listen_lost peer=%s error=%s", peer, errors.describe(e))
                 self.ticks[f"listen:{peer}"] = time.monotonic()
+                if conn is not None:  # its loops poll while it is away, not after
+                    self._forget_locks(peer, conn)
                 await self._nap(backoff(failures))
             finally:
                 if conn is not None:
                     self._forget_locks(peer, conn)
+                    self.orphans[peer] = conn.get_server_pid()
                     conn.terminate()
 
     def _forget_locks(self, peer: str, conn: asyncpg.Connection) -> None:
-        """The wake locks of a LISTEN session that ends end with it: nothing armed there."""
+        """The wake locks of a LISTEN session that ends end with it: their loops are woken
+        to poll until a new session arms them (no writer notifies, nobody would hear it),
+        and sync.status no longer hears from this bridge that they are quiet."""
         if self.listen_conns.get(peer, (None,))[0] is conn:
             del self.listen_conns[peer]
         for key in [k for k, p in self.armed.items() if p == peer]:
             del self.armed[key]
+            self.quiet.discard(key)
+            ev = self.events.get(f"{key[0]}:{key[1]}")
+            if ev is not None:
+                ev.set()
 
     async def _arm(self, key: tuple[str, str], peer: str) -> bool:
         """Hold the wake lock of (link, source side) so its writers notify; False while a
@@ -137,7 +154,8 @@ class Listening:
         except Exception as e:
             if not retryable(e):
                 raise
-            return False  # the listen loop sees a lost connection and reconnects
+            conn.terminate()  # the lock may be granted, or held twice: a new session
+            return False
         log.debug("event=wake_lock link=%s side=%s taken=%s", key[0], key[1], bool(ok))
         if ok and self.listen_conns.get(peer) is session:
             self.armed[key] = peer
@@ -160,11 +178,17 @@ class Listening:
         except Exception as e:
             if not retryable(e):
                 raise
+            conn.terminate()  # a lock still held would keep the next _arm counting twice
 
     async def _listen_connect(self, peer: str, lost: asyncio.Event) -> asyncpg.Connection:
         conn = await asyncpg.connect(self.config.peers[peer].dsn, timeout=10,
-                                     server_settings={"application_name": "syncbridge-listen"})
+                                     server_settings={"application_name": "syncbridge-listen",
+                                                      **SERVER_KEEPALIVE})
         _keepalive(conn)
+        orphan = self.orphans.pop(peer, None)
+        if orphan is not None:  # a path reset on our side only leaves the old backend,
+            # and its wake locks, until the server's keepalives end it
+            await conn.fetchval(capture.SQL["end_listen_orphan"], orphan, timeout=5)
         conn.add_termination_listener(lambda _c: lost.set())
         await conn.add_listener(capture.NOTIFY_CHANNEL, self._on_notify)
         if peer == self.config.hub:
@@ -176,6 +200,7 @@ class Listening:
         if ev is not None:
             link, _, side = payload.rpartition(":")
             self.quiet.discard((link, side))
+            self._waking((link, side), 1)
             ev.set()
 
     def _on_control(self, _conn: Any, _pid: int, _channel: str, _payload: str) -> None:

@@ -76,3 +76,20 @@ def make_rig(new_db, tmp_path: Path, schema: str, links: list[dict[str, Any]],
 def link(name: str, table: str, key: list[str], direction: str = "both", **extra: Any) -> dict:
     return {"name": name, "a": {"peer": "a", "table": table}, "b": {"peer": "b", "table": table},
             "key": key, "direction": direction, **extra}
+
+
+# On the source: when each take statement ran. A statement-level trigger fires
+# even when the take deletes no row, so an empty take (the drain found nothing
+# and is about to sleep) leaves its time here too.
+CLAIM_LOG = """
+create table public.claims (at timestamptz not null);
+create function public.log_claim() returns trigger language plpgsql as $$
+begin
+    if current_query() like '%for update skip locked%' then
+        insert into public.claims values (clock_timestamp());
+    end if;
+    return null;
+end $$;
+create trigger log_claim after delete on sync.queue
+    for each statement execute function public.log_claim();
+"""

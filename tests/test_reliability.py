@@ -8,7 +8,7 @@ import time
 import psycopg
 import pytest
 
-from rigs import TRANSPORTS, link, make_rig
+from rigs import CLAIM_LOG, TRANSPORTS, link, make_rig
 from syncbridge.bridge.bench.rig import wait_until
 
 SCHEMA = "create table items (id int primary key, v text not null);"
@@ -149,23 +149,6 @@ def test_terminated_listen_connection_is_replaced(new_db, tmp_path):
         assert "event=listen_lost" in rig.log_text() and rig.proc.poll() is None
     finally:
         rig.close()
-
-
-# On the source: when each take statement ran. A statement-level trigger fires
-# even when the take deletes no row, so an empty take (the drain found nothing
-# and is about to sleep) leaves its time here too.
-CLAIM_LOG = """
-create table public.claims (at timestamptz not null);
-create function public.log_claim() returns trigger language plpgsql as $$
-begin
-    if current_query() like '%for update skip locked%' then
-        insert into public.claims values (clock_timestamp());
-    end if;
-    return null;
-end $$;
-create trigger log_claim after delete on sync.queue
-    for each statement execute function public.log_claim();
-"""
 
 
 def _wait_idle_claim(rig) -> None:

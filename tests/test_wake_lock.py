@@ -83,7 +83,7 @@ def test_flowing_rows_let_the_lock_go_and_an_open_writer_holds_off_the_sleep(new
     rig = make_rig(new_db, tmp_path, SCHEMA, [link("items", "items", ["id"], "a_to_b")],
                    settings=FALLBACK)
     try:
-        rig.start_bridge({"SYNCBRIDGE_DISARM_ROWS": "1"})
+        rig.start_bridge({"SYNCBRIDGE_DISARM_WAKES": "1"})
         rig.execute("a", "insert into items values (0, 'first')")
         _arrives(rig, 0, 30)
         wait_until(lambda: _armed(rig), 20, "the bridge to sleep with the wake lock")

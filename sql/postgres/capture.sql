@@ -63,6 +63,12 @@ select pg_try_advisory_lock($1, $2)
 -- Bridge, on its LISTEN connection: let go of one side's wake lock while it drains anyway.
 select pg_advisory_unlock($1, $2)
 
+-- name: end_listen_orphan
+-- Bridge, on a new LISTEN connection: end the backend of the session it lost, should the server still keep it (and its wake locks).
+select pg_terminate_backend(pid) from pg_stat_activity
+ where pid = $1 and application_name = 'syncbridge-listen' and usename = current_user
+   and pid <> pg_backend_pid()
+
 -- name: truncate_propagate
 -- The TRUNCATE branch of a link with truncate = propagate: the sink is emptied too.
 insert into sync.queue (link, side, op, origin) values ({link}, {side}, 'T', v_origin);
