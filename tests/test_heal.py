@@ -261,3 +261,27 @@ def test_proxy_drops_and_stalls_the_sink_connections(clusters, tmp_path):
     finally:
         proxy.close()
         rig.close()
+
+
+def test_a_listen_connection_over_a_unix_socket_takes_no_tcp_keepalive():
+    """A DSN with host=/run/postgresql reaches the server over a Unix socket, which has
+    no TCP keepalive: setting one raised EOPNOTSUPP, and the bridge never LISTENed (it
+    logged listen_lost and waited for fallback_poll). A real AF_UNIX socket, as asyncpg's
+    transport hands it over, must pass untouched; a TCP one gets its keepalives."""
+    import socket
+    from types import SimpleNamespace
+
+    from syncbridge.bridge.listening import _keepalive
+
+    def conn_of(sock: socket.socket) -> SimpleNamespace:
+        return SimpleNamespace(_transport=SimpleNamespace(get_extra_info=lambda _k: sock))
+
+    left, right = socket.socketpair(socket.AF_UNIX)
+    tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        _keepalive(conn_of(left))
+        _keepalive(conn_of(tcp))
+        assert tcp.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+    finally:
+        for s in (left, right, tcp):
+            s.close()
