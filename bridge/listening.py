@@ -12,7 +12,7 @@ connection (engine/postgres/capture.py wake_lock): the drain loop takes it
 (`_arm`) before it sleeps and lets go of it (`_disarm`) while rows flow faster
 than wake-ups are worth, since every notifying commit holds a database-wide lock
 through its WAL flush. A writer that did not notify keeps the lock shared to its
-commit, so `_arm` fails (and the loop polls) until its rows are visible; the lock
+commit, so `_arm` waits for it (ARM_WAIT at most, then the loop polls); the lock
 dies with the connection, and a new connection wakes every loop to arm again.
 """
 
@@ -38,6 +38,9 @@ log = logging.getLogger("syncbridge.bridge")
 LISTEN_PING = 300.0  # seconds between pings of a LISTEN connection; TCP keepalives and
 # asyncpg's termination listener see its loss long before (an idle bridge stays quiet)
 KEEPALIVE = (10, 5, 3)  # TCP keepalive idle s, interval s, probes: a dead path in ~25 s
+# how long _arm waits for writers that hold a wake lock shared (each, till its commit): a
+# try alone was starved by a steady stream of writers, each taking it while it was free
+ARM_WAIT = "200ms"
 SERVER_KEEPALIVE = dict(zip(("tcp_keepalives_idle", "tcp_keepalives_interval",
                              "tcp_keepalives_count"), map(str, KEEPALIVE), strict=True))
 CONTROL_CHANNEL = "syncbridge_control"  # sync.pause / sync.resume notify it
@@ -140,7 +143,8 @@ class Listening:
 
     async def _arm(self, key: tuple[str, str], peer: str) -> bool:
         """Hold the wake lock of (link, source side) so its writers notify; False while a
-        writer that did not notify is open, or with no LISTEN session (poll meanwhile)."""
+        writer that did not notify stays open past ARM_WAIT, or with no LISTEN session
+        (poll meanwhile)."""
         if key in self.armed:
             return True
         session = self.listen_conns.get(peer)
@@ -149,15 +153,17 @@ class Listening:
         conn, busy = session
         try:
             async with busy:
-                ok = await conn.fetchval(capture.SQL["arm"], *capture.wake_lock(*key),
-                                         timeout=5)
+                await conn.execute(capture.SQL["arm"], *capture.wake_lock(*key), timeout=5)
+        except asyncpg.LockNotAvailableError:  # ARM_WAIT passed: a writer is still open
+            log.debug("event=wake_lock link=%s side=%s taken=false", key[0], key[1])
+            return False
         except Exception as e:
             if not retryable(e):
                 raise
             conn.terminate()  # the lock may be granted, or held twice: a new session
             return False
-        log.debug("event=wake_lock link=%s side=%s taken=%s", key[0], key[1], bool(ok))
-        if ok and self.listen_conns.get(peer) is session:
+        log.debug("event=wake_lock link=%s side=%s taken=true", key[0], key[1])
+        if self.listen_conns.get(peer) is session:
             self.armed[key] = peer
         return key in self.armed
 
@@ -183,6 +189,7 @@ class Listening:
     async def _listen_connect(self, peer: str, lost: asyncio.Event) -> asyncpg.Connection:
         conn = await asyncpg.connect(self.config.peers[peer].dsn, timeout=10,
                                      server_settings={"application_name": "syncbridge-listen",
+                                                      "lock_timeout": ARM_WAIT,
                                                       **SERVER_KEEPALIVE})
         _keepalive(conn)
         orphan = self.orphans.pop(peer, None)

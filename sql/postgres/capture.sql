@@ -56,8 +56,8 @@ if not pg_try_advisory_xact_lock_shared({lock_class}, {lock_key}) then
 end if;
 
 -- name: arm
--- Bridge, on its LISTEN connection: hold one side's wake lock before sleeping (false while a writer that did not notify is still open).
-select pg_try_advisory_lock($1, $2)
+-- Bridge, on its LISTEN connection: hold one side's wake lock before sleeping. It waits for the writers that hold it shared, while new ones fail their try and notify, up to the session's lock_timeout.
+select pg_advisory_lock($1, $2)
 
 -- name: disarm
 -- Bridge, on its LISTEN connection: let go of one side's wake lock while it drains anyway.
