@@ -122,19 +122,27 @@ def _lose_listen(rig: Rig, side: str) -> None:
 
 # -- a LISTEN session lost and not back (failed until _forget_locks woke the loops) --
 
+def _b_to_a_rig(new_db, tmp_path) -> Rig:
+    """A one-way link whose source b is not the hub (the hub's session stays up)."""
+    return make_rig(new_db, tmp_path, SCHEMA, [link("items", "items", ["id"], "b_to_a")],
+                    settings=FALLBACK)
+
+
+def _fall_asleep(rig: Rig) -> None:
+    """The b->a loop armed and asleep on its fallback poll (CLAIM_LOG times its looks)."""
+    rig.execute("b", CLAIM_LOG)
+    _asleep_armed(rig, "b")
+    _asleep_long(rig, "b")
+
+
 def test_a_lost_listen_session_leaves_the_loop_polling_not_asleep(new_db, tmp_path):
-    """The loop went to sleep armed (60 s here); the LISTEN
-    session ends and cannot come back at once. Its wake lock ended with it, so writers
-    take it shared and never notify (nobody would hear). `_forget_locks` drops the
-    `armed` entries, but the loop keeps sleeping its 60 s: `_arm` says "no LISTEN
-    session: poll meanwhile", yet nothing wakes the loop to start polling. A row
+    """The loop went to sleep armed (60 s here); the LISTEN session ends and cannot come
+    back at once. Its wake lock ended with it, so writers take it shared and never notify
+    (nobody would hear). The loss must wake the loop to poll (`_forget_locks`), or a row
     committed meanwhile waits for the reconnect or the fallback poll."""
-    rig = make_rig(new_db, tmp_path, SCHEMA, [link("items", "items", ["id"], "b_to_a")],
-                   settings=FALLBACK)
+    rig = _b_to_a_rig(new_db, tmp_path)
     try:
-        rig.execute("b", CLAIM_LOG)
-        _asleep_armed(rig, "b")
-        _asleep_long(rig, "b")
+        _fall_asleep(rig)
         _lose_listen(rig, "b")
         rig.execute("b", "insert into items values (1, 'while no LISTEN session')")
         _arrives(rig, 1, "a")
@@ -150,12 +158,9 @@ def test_status_does_not_vouch_for_a_direction_whose_listen_session_is_lost(new_
     (sync.link_state: queued 0, sampled now) and sync.status says 0 queued while a row
     waits at the source. A fresh sample after the row was written may say 0 only once
     the row is on the sink (the source deletes its signal after the sink commits)."""
-    rig = make_rig(new_db, tmp_path, SCHEMA, [link("items", "items", ["id"], "b_to_a")],
-                   settings=FALLBACK)
+    rig = _b_to_a_rig(new_db, tmp_path)
     try:
-        rig.execute("b", CLAIM_LOG)
-        _asleep_armed(rig, "b")
-        _asleep_long(rig, "b")
+        _fall_asleep(rig)
         sample = ("select queued, sampled_at > %s from sync.link_state "
                   "where link = 'items' and source_side = 'b'")
         [(armed_at,)] = rig.query("a", "select clock_timestamp()")
@@ -249,8 +254,7 @@ def test_an_orphaned_listen_backend_does_not_keep_the_new_session_from_arming(
     can never take the lock, so the loop polls every max_poll_interval instead of
     sleeping: statements while idle, for hours. (No row waits: writers find the lock
     held and notify, and the new session hears them.)"""
-    rig = make_rig(new_db, tmp_path, SCHEMA, [link("items", "items", ["id"], "b_to_a")],
-                   settings=FALLBACK)
+    rig = _b_to_a_rig(new_db, tmp_path)
     proxy = _OrphaningProxy(int(rig.dsn["b"].rsplit(":", 1)[1].split("/")[0]))
     try:
         text = rig.config_path.read_text()
