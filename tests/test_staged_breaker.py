@@ -424,6 +424,9 @@ def test_the_staging_table_does_not_pin_the_sinks_types(new_db, tmp_path, env):
     try:
         _write(rig, "a", [f"insert into pt select g, 'ok', g from generate_series(1, {N}) g"])
         _equal(rig, {"pt": ["id"]}, "inserts")
+        # rows the sink has: staged, not COPYed straight into pt
+        _write(rig, "a", ["update pt set e = 'sad', d = d + 1"])
+        _equal(rig, {"pt": ["id"]}, "updates")
         rig.execute("b", "alter table pt alter column e type text, alter column d type int")
         rig.execute("b", "drop type mood")
         rig.execute("b", "drop domain posint")
@@ -441,6 +444,8 @@ def test_a_sink_domain_key_can_gain_a_constraint_while_the_bridge_runs(new_db, t
     try:
         _write(rig, "a", [f"insert into dk select 'k' || g, g from generate_series(1, {N}) g"])
         _equal(rig, {"dk": ["k"]}, "inserts")
+        _write(rig, "a", ["update dk set v = v + 1"])  # rows the sink has: staged
+        _equal(rig, {"dk": ["k"]}, "updates")
         rig.execute("b", "alter domain code add constraint short check (length(value) < 50)")
         rig.execute("b", "alter domain code set not null")
     finally:
@@ -450,7 +455,8 @@ def test_a_sink_domain_key_can_gain_a_constraint_while_the_bridge_runs(new_db, t
 
 def test_a_hundred_keys_are_staged_by_default(new_db, tmp_path):
     """Without SYNCBRIDGE_STAGE_FROM a batch of fewer than 100 keys goes as items, one of
-    150 staged (its staging table shows on the sink)."""
+    150 staged (its staging table shows on the sink: 50 of its keys are rows the sink
+    has, so they cannot go straight into the table)."""
     rig = make_rig(new_db, tmp_path, "create table df (id int primary key, v text)",
                    [link("df", "df", ["id"], "a_to_b")])
     unsettle(rig, SETTINGS)
@@ -463,7 +469,8 @@ def test_a_hundred_keys_are_staged_by_default(new_db, tmp_path):
         _write(rig, "a", ["insert into df select g, E'\\N\t' from generate_series(1, 50) g"])
         _equal(rig, {"df": ["id"]}, "a small batch")
         assert stages() == 0
-        _write(rig, "a", [f"insert into df select g, E'\\N\t' from generate_series(51, {N}) g"])
+        _write(rig, "a", ["update df set v = v || 'x'",
+                          f"insert into df select g, E'\\N\t' from generate_series(51, {N}) g"])
         _equal(rig, {"df": ["id"]}, "a large batch")
         assert stages() == 1
         _drained(rig, "no row error here")
@@ -481,6 +488,8 @@ def test_a_sink_type_dropped_with_cascade_and_recreated(new_db, tmp_path):
     try:
         _write(rig, "a", [f"insert into pt select g, 'ok', g from generate_series(1, {N}) g"])
         _equal(rig, {"pt": ["id"]}, "inserts")
+        _write(rig, "a", ["update pt set v = v + 1"])  # rows the sink has: staged
+        _settled(rig, "pt", ["id"], "updates")
         rig.execute("b", "alter table pt alter column e type text; drop type mood cascade; "
                          "create type mood as enum ('sad', 'ok'); "
                          "alter table pt alter column e type mood using e::mood")
@@ -489,3 +498,70 @@ def test_a_sink_type_dropped_with_cascade_and_recreated(new_db, tmp_path):
         _drained(rig, "no row error here")
     finally:
         rig.close()
+
+
+# On the sink: which statement wrote each batch (the trigger sees the bridge's own
+# statement: COPY into the table, the upsert from the staging table, or the items' upsert)
+PATHS = """
+create table paths (at serial, stmt text);
+create function note_path() returns trigger language plpgsql as $$
+begin
+    insert into paths (stmt) values (case
+        when current_query() ilike 'copy %' then 'direct'
+        when current_query() like '%syncbridge_stage_%' then 'staged'
+        else 'items' end);
+    return null;
+end $$;
+create trigger note_path after insert or update on nd for each statement
+    execute function note_path();
+"""
+
+
+def test_new_rows_go_straight_into_the_sink_table_and_rows_it_has_through_the_stage(
+        new_db, tmp_path):
+    """A batch of keys the sink lacks is COPYed straight into the table; one with keys it
+    has (updates, or new and old keys mixed) is refused there, rolled back to its
+    savepoint and staged, so its rows are updated exactly and nothing is doubled."""
+    schema = "create table nd (id int primary key, v text, n numeric, t timestamptz)"
+    rig = _rig(new_db, tmp_path, schema, [link("nd", "nd", ["id"], "a_to_b")],
+               schema_b=schema + ";" + PATHS, env={})
+
+    def paths() -> list[str]:
+        return [r[0] for r in rig.query("b", "select stmt from paths order by at")]
+    try:
+        _write(rig, "a", [f"insert into nd select g, E'a\\tb\\\\' || g, g / 7.0, "
+                          f"'2026-01-01 12:00+05:45' from generate_series(1, {N}) g"])
+        _settled(rig, "nd", ["id"], "new rows")
+        assert paths() == ["direct"]
+        _write(rig, "a", ["update nd set v = v || 'u', n = n * 1.00",
+                          f"insert into nd select g, 'new', g from generate_series({N + 1}, "
+                          f"{2 * N}) g"])
+        _settled(rig, "nd", ["id"], "updated and new rows in one batch")
+        # the upsert fires the statement triggers of its insert and of its update
+        assert paths()[0] == "direct" and set(paths()[1:]) == {"staged"}, paths()
+        assert rig.query("b", "select count(*) from nd") == [(2 * N,)]
+        _drained(rig, "no row error here")
+    finally:
+        rig.close()
+
+
+def test_a_refused_direct_copy_waits_longer_each_time_and_a_success_resets_it():
+    """Direct's back-off over staged batches: 1, 2, 4 ... up to DIRECT_WAIT_MAX skipped
+    after refusals in a row, none after a success, never with a missing row."""
+    from syncbridge.engine.postgres.staged import DIRECT_WAIT_MAX, Direct, Rows
+
+    found, gone = Rows(b"", 1, 0, ["1"]), Rows(b"", 0, 1, ["1"])
+    d = Direct()
+    assert not d.due(gone) and d.due(found)
+    skipped = []
+    for _ in range(10):
+        d.refused()
+        n = 0
+        while not d.due(found):
+            n += 1
+        skipped.append(n)
+    assert skipped == [1, 2, 4, 8, 16, 32, 64, 128, 256, 256] and DIRECT_WAIT_MAX == 256
+    d.took()
+    assert d.due(found)
+    d.refused()
+    assert not d.due(found) and d.due(found)

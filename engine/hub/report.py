@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +21,7 @@ from syncbridge.engine.contract import Drain
 
 SQL = sqlfiles.Queries("hub/status.sql")
 log = logging.getLogger("syncbridge.report")
+TALLY_EVERY = 0.25  # seconds: a direction's batch counts reach the hub at most this often
 
 
 async def depth(hub: asyncpg.Pool, drain: Drain, hub_peer: str, stall: float,
@@ -55,16 +57,19 @@ async def batch(hub: asyncpg.Pool, link: str, side: str, rows: int, deferred: in
 
 class Tally:
     """Batch counts of one direction written off the batch's path: `add` returns at
-    once, and one write at a time takes everything added since the last, so a busy
-    direction sends the hub one statement per round trip, not one per batch, and the
-    next batch does not wait for the hub's commit. A failed write keeps its counts
-    for the next one (logged); counts still unwritten when the process dies are lost
-    (the sinks' applied-batch records keep the truth)."""
+    once, and one write at a time takes everything added since the last, at most one
+    every TALLY_EVERY seconds, so a busy direction sends the hub a few statements a
+    second, not one per batch (a hub commit per small batch cost the bridge as much
+    CPU as one more round trip of the batch), and the next batch does not wait for
+    the hub's commit. A failed write keeps its counts for the next one (logged);
+    counts still unwritten when the process dies are lost (the sinks' applied-batch
+    records keep the truth)."""
 
     def __init__(self, hub: asyncpg.Pool, link: str, side: str) -> None:
         self.hub, self.link, self.side = hub, link, side
         self.rows = self.deferred = self.batches = 0
         self.task: asyncio.Task | None = None
+        self.written = -TALLY_EVERY  # monotonic time of the last write's start
 
     def add(self, rows: int, deferred: int) -> None:
         self.rows, self.deferred, self.batches = (self.rows + rows, self.deferred + deferred,
@@ -79,6 +84,10 @@ class Tally:
 
     async def _write(self) -> None:
         while self.batches:
+            wait = self.written + TALLY_EVERY - time.monotonic()
+            if wait > 0:  # batches added meanwhile are written together
+                await asyncio.sleep(wait)
+            self.written = time.monotonic()
             rows, deferred, batches = self.rows, self.deferred, self.batches
             self.rows = self.deferred = self.batches = 0
             try:

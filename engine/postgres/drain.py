@@ -138,6 +138,7 @@ class PgDrain(HeldRecovery, Settling, QueueDrain):
         # keys from which a batch is staged (staged.py); None: items only (two-way settling
         # reads every row in Python, or the sink role may not create a staging table)
         self.stage_from: int | None = None if self.two_way else staged.STAGE_FROM
+        self.direct = staged.Direct()  # when a staged batch goes straight into the sink table
         self.max_attempts = max_attempts
         # an image named as on side a -> the sink's column names (merged rows)
         self.to_sink = {ca: (ca if self.dst == "a" else cb) for ca, cb in shape.pairs}
@@ -263,8 +264,7 @@ class PgDrain(HeldRecovery, Settling, QueueDrain):
             if self.two_way:
                 upserts, deletes = await self._settle(conn, upserts, deletes, forced, out)
             if held.staged is not None:  # a large one-way batch: one COPY stream
-                out.deletes, out.upserts = await staged.apply(
-                    conn, self.sql.staged, held.staged, self.link.deletes != "ignore")
+                out.deletes, out.upserts = await self._apply_staged(conn, held.staged)
             else:  # deletes first: a changed key frees unique values before the new row
                 out.deletes = await self._apply_set(conn, self.sql.delete, deletes, out,
                                                     savepoints)
@@ -282,6 +282,16 @@ class PgDrain(HeldRecovery, Settling, QueueDrain):
                 raise errors.AlreadyApplied(f"{self.name}: signals of batch {held.batch_id} "
                                             "were applied before; recovering that batch first")
         return out, record, canary
+
+    async def _apply_staged(self, conn: asyncpg.Connection, rows: staged.Rows
+                            ) -> tuple[int, int]:
+        """A staged batch: straight into the sink table when every key has a row and the
+        sink takes them as new, else through the staging table. (deleted, upserted)"""
+        if self.direct.due(rows):
+            put = await staged.insert(conn, self.sql.staged, rows, self.direct, self.name)
+            if put is not None:
+                return 0, put
+        return await staged.apply(conn, self.sql.staged, rows, self.link.deletes != "ignore")
 
     async def _unstaged(self, held: Held) -> Held:
         """The batch as items (read again in its held source transaction), to run on the

@@ -119,6 +119,8 @@ class StagedSql:
     read_head: str  # the COPY query up to the batch's keys (a jsonb literal goes between)
     read_tail: str
     stage: tuple[str, str]  # the staging table: pg_temp and its name (one per shape)
+    target: tuple[str, str]  # the sink table: schema and name, for a COPY straight into it
+    columns: tuple[str, ...]  # its linked columns, in the order of the COPY's fields
     create: str
     upsert: str
     delete: str
@@ -231,9 +233,10 @@ def _staged(shape: LinkShape, source: str, sink: str) -> StagedSql:
         sql.SQL(", ").join(keyed))
     join = sql.SQL(" and ").join(sql.SQL("{} = {}").format(
         sql.Identifier("t", c), sql.Identifier("k", staged[c])) for c in sink_keys)
+    side = shape.link.side(sink)
     return StagedSql(
-        head, tail, stage, APPLY.render("stage", stage=stage, defs=sql.SQL(defs),
-                                        end=sql.SQL(end)),
+        head, tail, stage, (side.schema, side.table), tuple(cols),
+        APPLY.render("stage", stage=stage, defs=sql.SQL(defs), end=sql.SQL(end)),
         APPLY.render("upsert_staged", distinct=distinct, values=sql.SQL(", ").join(
             sql.Identifier("r", staged[c]) for c in cols), stage=stage,
             **_on_conflict(shape, sink)),

@@ -48,7 +48,8 @@ select r.i::int from unnest($3::text[]) with ordinality as r(ids, i)
 select batch_id, queue_ids::text as queue_ids, dead::text as dead, synced::text as synced,
        conflicts::text as conflicts, truncated
   from sync.applied_batches
- where link = $1 and source_side = $2 and queue_ids && int8multirange(int8range($3, null))
+ where link = $1 and source_side = $2 and upper(queue_ids) > $3
+   and queue_ids && int8multirange(int8range($3, null))
  order by applied_at
 
 -- name: requeue
@@ -118,13 +119,15 @@ select dead::text as dead, synced::text as synced, conflicts::text as conflicts,
 -- Written in the same sink transaction as the batch's rows (the last parameter: the signals' queue ids, null from SQL Server).
 -- Not written (and the batch is given back) when an applied batch already names one of its signals:
 -- those came back at the source without their batch's recovery (a lost source commit), so they are
--- recovered first, never applied twice.
+-- recovered first, never applied twice. Only a record whose highest id is above the batch's
+-- lowest can overlap it (the index applied_batches_upper_id).
 insert into sync.applied_batches
        (batch_id, link, source_side, signals, upserts, deletes, dead, synced, conflicts, truncated,
         queue_ids)
 select $1, $2, $3, $4, $5, $6, $7::jsonb, $8::jsonb, $9::jsonb, $10, $11::text::int8multirange
  where not exists (select 1 from sync.applied_batches
                     where link = $2 and source_side = $3
+                      and upper(queue_ids) > lower($11::text::int8multirange)
                       and queue_ids && $11::text::int8multirange)
 
 -- name: state_write

@@ -15,7 +15,7 @@ create table sync.applied_batches (
 );
 alter table sync.applied_batches add constraint applied_batches_pkey PRIMARY KEY (batch_id);
 CREATE INDEX applied_batches_link ON sync.applied_batches USING btree (link, applied_at);
-CREATE INDEX applied_batches_queue_ids ON sync.applied_batches USING gist (queue_ids);
+CREATE INDEX applied_batches_upper_id ON sync.applied_batches USING btree (link, source_side, upper(queue_ids));
 -- grants on sync.applied_batches: default
 
 create table sync.apply_log (
