@@ -15,8 +15,9 @@ create table bench_items (
 create sequence bench_seq start 10000001;
 
 -- name: drop
--- Remove a previous run's tables (before `schema`).
-drop table if exists bench_items cascade; drop sequence if exists bench_seq; drop table if exists bench_arrivals
+-- Remove a previous run's tables and the arrival trigger's function (before `schema`).
+drop table if exists bench_items cascade; drop sequence if exists bench_seq; drop table if exists bench_arrivals;
+drop function if exists bench_arrival()
 
 -- name: arrivals
 -- Target only: stamp each applied row's arrival, statement-level, with the server's clock.
