@@ -55,13 +55,20 @@ from syncbridge.engine.postgres.held import (
     signals_json,
 )
 from syncbridge.engine.postgres.settle import Settling
-from syncbridge.engine.postgres.sink import Isolate, apply_set, expected_shape, shape_change
+from syncbridge.engine.postgres.sink import (
+    Isolate,
+    apply_set,
+    expected_shape,
+    row_error,
+    shape_change,
+)
 
 SQL = sqlfiles.Queries("postgres/queue.sql")
 log = logging.getLogger("syncbridge.drain")
 BURST = 0.5  # seconds of back-to-back batches in one drain_once, each taken while the last applies
 GROW_MAX = 8  # in a burst, batches double up to this many times the link's batch_size
 GROW_BYTES = 16 << 20  # ... while a staged batch's rows are fewer bytes than this (wide rows)
+ALREADY_APPLIED = "SB409"  # sync.apply_batch: an applied batch names one of the signals
 
 
 class QueueDrain:
@@ -139,6 +146,10 @@ class PgDrain(HeldRecovery, Settling, QueueDrain):
         # reads every row in Python, or the sink role may not create a staging table)
         self.stage_from: int | None = None if self.two_way else staged.STAGE_FROM
         self.direct = staged.Direct()  # when a staged batch goes straight into the sink table
+        # a small one-way batch as one sink statement (sync.apply_batch); False once the
+        # sink lacks the function (migrated before 0014)
+        self.one_shot = not self.two_way
+        self.sink_shape = json.dumps(expected_shape(shape.table(self.dst)))
         self.max_attempts = max_attempts
         # an image named as on side a -> the sink's column names (merged rows)
         self.to_sink = {ca: (ca if self.dst == "a" else cb) for ca, cb in shape.pairs}
@@ -247,6 +258,11 @@ class PgDrain(HeldRecovery, Settling, QueueDrain):
         """The batch's sink transaction: its rows and its record (and canaries)."""
         upserts, deletes, taken = held.upserts, held.deletes, held.taken
         truncate, forced, canaries = taken.truncate, taken.forced, taken.canaries
+        if (self.one_shot and not savepoints and held.staged is None and not truncate
+                and not canaries):
+            done = await self._apply_one_shot(held)
+            if done is not None:
+                return done, done.record(), None
         canary = None
         out = Outcome()
         async with self.sink.acquire() as conn, conn.transaction():
@@ -282,6 +298,41 @@ class PgDrain(HeldRecovery, Settling, QueueDrain):
                 raise errors.AlreadyApplied(f"{self.name}: signals of batch {held.batch_id} "
                                             "were applied before; recovering that batch first")
         return out, record, canary
+
+    async def _apply_one_shot(self, held: Held) -> Outcome | None:
+        """A one-way batch of items as one sink statement, outside a transaction (one round
+        trip where BEGIN, origin and shape, delete, upsert, record and COMMIT took five or
+        six). None when the sink's table changed shape (or the sink lacks the function):
+        nothing was done, and the batch takes the usual path, which says what changed.
+        A row the sink rejects raises Isolate: nothing was applied, the usual path with
+        savepoints isolates it."""
+        deletes = [] if self.link.deletes == "ignore" else held.deletes
+        ids = held.taken.ids
+        try:
+            row = await self.sink.fetchrow(
+                SQL["apply_batch"], self.origin, self.sink_table, self.sink_shape,
+                self.sql.delete, json_array([i.payload for i in deletes]) if deletes else None,
+                self.sql.upsert,
+                json_array([i.payload for i in held.upserts]) if held.upserts else None,
+                held.batch_id, self.link.name, self.src, len(ids), id_ranges(ids))
+        except asyncpg.UndefinedFunctionError:
+            log.info("event=one_shot_unavailable link=%s hint=run_syncbridge_migrate", self.name)
+            self.one_shot = False
+            return None
+        except asyncpg.PostgresError as e:
+            if errors.sqlstate(e) == ALREADY_APPLIED:
+                raise errors.AlreadyApplied(f"{self.name}: signals of batch {held.batch_id} "
+                                            "were applied before; recovering that batch first"
+                                            ) from e
+            if row_error(e):
+                raise Isolate from e
+            raise
+        if not row["shape_ok"]:
+            return None
+        out = Outcome(upserts=row["upserted"], deletes=row["deleted"])
+        out.applied.extend(deletes)
+        out.applied.extend(held.upserts)
+        return out
 
     async def _apply_staged(self, conn: asyncpg.Connection, rows: staged.Rows
                             ) -> tuple[int, int]:

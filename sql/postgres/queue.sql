@@ -130,6 +130,12 @@ select $1, $2, $3, $4, $5, $6, $7::jsonb, $8::jsonb, $9::jsonb, $10, $11::text::
                       and upper(queue_ids) > lower($11::text::int8multirange)
                       and queue_ids && $11::text::int8multirange)
 
+-- name: apply_batch
+-- A small one-way batch in one statement, its own transaction: shape check, origin tag, delete, upsert and record (sync.apply_batch, migration 0014).
+select shape_ok, deleted, upserted
+  from sync.apply_batch($1, $2::regclass, $3::jsonb, $4, $5::jsonb, $6, $7::jsonb, $8, $9, $10,
+                        $11, $12)
+
 -- name: state_write
 -- Two-way links: remember each row's image as last synced (null = absent): a known base.
 insert into sync.row_state (link, key, image, known, synced_at)
