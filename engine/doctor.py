@@ -9,9 +9,10 @@ Exit 0 when there is no error (warnings are printed but do not block).
 SQL Server: ODBC driver and its version, TLS settings of the connection
 string, compatibility level, writable primary, snapshot isolation, change
 tracking (database with retention, tables), the login's grants, collation and
-trailing spaces of text keys, clock skew. Postgres: server version, the
-privileges capture (TRIGGER, CREATE on the database for the sync schema) and
-the applies need, max_connections headroom. wal_level does not matter:
+trailing spaces of text keys, clock skew. Postgres: server version, CREATE on
+the database for the sync schema, the privileges reads and applies need,
+whether capture is installed (and, where not, whether this user may install
+it: TRIGGER), max_connections headroom. wal_level does not matter:
 capture is trigger-based, no logical decoding.
 """
 
@@ -20,12 +21,17 @@ from __future__ import annotations
 import datetime as dt
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from psycopg import sql
 
 from syncbridge.engine import sqlfiles
 from syncbridge.engine.config import Config, Peer, Side
+from syncbridge.engine.postgres import capture as pg_capture
+
+if TYPE_CHECKING:
+    import psycopg
 
 ERROR, WARNING, OK = "error", "warning", "ok"
 PG_MIN_VERSION = 150000  # the oldest the README claims and CI tests (.ci/pg-oldest)
@@ -49,6 +55,7 @@ class Check:
 class _Use:
     source: bool = False
     sink: bool = False
+    triggers: list[str] = field(default_factory=list)  # capture triggers install creates
 
 
 def uses(config: Config) -> dict[str, dict[Side, _Use]]:
@@ -60,6 +67,8 @@ def uses(config: Config) -> dict[str, dict[Side, _Use]]:
                 side = link.side(label)
                 use = out.setdefault(side.peer, {}).setdefault(side, _Use())
                 setattr(use, role, True)
+                if role == "source" and config.peers[side.peer].dialect != "sqlserver":
+                    use.triggers += pg_capture.trigger_names(link, label)
     return out
 
 
@@ -197,14 +206,32 @@ def _postgres(peer: Peer, sides: dict[Side, _Use]) -> Iterator[Check]:
                 yield Check(peer.name, ERROR, f"table {side.qualified} does not exist",
                             "create it (or fix the link's table name)")
                 continue
-            want = (["TRIGGER", "SELECT"] if use.source else []) + (
+            want = (["SELECT"] if use.source else []) + (
                 ["SELECT", "INSERT", "UPDATE", "DELETE"] if use.sink else [])
             missing = [p for p in dict.fromkeys(want) if not conn.execute(
                 SQL["table_privilege"], (table, p)).fetchone()[0]]
             if missing:
                 yield Check(peer.name, ERROR, f"{user} lacks {', '.join(missing)} on {table}",
                             f"GRANT {', '.join(missing)} ON TABLE {table} TO {who};")
+            yield from _capture(conn, peer.name, table, use.triggers, user, who)
         conn.rollback()
+
+
+def _capture(conn: psycopg.Connection, peer: str, table: str, triggers: list[str], user: str,
+             who: str) -> Iterator[Check]:
+    """A source table's capture: installed, or who may install it. The bridge's own role
+    needs no TRIGGER privilege (README, Privileges): `install` runs as the table's owner."""
+    if not triggers:
+        return
+    if conn.execute(SQL["triggers_present"], (table, triggers)).fetchone()[0] == len(triggers):
+        return
+    if conn.execute(SQL["table_privilege"], (table, "TRIGGER")).fetchone()[0]:
+        yield Check(peer, WARNING, f"capture is not installed on {table}",
+                    "run `syncbridge install`")
+    else:
+        yield Check(peer, WARNING, f"capture is not installed on {table}, and {user} may not "
+                    "install it (TRIGGER)", "run `syncbridge install` as the table's owner, "
+                    f"or GRANT TRIGGER ON TABLE {table} TO {who};")
 
 
 def _peer_error(e: BaseException) -> bool:

@@ -139,9 +139,11 @@ def test_a_rolled_back_claim_gives_its_signals_back(rig, session):
     assert batches(rig) == {batch: [1, 2, 3]}
 
 
-def take(conn: psycopg.Connection, limit: int = 100) -> list[int]:
-    """Run the bridge's take for link items, side a: the keys' ids it deleted."""
-    args = sql.SQL(", ").join(sql.Literal(v) for v in ("items", "a", limit, "public.items"))
+def take(conn: psycopg.Connection, limit: int = 100, floor: int = 0) -> list[int]:
+    """Run the bridge's take for link items, side a, above a queue id floor: the keys'
+    ids it deleted."""
+    args = sql.SQL(", ").join(sql.Literal(v) for v in ("items", "a", limit, "public.items",
+                                                        floor))
     rows = conn.execute(sql.SQL("execute take({})").format(args)).fetchall()
     return sorted(json.loads(r[2])["id"] for r in rows)
 
@@ -194,3 +196,14 @@ def test_recovery_waits_for_a_held_take_instead_of_skipping_it(rig, session):
     assert sorted(json.loads(r[2])["id"] for r in got) == [1, 2]
     recovery.commit()
     assert queued(rig) == [3, 4]
+
+
+def test_a_take_above_a_floor_leaves_the_lower_ids_for_a_take_without_one(rig, session):
+    rig.execute("a", "insert into items select g, 'v' from generate_series(1, 6) g")
+    ids = [r[0] for r in rig.query("a", "select id from sync.queue order by id")]
+    first = session()
+    assert take(first, floor=ids[2]) == [4, 5, 6]
+    first.commit()
+    assert take(first) == [1, 2, 3]
+    first.commit()
+    assert queued(rig) == []

@@ -81,6 +81,9 @@ def test_bridge_runs_with_only_the_readme_grants(new_db, tmp_path, role):
         owner.wait_equal({"t": ["id"]}, 30)
         assert "permission denied" not in bridge.log_text(), bridge.log_text()
         assert "event=staging_unavailable" not in bridge.log_text()
+        # `syncbridge doctor` as the bridge's role: ready, and asks for no TRIGGER privilege
+        code, lines = doctor.report(bridge.config)
+        assert code == 0 and "TRIGGER" not in "\n".join(lines), lines
     finally:
         bridge.close()
 
@@ -102,5 +105,25 @@ def test_without_temporary_rows_flow_as_items_and_the_log_says_why(new_db, tmp_p
         i = next(i for i, line in enumerate(lines)
                  if line.startswith("b: warning:") and "may not create temporary tables" in line)
         assert "GRANT TEMPORARY ON DATABASE" in lines[i + 1]
+    finally:
+        bridge.close()
+
+
+def test_doctor_says_when_capture_is_missing_and_who_may_install_it(new_db, tmp_path, role):
+    """A capture trigger dropped on a source table: doctor, as the bridge's role (no
+    TRIGGER privilege), warns that capture is missing and that the owner must install it;
+    as the owner it only says to run install."""
+    owner, bridge = _rigs(new_db, tmp_path, role, readme=True)
+    try:
+        owner.execute("a", "drop trigger syncbridge_u_a_ins on public.u")
+        code, lines = doctor.report(bridge.config)
+        text = "\n".join(lines)
+        assert code == 0, text
+        assert ("a: warning: capture is not installed on public.u, and "
+                f"{role} may not install it (TRIGGER)") in text
+        assert f"GRANT TRIGGER ON TABLE public.u TO {role};" in text
+        assert text.count("capture is not installed") == 1, text  # t's triggers are there
+        code, lines = doctor.report(owner.config)
+        assert "a: warning: capture is not installed on public.u" in lines, lines
     finally:
         bridge.close()

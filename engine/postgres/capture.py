@@ -81,6 +81,11 @@ def _trigger(link: Link, side: str, event: str) -> str:
     return f"syncbridge_{link.name}_{side}_{event}"
 
 
+def trigger_names(link: Link, side: str) -> list[str]:
+    """The capture triggers `install` creates on one link side's table (doctor checks them)."""
+    return [_trigger(link, side, event) for event in _EVENTS]
+
+
 def install(conn: psycopg.Connection, shape: LinkShape, side: str) -> None:
     """Create (or replace) the capture function and triggers of one link side."""
     link = shape.link

@@ -47,6 +47,7 @@ from syncbridge.engine.hub import dead_letters, report, resolutions
 from syncbridge.engine.postgres import capture, staged
 from syncbridge.engine.postgres import sql as pg_sql
 from syncbridge.engine.postgres.held import (
+    Floor,
     Held,
     HeldRecovery,
     Taken,
@@ -146,6 +147,7 @@ class PgDrain(HeldRecovery, Settling, QueueDrain):
         # reads every row in Python, or the sink role may not create a staging table)
         self.stage_from: int | None = None if self.two_way else staged.STAGE_FROM
         self.direct = staged.Direct()  # when a staged batch goes straight into the sink table
+        self.floor = Floor()  # the queue ids a take need not look at
         # a small one-way batch as one sink statement (sync.apply_batch); False once the
         # sink lacks the function (migrated before 0014)
         self.one_shot = not self.two_way
@@ -188,6 +190,7 @@ class PgDrain(HeldRecovery, Settling, QueueDrain):
                 try:
                     await self._apply_and_finish(held)
                 except BaseException:
+                    self.floor.reset()  # the batch's signals are queued again, below it
                     await held.release()
                     if ahead is not None:
                         await drop_ahead(ahead)
@@ -207,10 +210,11 @@ class PgDrain(HeldRecovery, Settling, QueueDrain):
         try:
             await conn.execute(SQL["hold"])
             held.signals = await conn.fetch(SQL["take"], self.link.name, self.src, limit,
-                                            self.source_table)
+                                            self.source_table, self.floor.next())
             if not held.signals:  # nothing taken: committing and rolling back are the same
                 await held.commit()
                 return None
+            self.floor.took(held.signals)
             self.check_shape(self.src, next(s["shape"] for s in held.signals if s["shape"]))
             faults.hit("after_claim")
             held.taken = taken = Taken.of(held.signals)
@@ -219,6 +223,7 @@ class PgDrain(HeldRecovery, Settling, QueueDrain):
             else:
                 held.upserts, held.deletes = await self._read(conn, taken.keys)
         except BaseException:
+            self.floor.reset()  # its signals are queued again, below the floor
             await held.release()
             raise
         return held

@@ -14,7 +14,10 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
+import time
 import uuid
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +30,9 @@ from syncbridge.engine.postgres.staged import Rows
 
 SQL = sqlfiles.Queries("postgres/queue.sql")
 log = logging.getLogger("syncbridge.drain")
+# seconds: a take without a floor at least this often (Floor); the tests set it high
+# to show that no signal depends on it but the ones Floor says
+FULL_EVERY = float(os.environ.get("SYNCBRIDGE_FULL_TAKE_EVERY", "1.0"))
 
 
 def id_ranges(ids: list[int]) -> str:
@@ -82,6 +88,52 @@ class Taken:
     def changes(self) -> int:
         """Signals that are traffic (canaries are not)."""
         return len(self.ids) - len(self.canaries)
+
+
+@dataclass
+class Floor:
+    """The queue id at and below which a drain's takes need not look. The queue's index
+    keeps the entries of deleted signals until VACUUM, and a take that starts at the
+    lowest id walks all of them: after a backlog of 200,000 signals about 2 ms a take,
+    which doubled the latency of the changes that followed.
+
+    Why no signal is left behind. A take returns, in id order, every visible, unlocked,
+    due signal above the floor up to its highest id `top`. A signal with a lower id that
+    it did not see was written by a transaction still running at its snapshot: the
+    capture trigger's insert comes after the row write that gave that transaction its
+    xid, so the xid is below the snapshot's xmax. Once a later take's snapshot has an
+    xmin at or above that xmax, all those transactions have ended and that later take
+    saw what they wrote; the floor then rises to `top`, but never above the highest id
+    the later take itself covered. What this cannot vouch for (a signal deferred to a
+    later retry_at, one skipped while another session locked it, a queue insert that is
+    its transaction's first write) is found by a take without a floor, at least every
+    FULL_EVERY seconds; and a batch given back (its signals queued again) resets it."""
+
+    floor: int = 0
+    pending: deque[tuple[int, int]] = field(default_factory=deque)  # (top, snapshot xmax)
+    full_at: float = 0.0  # monotonic time of the next take without a floor
+
+    def next(self) -> int:
+        """The floor for the next take (0: look at every id)."""
+        now = time.monotonic()
+        if now >= self.full_at:
+            self.full_at = now + FULL_EVERY
+            return 0
+        return self.floor
+
+    def took(self, signals: list) -> None:
+        """A take returned these signals (its first row carries its snapshot's bounds)."""
+        top = max(s[0] for s in signals)
+        first = next(s for s in signals if s["xmin"] is not None)
+        reach = self.floor
+        while self.pending and self.pending[0][1] <= first["xmin"]:
+            reach = max(reach, self.pending.popleft()[0])
+        self.floor = max(self.floor, min(reach, top))
+        self.pending.append((top, first["xmax"]))
+
+    def reset(self) -> None:
+        self.floor, self.full_at = 0, 0.0
+        self.pending.clear()
 
 
 class Held:

@@ -18,3 +18,7 @@ select to_regclass(%s) is not null
 -- name: table_privilege
 -- Whether the current user holds one privilege on the table.
 select has_table_privilege(%s, %s)
+
+-- name: triggers_present
+-- How many of the named capture triggers exist on the table (quoted qualified text).
+select count(*) from pg_trigger where tgrelid = to_regclass(%s) and tgname = any(%s)

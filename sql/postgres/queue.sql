@@ -5,12 +5,13 @@
 -- engine/sqlserver/pg_to_ct.py).
 
 -- name: take
--- Take the oldest visible signals of one link side: deleted in a transaction the drain commits after the sink did; the first row carries the table's shape.
+-- Take the oldest visible signals of one link side with ids above the fifth parameter (0: all): deleted in a transaction the drain commits after the sink did. The first row carries the table's shape and the statement snapshot's xmin and xmax (the drain's floor, held.py Floor).
 with taken as (
     delete from sync.queue
      where ctid = any(array(
                select ctid from sync.queue
                 where link = $1 and side = $2 and batch_id is null and op <> 'W'
+                  and id > $5
                   and (retry_at is null or retry_at <= clock_timestamp())
                 order by id
                 limit $3
@@ -18,7 +19,11 @@ with taken as (
     returning id, op, key, attempts
 )
 select id, op, key::text as key, attempts,
-       case when row_number() over () = 1 then sync.table_shape($4::regclass)::text end as shape
+       case when row_number() over () = 1 then sync.table_shape($4::regclass)::text end as shape,
+       case when row_number() over () = 1
+            then pg_snapshot_xmin(pg_current_snapshot())::text::int8 end as xmin,
+       case when row_number() over () = 1
+            then pg_snapshot_xmax(pg_current_snapshot())::text::int8 end as xmax
   from taken
 
 -- name: hold
