@@ -119,11 +119,11 @@ def test_doctor_says_when_capture_is_missing_and_who_may_install_it(new_db, tmp_
         code, lines = doctor.report(bridge.config)
         text = "\n".join(lines)
         assert code == 0, text
-        assert ("a: warning: capture is not installed on public.u, and "
+        assert ('a: warning: capture is not installed on "public"."u", and '
                 f"{role} may not install it (TRIGGER)") in text
-        assert f"GRANT TRIGGER ON TABLE public.u TO {role};" in text
+        assert f'GRANT TRIGGER ON TABLE "public"."u" TO "{role}";' in text
         assert text.count("capture is not installed") == 1, text  # t's triggers are there
         code, lines = doctor.report(owner.config)
-        assert "a: warning: capture is not installed on public.u" in lines, lines
+        assert 'a: warning: capture is not installed on "public"."u"' in lines, lines
     finally:
         bridge.close()

@@ -44,6 +44,7 @@ from syncbridge.engine import sqlfiles
 
 SQL = sqlfiles.Queries("bench/core.sql")
 SCHEMA = SQL["schema"]
+PAUSED = "event=paused link=bench "  # the bridge's log line: it holds the link
 
 
 def with_payload(name: str, g: str = "g", queries: sqlfiles.Queries = SQL,
@@ -104,13 +105,14 @@ class Bench:
     def _target_count(self) -> int:
         return self.rig.query("b", "select count(*) from bench_items")[0][0]
 
-    def _write_rows(self, n: int) -> float:
-        """n rows in transactions of 100; returns the time of the first commit."""
+    def _write_rows(self, n: int, after: int = 0) -> float:
+        """n rows (ids after+1 ...) in transactions of 100; returns the time of the first
+        commit."""
         first = 0.0
         insert = with_payload("insert_100")
         with psycopg.connect(self.rig.dsn["a"], autocommit=True) as c:
-            for lo in range(1, n + 1, 100):
-                c.execute(insert, (lo, min(lo + 99, n)))
+            for lo in range(after + 1, after + n + 1, 100):
+                c.execute(insert, (lo, min(lo + 99, after + n)))
                 first = first or time.monotonic()
         return first
 
@@ -125,13 +127,32 @@ class Bench:
         return {"rows_per_s": n / (done - first), "source_rows_per_s": n / (wrote - first)}
 
     def catchup(self) -> dict[str, float]:
+        """A backlog of --rows rows, twice. cold_rows_per_s: written with no bridge running,
+        timed from starting one (its start-up, about a second of imports, connections and
+        validation, counted in). rows_per_s: written while the running bridge holds the
+        link paused (sync.pause), timed from sync.resume: the drain itself, as logical
+        replication's is timed from enabling its subscription."""
         self.reset()
         n = self.args.rows
         self._write_rows(n)
         start = time.monotonic()
         self.rig.start_bridge()
         wait_until(lambda: self._target_count() >= n, 600, "catch-up rows on the target", 0.02)
-        return {"rows_per_s": n / (time.monotonic() - start)}
+        cold = n / (time.monotonic() - start)
+        hub = self.rig.config.hub
+        paused = self.rig.log_text().count(PAUSED)
+        self.rig.execute(hub, "select sync.pause('bench', 'bench: a backlog builds')")
+        wait_until(lambda: self.rig.log_text().count(PAUSED) > paused, 30,
+                   "the bridge to pause the link")
+        self._write_rows(n, after=n)
+        if self._target_count() != n:
+            raise RuntimeError("rows arrived while the link was paused: the catch-up "
+                               "figure would not be a drain's")
+        start = time.monotonic()
+        self.rig.execute(hub, "select sync.resume('bench')")
+        wait_until(lambda: self._target_count() >= 2 * n, 600, "catch-up rows on the target",
+                   0.02)
+        return {"rows_per_s": n / (time.monotonic() - start), "cold_rows_per_s": cold}
 
     def scaleout(self) -> dict[str, float]:
         """Catch-up of a backlog across 8 links on 1 bridge, then 2 (bench/scaleout.py)."""
