@@ -4,13 +4,14 @@
 Each test runs a real bridge between two databases in different print settings and
 compares tables by the text of every column. A sink trigger notes which statement wrote
 each batch (current_query() is the bridge's own statement), so a test knows the path it
-exercised."""
+exercised. The bridge runs with ITEMS (nothing staged), so the path is the one under
+test however the suite sets SYNCBRIDGE_STAGE_FROM."""
 
 from __future__ import annotations
 
 import psycopg
 
-from rigs import link, make_rig, unsettle
+from rigs import ITEMS, link, make_rig, unsettle
 from syncbridge.bridge.bench.rig import wait_until
 
 SETTINGS = {
@@ -66,7 +67,7 @@ def _settled(rig, what: str) -> None:
 
 def test_a_small_batch_is_one_sink_statement_with_the_same_rows_and_record(new_db, tmp_path):
     rig = _rig(new_db, tmp_path)
-    rig.start_bridge()
+    rig.start_bridge(ITEMS)
     try:
         with psycopg.connect(rig.dsn["a"]) as c:
             c.execute("insert into os select g, E'x\\ty' || g, g / 3.0, "
@@ -91,7 +92,7 @@ def test_a_small_batch_is_one_sink_statement_with_the_same_rows_and_record(new_d
 def test_a_row_the_sink_rejects_is_isolated_after_the_statement_failed(new_db, tmp_path):
     rig = _rig(new_db, tmp_path)
     rig.execute("b", "alter table os add constraint no_seven check (id <> 7)")
-    rig.start_bridge()
+    rig.start_bridge(ITEMS)
     try:
         rig.execute("a", "insert into os (id, v) select g, 'v' from generate_series(5, 9) g")
         wait_until(lambda: rig.query(rig.config.hub, "select count(*) from sync.dead_letter "
@@ -109,7 +110,7 @@ def test_a_sink_migrated_before_the_function_still_gets_every_row(new_db, tmp_pa
     rig = _rig(new_db, tmp_path)
     rig.execute("b", "drop function sync.apply_batch(text, regclass, jsonb, text, jsonb, text, "
                      "jsonb, uuid, text, char, int, text)")
-    rig.start_bridge()
+    rig.start_bridge(ITEMS)
     try:
         for g in range(3):
             rig.execute("a", f"insert into os (id, v) values ({g}, 'v{g}')")
@@ -122,7 +123,7 @@ def test_a_sink_migrated_before_the_function_still_gets_every_row(new_db, tmp_pa
 
 def test_a_column_added_at_the_sink_pauses_the_link_and_writes_nothing(new_db, tmp_path):
     rig = _rig(new_db, tmp_path)
-    rig.start_bridge()
+    rig.start_bridge(ITEMS)
     try:
         rig.execute("a", "insert into os (id, v) values (1, 'before')")
         _settled(rig, "before the change")
