@@ -300,9 +300,12 @@ class PgDrain(HeldRecovery, Settling, QueueDrain):
                 truncate, id_ranges(taken.ids),
             )
             if recorded.split()[-1] == "0":  # the sink transaction rolls back: nothing applied
-                raise errors.AlreadyApplied(f"{self.name}: signals of batch {held.batch_id} "
-                                            "were applied before; recovering that batch first")
+                raise self._already_applied(held)
         return out, record, canary
+
+    def _already_applied(self, held: Held) -> errors.AlreadyApplied:
+        return errors.AlreadyApplied(f"{self.name}: signals of batch {held.batch_id} were "
+                                     "applied before; recovering that batch first")
 
     async def _apply_one_shot(self, held: Held) -> Outcome | None:
         """A one-way batch of items as one sink statement, outside a transaction (one round
@@ -320,15 +323,15 @@ class PgDrain(HeldRecovery, Settling, QueueDrain):
                 self.sql.upsert,
                 json_array([i.payload for i in held.upserts]) if held.upserts else None,
                 held.batch_id, self.link.name, self.src, len(ids), id_ranges(ids))
-        except asyncpg.UndefinedFunctionError:
+        except asyncpg.UndefinedFunctionError as e:
+            if "apply_batch" not in str(e):  # a function a trigger of the sink table calls
+                raise
             log.info("event=one_shot_unavailable link=%s hint=run_syncbridge_migrate", self.name)
             self.one_shot = False
             return None
         except asyncpg.PostgresError as e:
             if errors.sqlstate(e) == ALREADY_APPLIED:
-                raise errors.AlreadyApplied(f"{self.name}: signals of batch {held.batch_id} "
-                                            "were applied before; recovering that batch first"
-                                            ) from e
+                raise self._already_applied(held) from e
             if row_error(e):
                 raise Isolate from e
             raise
