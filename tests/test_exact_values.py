@@ -167,8 +167,11 @@ def test_every_value_arrives_exactly(rig):
     _converged(rig, "every column set to NULL")
     _write(rig, side, [f"update v set {col} = {lit} where id = {i}" for i, col, lit in rows])
     _converged(rig, "every value written again")
-    # staged batches arrived staged, not by falling back to the item path
+    # staged batches arrived staged, not by falling back to the item path, and item
+    # batches as one sink statement (sync.apply_batch spells every type's shape as the
+    # bridge does)
     assert "event=staged_batch_isolating" not in rig.log_text()
+    assert "event=one_shot_shape_mismatch" not in rig.log_text()
 
 
 def test_check_sees_every_difference_and_invents_none(rig):

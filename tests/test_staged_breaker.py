@@ -71,11 +71,14 @@ NAMES = ('create schema "Odd ""Sch""ema"; '
          'create table "UPPER" ("K" bigint primary key, "select" text, "from" int);')
 
 
-def test_quoted_unicode_uppercase_names_and_a_composite_key_not_first(new_db, tmp_path):
+@pytest.mark.parametrize("env", TRANSPORTS.values(), ids=TRANSPORTS.keys())
+def test_quoted_unicode_uppercase_names_and_a_composite_key_not_first(new_db, tmp_path, env):
+    """Staged, and as items (each batch one sink statement, sync.apply_batch, naming the
+    table as a regclass)."""
     t = ODD
     rig = _rig(new_db, tmp_path, NAMES, [
         link("odd", 'Odd "Sch"ema.Tab lé "Q"', ["Näme", "ID"], "a_to_b"),
-        link("up", "UPPER", ["K"], "a_to_b")])
+        link("up", "UPPER", ["K"], "a_to_b")], env=env)
     try:
         tables = {'Odd "Sch"ema.Tab lé "Q"': ["Näme", "ID"], "UPPER": ["K"]}
         _write(rig, "a", [

@@ -263,16 +263,22 @@ class PgDrain(HeldRecovery, Settling, QueueDrain):
         """The batch's sink transaction: its rows and its record (and canaries)."""
         upserts, deletes, taken = held.upserts, held.deletes, held.taken
         truncate, forced, canaries = taken.truncate, taken.forced, taken.canaries
+        refused = False  # sync.apply_batch found the sink table's shape changed
         if (self.one_shot and not savepoints and held.staged is None and not truncate
                 and not canaries):
             done = await self._apply_one_shot(held)
             if done is not None:
                 return done, done.record(), None
+            refused = self.one_shot
         canary = None
         out = Outcome()
         async with self.sink.acquire() as conn, conn.transaction():
             begun = await conn.fetchrow(SQL["sink_begin"], self.origin, self.sink_table)
             self.check_shape(self.dst, begun[1])
+            if refused:  # no change this check sees: the two spell the shape apart
+                log.warning("event=one_shot_shape_mismatch link=%s action=transactions_only",
+                            self.name)
+                self.one_shot = False
             if canaries:  # end-to-end heartbeat: recorded with the batch, no user table
                 canary = await conn.fetchrow(SQL["canary_applied"], self.link.name, self.src,
                                              json_array(canaries))
