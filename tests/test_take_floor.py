@@ -16,34 +16,30 @@ from syncbridge.engine.postgres.held import Floor
 NO_FULL_TAKES = {"SYNCBRIDGE_FULL_TAKE_EVERY": "3600"}
 
 
-def _signals(*ids: int, xmin: int, xmax: int) -> list[dict]:
-    """What a take returns, as Floor reads it: ids by position, bounds on the first row."""
-    class Row(dict):
-        def __getitem__(self, k):
-            return self["id"] if k == 0 else dict.__getitem__(self, k)
-    return [Row(id=i, xmin=xmin if n == 0 else None, xmax=xmax if n == 0 else None)
-            for n, i in enumerate(ids)]
-
-
 def test_the_floor_rises_only_once_the_writers_running_at_a_take_have_ended():
     f = Floor()
     f.full_at = float("inf")  # no take without a floor here
-    f.took(_signals(10, 11, 12, xmin=100, xmax=105))
+    f.took(12, xmin=100, xmax=105)  # ids up to 12
     assert f.floor == 0  # writers 100..104 may still hold ids below 12
-    f.took(_signals(13, xmin=103, xmax=106))
+    f.took(13, xmin=103, xmax=106)
     assert f.floor == 0  # 103 and 104 may still be running
-    f.took(_signals(14, 15, xmin=105, xmax=107))
+    f.took(15, xmin=105, xmax=107)
     assert f.floor == 12  # every writer below 105 has ended: ids up to 12 were seen
-    f.took(_signals(16, xmin=107, xmax=108))
+    f.took(16, xmin=107, xmax=108)
     assert f.floor == 15
 
 
 def test_the_floor_never_passes_the_ids_the_rising_take_covered():
     f = Floor()
     f.full_at = float("inf")
-    f.took(_signals(*range(1, 101), xmin=10, xmax=20))
-    f.took(_signals(101, 102, xmin=25, xmax=30))  # a take cut short by its limit
-    assert f.floor == 100
+    f.took(100, xmin=10, xmax=20)
+    # the take that finds those writers ended covered ids up to 60 only (its limit)
+    f.took(60, xmin=25, xmax=30)
+    assert f.floor == 60
+    f.took(70, xmin=31, xmax=32)
+    assert f.floor == 60  # what the 60 take vouches for (its writers) is not yet known
+    f.took(80, xmin=33, xmax=34)
+    assert f.floor == 70
     f.reset()
     assert f.floor == 0 and f.next() == 0
 

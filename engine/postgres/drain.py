@@ -214,10 +214,11 @@ class PgDrain(HeldRecovery, Settling, QueueDrain):
             if not held.signals:  # nothing taken: committing and rolling back are the same
                 await held.commit()
                 return None
-            self.floor.took(held.signals)
-            self.check_shape(self.src, next(s["shape"] for s in held.signals if s["shape"]))
+            first = next(s for s in held.signals if s["shape"])  # the shape and the bounds
+            self.check_shape(self.src, first["shape"])
             faults.hit("after_claim")
             held.taken = taken = Taken.of(held.signals)
+            self.floor.took(max(taken.ids), first["xmin"], first["xmax"])
             if self.stage_from is not None and len(taken.keys) >= self.stage_from:
                 held.staged = await staged.read(conn, self.sql.staged, list(taken.keys))
             else:

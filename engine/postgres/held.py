@@ -121,15 +121,13 @@ class Floor:
             return 0
         return self.floor
 
-    def took(self, signals: list) -> None:
-        """A take returned these signals (its first row carries its snapshot's bounds)."""
-        top = max(s[0] for s in signals)
-        first = next(s for s in signals if s["xmin"] is not None)
+    def took(self, top: int, xmin: int, xmax: int) -> None:
+        """A take returned signals up to id `top` under a snapshot of these bounds."""
         reach = self.floor
-        while self.pending and self.pending[0][1] <= first["xmin"]:
+        while self.pending and self.pending[0][1] <= xmin:
             reach = max(reach, self.pending.popleft()[0])
         self.floor = max(self.floor, min(reach, top))
-        self.pending.append((top, first["xmax"]))
+        self.pending.append((top, xmax))
 
     def reset(self) -> None:
         self.floor, self.full_at = 0, 0.0
