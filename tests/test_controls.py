@@ -21,6 +21,7 @@ import pytest
 from heal_support import FAST, SCHEMA, Clusters, Writer, arrives, state, status, until
 from rigs import link, make_rig
 from syncbridge.bridge import cli
+from syncbridge.bridge.bench.links import cpu_seconds
 from syncbridge.bridge.bench.rig import Rig
 from syncbridge.engine.config import ConfigError, parse
 
@@ -96,6 +97,30 @@ def test_pause_under_writes_then_resume_loses_nothing(clusters, tmp_path):
         log = rig.log_text()
         assert "event=paused link=items reason=maintenance" in log
         assert "event=resumed link=items" in log
+    finally:
+        rig.close()
+
+
+def test_a_paused_link_whose_source_writes_leaves_the_bridge_idle(clusters, tmp_path):
+    """Writes to a paused link's source still NOTIFY the bridge; the wake that leaves set
+    must not keep its drain loop turning (it spun at a full core until the resume)."""
+    rig = _rig(clusters, tmp_path)
+    try:
+        rig.start_bridge()
+        rig.execute("a", "insert into items values (1, 'before')")
+        until(lambda: _count(rig, "b") == 1, 20, "the first row")
+        assert _cli(rig, "pause", "items") == 0
+        until(lambda: "event=paused link=items" in rig.log_text(), 5, "the bridge's pause")
+        for i in range(2, 12):  # ten commits, ten NOTIFYs (the bridge sleeps: armed)
+            rig.execute("a", "insert into items values (%s, 'while paused')", (i,))
+        start, cpu = time.monotonic(), cpu_seconds(rig.proc.pid)
+        time.sleep(2.0)  # the measured window itself
+        used = (cpu_seconds(rig.proc.pid) - cpu) / (time.monotonic() - start)
+        print(f"paused bridge: {used:.1%} of a core")
+        assert used < 0.1, f"the paused bridge used {used:.0%} of a core"
+        assert _count(rig, "b") == 1, "nothing is applied while paused"
+        assert _cli(rig, "resume", "items") == 0
+        until(lambda: _count(rig, "b") == 11, 10, "the paused writes after resume")
     finally:
         rig.close()
 
