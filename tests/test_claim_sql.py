@@ -22,10 +22,11 @@ from psycopg import sql
 
 from rigs import link, make_rig
 from syncbridge.engine import sqlfiles
+from syncbridge.engine.postgres import sql as pg_sql
 
 SCHEMA = "create table items (id int primary key, v text);"
 CLAIM = sqlfiles.query("postgres/queue.sql", "claim")
-TAKE = sqlfiles.query("postgres/queue.sql", "take")
+TAKE = pg_sql.take()  # as the drain runs it for a large batch (drain.py TAKE)
 TAKE_IDS = sqlfiles.query("postgres/queue.sql", "take_ids")
 
 

@@ -65,6 +65,8 @@ from syncbridge.engine.postgres.sink import (
 )
 
 SQL = sqlfiles.Queries("postgres/queue.sql")
+TAKE = pg_sql.take()  # a take without its rows: when the source table changed under them
+ITEMS_ONLY = 2**31 - 1  # take_rows reads the rows of a batch of any size (no staged path)
 log = logging.getLogger("syncbridge.drain")
 BURST = 0.5  # seconds of back-to-back batches in one drain_once, each taken while the last applies
 GROW_MAX = 8  # in a burst, batches double up to this many times the link's batch_size
@@ -207,10 +209,22 @@ class PgDrain(HeldRecovery, Settling, QueueDrain):
         """Take the next batch at the source and read its rows (the transaction stays open)."""
         conn = await self.source.acquire()
         held = Held(self.source, conn)
+        with_rows = True  # a small batch's rows come with its take: one round trip fewer
         try:
             await conn.execute(SQL["hold"])
-            held.signals = await conn.fetch(SQL["take"], self.link.name, self.src, limit,
-                                            self.source_table, self.floor.next())
+            args = (self.link.name, self.src, limit, self.source_table, self.floor.next())
+            try:
+                held.signals = await conn.fetch(self.sql.take_rows, *args,
+                                                self.stage_from or ITEMS_ONLY)
+            except asyncpg.PostgresError as e:
+                if (errors.sqlstate(e) or "")[:2] != "42":
+                    raise
+                # the table changed under the read (a column dropped, renamed): the plain
+                # take's shape check below says what changed
+                await conn.execute("rollback")
+                await conn.execute(SQL["hold"])
+                with_rows = False
+                held.signals = await conn.fetch(TAKE, *args)
             if not held.signals:  # nothing taken: committing and rolling back are the same
                 await held.commit()
                 return None
@@ -219,7 +233,10 @@ class PgDrain(HeldRecovery, Settling, QueueDrain):
             faults.hit("after_claim")
             held.taken = taken = Taken.of(held.signals)
             self.floor.took(max(taken.ids), first["xmin"], first["xmax"])
-            if self.stage_from is not None and len(taken.keys) >= self.stage_from:
+            rows = first["rows"] if with_rows else None
+            if rows is not None:
+                held.upserts, held.deletes = self._items(rows, taken.keys)
+            elif self.stage_from is not None and len(taken.keys) >= self.stage_from:
                 held.staged = await staged.read(conn, self.sql.staged, list(taken.keys))
             else:
                 held.upserts, held.deletes = await self._read(conn, taken.keys)
@@ -384,17 +401,22 @@ class PgDrain(HeldRecovery, Settling, QueueDrain):
         """Current source rows for the batch's distinct keys: upserts and deletes."""
         if not attempts:
             return [], []
-        rows = await conn.fetch(self.sql.read_rows, json_array(list(attempts)))
+        return self._items(await conn.fetch(self.sql.read_rows, json_array(list(attempts))),
+                           attempts)
+
+    @staticmethod
+    def _items(rows: Any, attempts: dict[str, int]) -> tuple[list[Item], list[Item]]:
+        """read_rows' rows (its records, or take_rows' tuples: row, key, ka, skey, img) as
+        the batch's upserts and deletes."""
         upserts: dict[str, Item] = {}  # by the row's own key: one item per sink row
         deletes = []
-        worst = max(attempts.values())  # once: a default argument is evaluated every call
-        for skey, key, ka, row, img in ((r["skey"], r["key"], r["ka"] or r["key"], r["row"],
-                                         r["img"]) for r in rows):
+        worst = max(attempts.values(), default=0)  # once: a default is evaluated every call
+        for row, key, ka, skey, img in rows:
             tries = attempts.get(skey, worst)
             if row is None:
-                deletes.append(Item(skey, key, ka, key, None, tries))
+                deletes.append(Item(skey, key, ka or key, key, None, tries))
             else:
-                upserts.setdefault(key, Item(skey, key, ka, row, img, tries))
+                upserts.setdefault(key, Item(skey, key, ka or key, row, img, tries))
         return list(upserts.values()), deletes
 
     async def _apply_set(self, conn: asyncpg.Connection, stmt: str, items: list[Item],

@@ -30,6 +30,7 @@ from syncbridge.engine.catalog import LinkShape, base_type, table_identifier
 JSON_TYPES = ("json", "jsonb")
 APPLY = sqlfiles.Queries("postgres/apply.sql")
 READ = sqlfiles.Queries("postgres/read.sql")
+QUEUE = sqlfiles.Queries("postgres/queue.sql")
 _PAIRS_PER_CALL = 50  # jsonb_build_object takes at most 100 arguments
 KEYS_GO_HERE = "\x00"  # no SQL text holds a NUL: marks where copy_rows takes a batch's keys
 # key types whose equal values have one text: two keys of a batch never name one row
@@ -129,6 +130,7 @@ class StagedSql:
 @dataclass(frozen=True)
 class PgLinkSql:
     read_rows: str  # $1 jsonb keys -> (row|null, key, ka|null = key) in sink and a names, skey, img
+    take_rows: str  # queue.sql take whose first row carries read_rows of its keys (rows)
     upsert: str  # $1 jsonb array of rows in sink names, values as text
     delete: str  # $1 jsonb array of keys in sink names
     truncate: str
@@ -138,12 +140,22 @@ class PgLinkSql:
 
 def render(shape: LinkShape, source: str, sink: str) -> PgLinkSql:
     """The statements of one direction of a link, as text for asyncpg."""
-    return PgLinkSql(_read_rows(shape, source, sink), _upsert(shape, sink),
+    read_taken = sql.SQL(_read_rows(shape, source, sink, READ.compose("taken_keys")))
+    return PgLinkSql(_read_rows(shape, source, sink),
+                     take(READ.compose("take_rows", read=read_taken)),
+                     _upsert(shape, sink),
                      _delete(shape, sink), APPLY.render("truncate", table=table_name(shape, sink)),
                      _state_read(shape, sink), _staged(shape, source, sink))
 
 
-def _read_rows(shape: LinkShape, source: str, sink: str) -> str:
+def take(rows: sql.Composable = sql.SQL("")) -> str:
+    """queue.sql take, with `rows` (take_rows) or without: a small batch's signals and rows
+    in one round trip, a large one's signals only (its rows go as COPY, staged.py)."""
+    return QUEUE.render("take", rows=rows)
+
+
+def _read_rows(shape: LinkShape, source: str, sink: str,
+               keys: sql.Composable = sql.SQL("$1::jsonb")) -> str:
     """The rows are read through source_rows: a row the filter does not match reads as
     absent, so it is deleted at the sink (moved out) and inserted when it matches again.
     A found row's key as the row holds it (a citext key's case, numeric scale), not as
@@ -164,7 +176,7 @@ def _read_rows(shape: LinkShape, source: str, sink: str) -> str:
         "read_rows", first_key=src_keys[0],
         row=text_obj(shape.cols(sink), "t", shape.cols(source)), key=spelled(dst_keys), ka=ka,
         skey=typed_obj(src_keys, "k", src_keys), img=img, key_defs=key_defs(shape, source),
-        table=source_rows(shape, source), join=key_match("t", "k", src_keys))
+        table=source_rows(shape, source), join=key_match("t", "k", src_keys), keys=keys)
 
 
 def _upsert(shape: LinkShape, sink: str) -> str:

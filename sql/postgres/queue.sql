@@ -5,7 +5,7 @@
 -- engine/sqlserver/pg_to_ct.py).
 
 -- name: take
--- Take the oldest visible signals of one link side with ids above the fifth parameter (0: all): deleted in a transaction the drain commits after the sink did. The first row carries the table's shape and the statement snapshot's xmin and xmax (the drain's floor, held.py Floor).
+-- Template: take the oldest visible signals of one link side with ids above the fifth parameter (0: all): deleted in a transaction the drain commits after the sink did. The first row carries the table's shape and the statement snapshot's xmin and xmax (the drain's floor, held.py Floor), and for a small batch the rows field: the current rows of its keys (sql.py take_rows).
 with taken as (
     delete from sync.queue
      where ctid = any(array(
@@ -24,6 +24,7 @@ select id, op, key::text as key, attempts,
             then pg_snapshot_xmin(pg_current_snapshot())::text::int8 end as xmin,
        case when row_number() over () = 1
             then pg_snapshot_xmax(pg_current_snapshot())::text::int8 end as xmax
+       {rows}
   from taken
 
 -- name: hold

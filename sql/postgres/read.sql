@@ -7,8 +7,18 @@
 -- Source rows for a batch of keys (jsonb, source names): row or null, key and ka in sink and side-a names (ka null: the same as key), the signal's key, the image.
 select case when t.{first_key} is null then null else {row} end as row,
        {key} as key, {ka} as ka, {skey} as skey, {img} as img
-  from jsonb_to_recordset($1::jsonb) as k({key_defs})
+  from jsonb_to_recordset({keys}) as k({key_defs})
   left join {table} t on {join}
+
+-- name: take_rows
+-- The rows field of a take (queue.sql take): on its first row, when it took fewer signals than the sixth parameter, read_rows of their keys in the same statement and snapshot (empty: no key), else null (the drain reads them itself).
+,
+       case when row_number() over () = 1 and (select count(*) < $6 from taken)
+            then (select coalesce(array_agg(r), '{{}}') from ({read}) r) end as rows
+
+-- name: taken_keys
+-- The keys read_rows reads in take_rows: the distinct key signals the take deleted, as one jsonb array.
+(select jsonb_agg(distinct key) from taken where op = 'K' or op = 'R')
 
 -- name: found_or_signal
 -- A key as the found row spells it, or as the signal did for a missing row (read_rows: key, ka).
