@@ -140,3 +140,52 @@ def test_a_column_added_at_the_sink_pauses_the_link_and_writes_nothing(new_db, t
         assert rig.query("a", "select count(*) from sync.queue where link = 'os'") == [(1,)]
     finally:
         rig.close()
+
+
+def test_the_functions_statements_are_prepared_once_per_session_and_count_right(new_db,
+                                                                                tmp_path):
+    """sync.apply_batch runs the link's upsert and delete as prepared statements of the
+    session (migration 0015): prepared at the first batch, their plan kept after, and the
+    counts they return are the rows written (an unchanged row is skipped, not counted)."""
+    import json
+    import re
+    import uuid
+
+    from syncbridge.engine import sqlfiles
+    from syncbridge.engine.postgres import capture
+    from syncbridge.engine.postgres import sql as pg_sql
+    from syncbridge.engine.postgres.sink import expected_shape
+    from syncbridge.engine.validate import shapes
+
+    rig = _rig(new_db, tmp_path)
+    shape = shapes(rig.config)["os"]
+    stmts = pg_sql.render(shape, "a", "b")
+    call = re.sub(r"\$\d+", "%s", sqlfiles.query("postgres/queue.sql", "apply_batch"))
+    sink_shape = json.dumps(expected_shape(shape.table("b")))
+
+    def batch(c: psycopg.Connection, n: int, rows: list | None, keys: list | None) -> tuple:
+        return c.execute(call, (
+            capture.origin_tag(shape.link, "a"), '"public"."os"', sink_shape, stmts.delete,
+            json.dumps(keys) if keys else None, stmts.upsert,
+            json.dumps(rows) if rows else None, uuid.uuid4(), "os", "a", 1,
+            f"{{[{n},{n + 1})}}")).fetchone()
+
+    def row(i: int, v: str) -> dict:
+        return {"id": str(i), "v": v, "n": None, "t": None, "i": None, "j": None}
+
+    try:
+        with psycopg.connect(rig.dsn["b"], autocommit=True) as c:
+            assert batch(c, 1, [row(1, "a"), row(2, "b")], None) == (True, 0, 2)
+            for n in range(2, 9):  # the same row again: the upsert's guard skips it
+                assert batch(c, n, [row(1, "a")], None) == (True, 0, 0)
+            assert batch(c, 9, [row(1, "changed")], [{"id": 2}]) == (True, 1, 1)
+            prepared = c.execute(
+                "select statement, generic_plans + custom_plans, generic_plans "
+                "from pg_prepared_statements where name like 'syncbridge%' "
+                "order by 2 desc").fetchall()
+        assert [(s.count("jsonb_to_recordset"), runs) for s, runs, _ in prepared] == [
+            (1, 9), (1, 1)], prepared  # the upsert, nine batches; the delete, one
+        assert prepared[0][2] > 0, "the upsert was planned again at every batch"
+        assert rig.texts("b", "os", ["id"]) == [("1", "changed", None, None, None, None)]
+    finally:
+        rig.close()

@@ -526,12 +526,10 @@ begin
     end if;
     perform set_config('syncbridge.origin', p_origin, true);
     if p_keys is not null then
-        execute p_delete using p_keys;
-        get diagnostics n_deleted = row_count;
+        execute format('execute %I(%L)', sync.prepared_count(p_delete), p_keys) into n_deleted;
     end if;
     if p_rows is not null then
-        execute p_upsert using p_rows;
-        get diagnostics n_upserted = row_count;
+        execute format('execute %I(%L)', sync.prepared_count(p_upsert), p_rows) into n_upserted;
     end if;
     insert into sync.applied_batches
            (batch_id, link, source_side, signals, upserts, deletes, queue_ids)
@@ -606,6 +604,22 @@ begin
 end
 $function$;
 -- grants on sync.pause(p_link text, p_reason text): default
+
+CREATE OR REPLACE FUNCTION sync.prepared_count(p_stmt text)
+ RETURNS text
+ LANGUAGE plpgsql
+AS $function$
+declare
+    v_name text := 'syncbridge_' || left(encode(sha256(convert_to(p_stmt, 'UTF8')), 'hex'), 40);
+begin
+    if not exists (select 1 from pg_catalog.pg_prepared_statements where name = v_name) then
+        execute format(E'prepare %I(jsonb) as with w as (%s\n returning 1) select count(*) from w',
+                       v_name, p_stmt);
+    end if;
+    return v_name;
+end
+$function$;
+-- grants on sync.prepared_count(p_stmt text): default
 
 CREATE OR REPLACE FUNCTION sync.prune_webhook_events_v1(p_older_than interval)
  RETURNS bigint
