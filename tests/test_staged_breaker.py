@@ -553,7 +553,7 @@ def test_a_refused_direct_copy_waits_longer_each_time_and_a_success_resets_it():
     after refusals in a row, none after a success, never with a missing row."""
     from syncbridge.engine.postgres.staged import DIRECT_WAIT_MAX, Direct, Rows
 
-    found, gone = Rows(b"", 1, 0, ["1"]), Rows(b"", 0, 1, ["1"])
+    found, gone = Rows([], 1, 0, ["1"]), Rows([], 0, 1, ["1"])
     d = Direct()
     assert not d.due(gone) and d.due(found)
     skipped = []

@@ -186,7 +186,7 @@ class PgDrain(HeldRecovery, Settling, QueueDrain):
                 full = len(held.signals) >= limit
                 if full and self.claim_limit is None and time.monotonic() < deadline:
                     # a backlog: batches grow, so a catch-up pays fewer commits per row
-                    if held.staged is None or len(held.staged.data) < GROW_BYTES:
+                    if held.staged is None or held.staged.size < GROW_BYTES:
                         limit = min(limit * 2, base * GROW_MAX)
                     ahead = asyncio.ensure_future(self._take(limit))
                 try:

@@ -54,12 +54,18 @@ class Unavailable(Exception):
 
 @dataclass(frozen=True)
 class Rows:
-    """A batch's source rows as COPY text: each line `t|f <tab> column texts`."""
+    """A batch's source rows as COPY text: each line `t|f <tab> column texts`, in the
+    chunks COPY gave them (each a run of whole lines: one CopyData message is one row),
+    passed on as they are, not joined: a batch's rows are megabytes."""
 
-    data: bytes
+    chunks: list[bytes]
     found: int
     missing: int
     keys: list[str]  # the batch's distinct source keys (jsonb text), for dead-letter closing
+
+    @property
+    def size(self) -> int:
+        return sum(map(len, self.chunks))
 
 
 async def read(conn: asyncpg.Connection, stmt: StagedSql, keys: list[str]) -> Rows:
@@ -72,11 +78,10 @@ async def read(conn: asyncpg.Connection, stmt: StagedSql, keys: list[str]) -> Ro
 
     literal = sql.Literal(json_array(keys)).as_string(None)
     await conn.copy_from_query(stmt.read_head + literal + stmt.read_tail, output=keep)
-    data = b"".join(chunks)
     # one row per key (the join is on the key); a value's own newlines and tabs are
-    # escaped by COPY, so a row whose first field is f starts the data or a line
-    missing = data.count(b"\nf\t") + data.startswith(b"f\t")
-    return Rows(data, len(keys) - missing, missing, keys)
+    # escaped by COPY, so a row whose first field is f starts a chunk or a line
+    missing = sum(c.count(b"\nf\t") + c.startswith(b"f\t") for c in chunks)
+    return Rows(chunks, len(keys) - missing, missing, keys)
 
 
 async def apply(conn: asyncpg.Connection, stmt: StagedSql, rows: Rows, deletes: bool
@@ -85,7 +90,8 @@ async def apply(conn: asyncpg.Connection, stmt: StagedSql, rows: Rows, deletes: 
     rows (first, as the item path does: a changed key frees its unique values) and
     upsert the found ones. Returns (deleted, upserted)."""
     async def stream() -> AsyncIterator[bytes]:
-        yield rows.data
+        for chunk in rows.chunks:
+            yield chunk
 
     try:
         await conn.execute(stmt.create)
@@ -139,11 +145,11 @@ async def insert(conn: asyncpg.Connection, stmt: StagedSql, rows: Rows, direct: 
     savepoint of the sink transaction on conn: the number of rows, or None when the sink
     refused (rolled back to the savepoint; the caller stages the batch)."""
     # every line starts with the found field "t<tab>" (rows.missing is 0): drop it; a
-    # value's own newlines are escaped by COPY, so every newline ends a line
-    data = rows.data[2:].replace(b"\nt\t", b"\n")
-
+    # value's own newlines are escaped by COPY, so every newline ends a line, and every
+    # chunk starts one
     async def stream() -> AsyncIterator[bytes]:
-        yield data
+        for chunk in rows.chunks:
+            yield chunk[2:].replace(b"\nt\t", b"\n")
 
     try:
         async with conn.transaction():
