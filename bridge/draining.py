@@ -268,9 +268,11 @@ class Draining(LinkControls, Listening):
             self.ticks[f"drain:{link.name}"] = time.monotonic()
             if link.name in self.paused:  # held (sync.link_holds): nothing claimed until it flows
                 held = self.paused[link.name] or ""
-                # not on the wake events: a writer's NOTIFY leaves one set, and the loop
-                # would spin on it until the resume (sync.resume wakes control)
-                await wait_any([self.control], self.halt, 1.0)
+                # a writer's NOTIFY while held is no reason to look: cleared, or the loop
+                # spins on it until the resume, which sets them again (_set_controls)
+                for ev in events:
+                    ev.clear()
+                await wait_any([*events, self.control], self.halt, 1.0)
                 continue
             if held.startswith(SCHEMA_PAUSE):  # a schema pause of an earlier term, adopted
                 held = ""
