@@ -33,6 +33,7 @@ TRANSIENT_SQLSTATES = {
     "25006",  # read_only_sql_transaction (failover in progress)
 }
 FK_VIOLATION = "23503"
+FEATURE_NOT_SUPPORTED = "0A000"
 
 # SQL Server through pyodbc: SQLSTATEs worth a retry (link failure, connection
 # failure, timeout, deadlock / serialization: SQL Server reports 1205 as 40001).

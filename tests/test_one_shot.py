@@ -121,6 +121,28 @@ def test_a_sink_migrated_before_the_function_still_gets_every_row(new_db, tmp_pa
         rig.close()
 
 
+def test_a_sink_rule_the_statement_cannot_run_with_turns_it_off_and_loses_nothing(new_db,
+                                                                                 tmp_path):
+    """A DO ALSO rule on the sink table's deletes: the function's delete cannot run in
+    WITH (0A000), so the batch takes the sink transaction, and the next ones too."""
+    rig = _rig(new_db, tmp_path)
+    rig.execute("b", "create rule os_gone as on delete to os do also "
+                     "insert into audit values (old.id, 'rule')")
+    rig.start_bridge(ITEMS)
+    try:
+        rig.execute("a", "insert into os (id, v) select g, 'v' from generate_series(1, 4) g")
+        _settled(rig, "inserts")
+        rig.execute("a", "delete from os where id = 2")
+        _settled(rig, "a delete")
+        rig.execute("a", "delete from os where id = 3")
+        _settled(rig, "another delete")
+        assert rig.log_text().count(UNAVAILABLE) == 1
+        assert rig.query("b", "select id from audit where op = 'rule' order by id") == [
+            (2,), (3,)]
+    finally:
+        rig.close()
+
+
 def test_a_column_added_at_the_sink_pauses_the_link_and_writes_nothing(new_db, tmp_path):
     rig = _rig(new_db, tmp_path)
     rig.start_bridge(ITEMS)

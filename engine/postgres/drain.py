@@ -66,7 +66,9 @@ from syncbridge.engine.postgres.sink import (
 
 SQL = sqlfiles.Queries("postgres/queue.sql")
 TAKE = pg_sql.take()  # a take without its rows: when the source table changed under them
-ITEMS_ONLY = 2**31 - 1  # take_rows reads the rows of a batch of any size (no staged path)
+# signals below which a take reads its batch's rows too (take_rows): all of them go in
+# one array value, so a batch of wide rows reads them apart, as a larger one does
+TAKE_ROWS_BELOW = 100
 log = logging.getLogger("syncbridge.drain")
 BURST = 0.5  # seconds of back-to-back batches in one drain_once, each taken while the last applies
 GROW_MAX = 8  # in a burst, batches double up to this many times the link's batch_size
@@ -213,14 +215,16 @@ class PgDrain(HeldRecovery, Settling, QueueDrain):
         try:
             await conn.execute(SQL["hold"])
             args = (self.link.name, self.src, limit, self.source_table, self.floor.next())
+            inline = TAKE_ROWS_BELOW if self.stage_from is None else min(self.stage_from,
+                                                                           TAKE_ROWS_BELOW)
             try:
-                held.signals = await conn.fetch(self.sql.take_rows, *args,
-                                                self.stage_from or ITEMS_ONLY)
+                held.signals = await conn.fetch(self.sql.take_rows, *args, inline)
             except asyncpg.PostgresError as e:
-                if (errors.sqlstate(e) or "")[:2] != "42":
+                if (errors.sqlstate(e) or "")[:2] not in ("42", "54"):
                     raise
-                # the table changed under the read (a column dropped, renamed): the plain
-                # take's shape check below says what changed
+                # the table changed under the read (a column dropped, renamed: the plain
+                # take's shape check below says what changed), or its rows are more than
+                # one value holds (54000, 1 GB): read apart, a row a result row
                 await conn.execute("rollback")
                 await conn.execute(SQL["hold"])
                 with_rows = False
@@ -358,6 +362,12 @@ class PgDrain(HeldRecovery, Settling, QueueDrain):
                 raise self._already_applied(held) from e
             if row_error(e):
                 raise Isolate from e
+            if errors.sqlstate(e) == errors.FEATURE_NOT_SUPPORTED:  # a rule on the sink table:
+                # its statements cannot run in WITH (0015's prepared counts); nothing was done
+                log.info("event=one_shot_unavailable link=%s sqlstate=0A000 "
+                         "action=transactions_only", self.name)
+                self.one_shot = False
+                return None
             raise
         if not row["shape_ok"]:
             return None

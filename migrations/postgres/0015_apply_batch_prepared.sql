@@ -10,11 +10,18 @@ create function sync.prepared_count(p_stmt text) returns text
 language plpgsql
 as $$
 declare
-    v_name text := 'syncbridge_' || left(encode(sha256(convert_to(p_stmt, 'UTF8')), 'hex'), 40);
+    v_body text := format(E'(jsonb) as with w as (%s\n returning 1) select count(*) from w',
+                          p_stmt);
+    v_name text := 'syncbridge_' || left(encode(sha256(convert_to(v_body, 'UTF8')), 'hex'), 40);
+    v_prepare text := format('prepare %I', v_name) || v_body;
 begin
-    if not exists (select 1 from pg_catalog.pg_prepared_statements where name = v_name) then
-        execute format(E'prepare %I(jsonb) as with w as (%s\n returning 1) select count(*) from w',
-                       v_name, p_stmt);
+    -- by name and text: a statement of that name prepared otherwise is not run
+    if not exists (select 1 from pg_catalog.pg_prepared_statements
+                    where name = v_name and statement = v_prepare) then
+        if exists (select 1 from pg_catalog.pg_prepared_statements where name = v_name) then
+            execute format('deallocate %I', v_name);
+        end if;
+        execute v_prepare;
     end if;
     return v_name;
 end

@@ -17,8 +17,9 @@ select case when t.{first_key} is null then null else {row} end as row,
             then (select coalesce(array_agg(r), '{{}}') from ({read}) r) end as rows
 
 -- name: taken_keys
--- The keys read_rows reads in take_rows: the distinct key signals the take deleted, as one jsonb array.
-(select jsonb_agg(distinct key) from taken where op = 'K' or op = 'R')
+-- The keys read_rows reads in take_rows: the key signals the take deleted, one per spelling (1.0 and 1.00 are two, as the drain counts them), as one jsonb array.
+(select jsonb_agg(k::jsonb) from (select distinct key::text as k from taken
+                                    where op = 'K' or op = 'R') d)
 
 -- name: found_or_signal
 -- A key as the found row spells it, or as the signal did for a missing row (read_rows: key, ka).
