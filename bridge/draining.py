@@ -268,8 +268,12 @@ class Draining(LinkControls, Listening):
             self.ticks[f"drain:{link.name}"] = time.monotonic()
             if link.name in self.paused:  # held (sync.link_holds): nothing claimed until it flows
                 held = self.paused[link.name] or ""
-                # a writer's NOTIFY while held is no reason to look: cleared, or the loop
-                # spins on it until the resume, which sets them again (_set_controls)
+                for d in drains:  # its writers need not NOTIFY a loop that will not look,
+                    key = (d.link.name, d.src)  # and what they queue is sampled, not
+                    self.quiet.discard(key)  # vouched for; the first empty look after the
+                    await self._disarm(key)  # resume takes the wake lock again
+                # a NOTIFY sent before is no reason to look: cleared, or the loop spins
+                # on it until the resume, which sets them again (_set_controls)
                 for ev in events:
                     ev.clear()
                 await wait_any([*events, self.control], self.halt, 1.0)

@@ -103,10 +103,11 @@ def test_pause_under_writes_then_resume_loses_nothing(clusters, tmp_path):
 
 
 def test_a_paused_link_whose_source_writes_leaves_the_bridge_idle(clusters, tmp_path):
-    """Writes to a paused link's source still NOTIFY the bridge (it holds the wake lock);
-    the wake that leaves set must not keep its drain loop turning (it spun at a full core
-    until the resume), and the resume must still wake it at once (not its held link's
-    1 s look: four resumes in a row each under 0.4 s)."""
+    """The bridge asleep on LISTEN holds the wake lock, so writers NOTIFY it. A paused
+    link's must not keep its drain loop turning (a NOTIFY left its wake event set: it spun
+    at a full core until the resume); the pause lets the lock go, so writers stop
+    notifying, and sync.status counts what they queue; the resume still wakes the loop
+    at once (not its held link's 1 s look: four resumes in a row each under 0.4 s)."""
     rig = _rig(clusters, tmp_path)
     try:
         rig.start_bridge()
@@ -117,10 +118,13 @@ def test_a_paused_link_whose_source_writes_leaves_the_bridge_idle(clusters, tmp_
             assert _cli(rig, "pause", "items") == 0
             until(lambda c=cycle: rig.log_text().count("event=paused link=items") > c, 5,
                   "the bridge's pause")
-            for i in range(10):  # ten commits, ten NOTIFYs
+            until(lambda: not armed(rig), 5, "the paused link's wake lock let go")
+            for i in range(10):
                 rig.execute("a", "insert into items values (%s, 'while paused')",
                             (cycle * 10 + i + 1,))
             if cycle == 0:
+                until(lambda: (status(rig).get("queued") or 0) >= 10, 20,
+                      "sync.status counting the writes queued while paused")
                 start, cpu = time.monotonic(), cpu_seconds(rig.proc.pid)
                 time.sleep(2.0)  # the measured window itself
                 used = (cpu_seconds(rig.proc.pid) - cpu) / (time.monotonic() - start)
