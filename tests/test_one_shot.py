@@ -190,7 +190,7 @@ def test_the_functions_statements_are_prepared_once_per_session_and_count_right(
             capture.origin_tag(shape.link, "a"), '"public"."os"', sink_shape, stmts.delete,
             json.dumps(keys) if keys else None, stmts.upsert,
             json.dumps(rows) if rows else None, uuid.uuid4(), "os", "a", 1,
-            f"{{[{n},{n + 1})}}")).fetchone()
+            f"{{[{n},{n + 1})}}", True)).fetchone()
 
     def row(i: int, v: str) -> dict:
         return {"id": str(i), "v": v, "n": None, "t": None, "i": None, "j": None}

@@ -109,6 +109,33 @@ def test_without_temporary_rows_flow_as_items_and_the_log_says_why(new_db, tmp_p
         bridge.close()
 
 
+def test_a_sink_that_may_not_emit_wal_messages_gets_every_batch_flushed_all_the_same(
+        new_db, tmp_path, role):
+    """A one-way batch's source commit waits for the sink's flush of it, by a statement
+    (pg_logical_emit_message) any role may run unless the server revoked it. Revoked:
+    the link waits for the server's own flush once, says so, and commits synchronously
+    from then on; nothing is lost or kept back."""
+    owner, bridge = _rigs(new_db, tmp_path, role, readme=True)
+    try:
+        owner.execute("b", """do $$ declare f regprocedure; begin
+            for f in select oid::regprocedure from pg_proc
+                      where proname = 'pg_logical_emit_message' loop
+                execute format('revoke execute on function %s from public', f);
+            end loop; end $$""")
+        bridge.start_bridge(STAGED)
+        owner.execute("a", "insert into u select generate_series(1, 500)")
+        owner.wait_equal({"u": ["id"]}, 30)
+        owner.execute("a", "delete from u where id > 250")
+        owner.wait_equal({"u": ["id"]}, 30)
+        bridge.wait_drained(30)
+        log = bridge.log_text()
+        assert log.count("event=sink_flush_unavailable link=u:a->b sqlstate=42501") == 1, log
+        assert "event=retry" not in log, log
+        assert owner.query("a", "select count(*) from sync.dead_letter") == [(0,)]
+    finally:
+        bridge.close()
+
+
 def test_doctor_says_when_capture_is_missing_and_who_may_install_it(new_db, tmp_path, role):
     """A capture trigger dropped on a source table: doctor, as the bridge's role (no
     TRIGGER privilege), warns that capture is missing and that the owner must install it;

@@ -74,6 +74,8 @@ BURST = 0.5  # seconds of back-to-back batches in one drain_once, each taken whi
 GROW_MAX = 8  # in a burst, batches double up to this many times the link's batch_size
 GROW_BYTES = 16 << 20  # ... while a staged batch's rows are fewer bytes than this (wide rows)
 ALREADY_APPLIED = "SB409"  # sync.apply_batch: an applied batch names one of the signals
+FLUSH_WAIT = 30.0  # seconds a sink without sink_flush may take to flush a batch's commit
+FLUSH_POLL = 0.02  # seconds between its flush position's looks
 
 
 class QueueDrain:
@@ -155,6 +157,13 @@ class PgDrain(HeldRecovery, Settling, QueueDrain):
         # a small one-way batch as one sink statement (sync.apply_batch); False once the
         # sink lacks the function (migrated before 0014)
         self.one_shot = not self.two_way
+        # a one-way batch's sink commit does not wait for its flush; its source commit does
+        # (in _commit, while the next batch is taken and applied). Two-way links commit in
+        # turn, synchronously: the other direction reads what the follow-ups write
+        self.pipelined = not self.two_way
+        self.flush_by_message = True  # False once the sink may not run sink_flush
+        self.before: asyncio.Future | None = None  # the batch committing before `committing`
+        self.committing: asyncio.Future | None = None  # the last applied batch's _commit
         self.sink_shape = json.dumps(expected_shape(shape.table(self.dst)))
         self.max_attempts = max_attempts
         # an image named as on side a -> the sink's column names (merged rows)
@@ -176,13 +185,19 @@ class PgDrain(HeldRecovery, Settling, QueueDrain):
     async def drain_once(self) -> int:
         """Apply a burst of batches; returns the number of changes they consumed (0 =
         idle: a batch of canaries only is not traffic, so it leaves the direction quiet).
-        Under a rate limit (claim_limit) one batch, so the loop paces every batch."""
+        Under a rate limit (claim_limit) one batch, so the loop paces every batch.
+        A one-way link's last batch may still wait for its sink flush and source commit
+        when this returns (`committing`): the next call's take runs meanwhile, and the
+        batch keeps its gate slot (and connections) until it is done."""
         base = limit = min(self.link.batch_size, self.claim_limit or self.link.batch_size)
         n = 0
-        async with self.gate:
+        await self.gate.acquire()
+        try:
             deadline = time.monotonic() + BURST
             held = await self._take(limit)
             self.more = False
+            if held is None or not self.pipelined:
+                await self._committed()  # nothing to overlap it with (or not pipelined)
             while held is not None:
                 ahead = None
                 full = len(held.signals) >= limit
@@ -192,19 +207,63 @@ class PgDrain(HeldRecovery, Settling, QueueDrain):
                         limit = min(limit * 2, base * GROW_MAX)
                     ahead = asyncio.ensure_future(self._take(limit))
                 try:
-                    await self._apply_and_finish(held)
+                    if self.before is not None:  # at most one batch commits while one applies
+                        await asyncio.shield(self.before)
+                    sink, out, record, canary = await self._apply_held(held)
                 except BaseException:
                     self.floor.reset()  # the batch's signals are queued again, below it
                     await held.release()
                     if ahead is not None:
                         await drop_ahead(ahead)
                     raise
+                self.before, self.committing = self.committing, asyncio.ensure_future(
+                    self._commit(self.committing, held, sink, out, record, canary))
+                if not self.pipelined:
+                    await self._committed()
                 n += held.taken.changes
                 self.more = full
                 held = await ahead if ahead is not None else None
+        except BaseException:
+            await self._given_back()  # this failure is raised; theirs are logged
+            raise
+        finally:
+            last = self.committing
+            if last is None or last.done():
+                self.gate.release()
+            else:  # the slot goes with the batch still committing
+                last.add_done_callback(lambda _: self.gate.release())
         return n
 
+    def _committing(self) -> list[asyncio.Future]:
+        out = [f for f in (self.before, self.committing) if f is not None]
+        self.before = self.committing = None
+        return out
+
+    async def _committed(self) -> None:
+        """Wait until the batches applied so far committed at the source (raises the
+        first failure among them: their signals are queued again, see _commit). A
+        cancelled caller (a stop) leaves them to finish: shielded."""
+        for f in self._committing():
+            await asyncio.shield(f)
+
+    async def _given_back(self) -> None:
+        """Wait for the batches still committing while another failure is raised: each
+        commits or is given back (and logged so), never cancelled half way."""
+        pending = self._committing()
+        if pending:
+            await asyncio.wait(pending)
+        for f in pending:
+            if not f.cancelled() and f.exception() is not None:
+                log.info("event=batch_given_back link=%s error=%s", self.name,
+                         errors.describe(f.exception()))
+
     async def flush(self) -> None:
+        """At a stop: the last batch's source commit, then the counts still being written."""
+        try:
+            await self._committed()
+        except errors.DATABASE_ERRORS as e:  # its signals are queued again: the next run
+            log.warning("event=batch_given_back link=%s error=%s", self.name,  # recovers it
+                        errors.describe(e))
         await self.tally.flush()
 
     async def _take(self, limit: int) -> Held | None:
@@ -250,29 +309,61 @@ class PgDrain(HeldRecovery, Settling, QueueDrain):
             raise
         return held
 
-    async def _apply_and_finish(self, held: Held) -> None:
-        """Apply and record the batch at the sink, then commit the held source transaction
-        with the batch's follow-ups."""
+    async def _apply_held(self, held: Held
+                          ) -> tuple[asyncpg.Connection, Outcome, BatchRecord, Any]:
+        """Apply and record the batch at the sink; returns the sink connection that
+        committed it (a pipelined link's commit may not be flushed yet: _commit waits for
+        that on this connection, which a sink restart would have closed)."""
         # one-way: first without savepoints; a row error runs the transaction again with
         # them (two-way settling asks the hub and a resolver: run once, with savepoints)
         savepoints = self.two_way
-        while True:
-            try:
-                out, record, canary = await self._apply(held, savepoints)
-                break
-            except staged.Unavailable as e:
-                log.warning("event=staging_unavailable link=%s error=%r action=items_only "
-                            "hint=grant_temporary_on_the_sink_database", self.name, str(e))
-                self.stage_from = None
-            except Isolate as e:  # on the item path, with savepoints: it isolates the row
-                if held.staged is not None:
-                    log.info("event=staged_batch_isolating link=%s keys=%d sqlstate=%s",
-                             self.name, len(held.taken.keys), errors.sqlstate(e.__cause__))
-                savepoints = True
-            await self._unstaged(held)
+        conn = await self.sink.acquire()
+        try:
+            while True:
+                try:
+                    out, record, canary = await self._apply(conn, held, savepoints)
+                    break
+                except staged.Unavailable as e:
+                    log.warning("event=staging_unavailable link=%s error=%r "
+                                "action=items_only hint=grant_temporary_on_the_sink_database",
+                                self.name, str(e))
+                    self.stage_from = None
+                except Isolate as e:  # on the item path, with savepoints: it isolates the row
+                    if held.staged is not None:
+                        log.info("event=staged_batch_isolating link=%s keys=%d sqlstate=%s",
+                                 self.name, len(held.taken.keys),
+                                 errors.sqlstate(e.__cause__))
+                    savepoints = True
+                await self._unstaged(held)
+        except BaseException:
+            await self.sink.release(conn)
+            raise
         faults.hit("after_sink_commit")
-        await self._finish(held.conn, held.batch_id, record, held.signals)
-        await held.commit()
+        return conn, out, record, canary
+
+    async def _commit(self, before: asyncio.Future | None, held: Held,
+                      sink: asyncpg.Connection, out: Outcome, record: BatchRecord,
+                      canary: Any) -> None:
+        """The batch's source side, once the sink's flush covers its commit: the
+        follow-ups and the commit of the held source transaction, after the batch before
+        it (`before`) committed. A failure gives the batch back (its signals are queued
+        again; the sink's record, if it was kept, makes recovery replay only its
+        follow-ups) and fails the batches after it the same way."""
+        try:
+            try:
+                if self.pipelined:
+                    await self._sink_flush(sink)
+            finally:
+                await self.sink.release(sink)
+            if before is not None:
+                await asyncio.shield(before)
+            await self._finish(held.conn, held.batch_id, record, held.signals)
+            await held.commit()
+        except BaseException:
+            self.floor.reset()  # the batch's signals are queued again, below it
+            await held.release()
+            raise
+        faults.hit("after_source_commit")
         self.tally.add(out.upserts + out.deletes, out.deferred)
         applied = held.staged.keys if held.staged else [i.source_key for i in out.applied]
         if self.open_dead_letters and applied:
@@ -281,21 +372,45 @@ class PgDrain(HeldRecovery, Settling, QueueDrain):
             await report.canary_arrived(self.hub, self.link.name, self.src, canary["sent_at"],
                                         canary["applied_at"])
 
-    async def _apply(self, held: Held, savepoints: bool) -> tuple[Outcome, BatchRecord, Any]:
-        """The batch's sink transaction: its rows and its record (and canaries)."""
+    async def _sink_flush(self, conn: asyncpg.Connection) -> None:
+        """Return once the sink's WAL is flushed past every commit `conn` made or saw:
+        one statement whose synchronous commit flushes it (sink_flush). Where that may
+        not run (EXECUTE on pg_logical_emit_message revoked), wait for the server's own
+        flush of that position, and commit the link's batches synchronously from then on."""
+        if self.flush_by_message:
+            try:
+                await conn.execute(SQL["sink_flush"])
+                return
+            except (asyncpg.InsufficientPrivilegeError, asyncpg.UndefinedFunctionError) as e:
+                log.warning("event=sink_flush_unavailable link=%s sqlstate=%s "
+                            "action=synchronous_commits hint=grant_execute_on_function_"
+                            "pg_logical_emit_message", self.name, errors.sqlstate(e))
+                self.flush_by_message = self.pipelined = False
+        lsn = await conn.fetchval(SQL["sink_insert_lsn"])
+        deadline = time.monotonic() + FLUSH_WAIT
+        while not await conn.fetchval(SQL["sink_flushed"], lsn):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.name}: the sink did not flush its WAL to {lsn} "
+                                   f"within {FLUSH_WAIT:.0f} s")
+            await asyncio.sleep(FLUSH_POLL)  # the WAL writer flushes within 3 x its delay
+
+    async def _apply(self, conn: asyncpg.Connection, held: Held, savepoints: bool
+                     ) -> tuple[Outcome, BatchRecord, Any]:
+        """The batch's sink transaction on `conn`: its rows and its record (and canaries)."""
         upserts, deletes, taken = held.upserts, held.deletes, held.taken
         truncate, forced, canaries = taken.truncate, taken.forced, taken.canaries
         refused = False  # sync.apply_batch found the sink table's shape changed
         if (self.one_shot and not savepoints and held.staged is None and not truncate
                 and not canaries):
-            done = await self._apply_one_shot(held)
+            done = await self._apply_one_shot(conn, held)
             if done is not None:
                 return done, done.record(), None
             refused = self.one_shot
         canary = None
         out = Outcome()
-        async with self.sink.acquire() as conn, conn.transaction():
-            begun = await conn.fetchrow(SQL["sink_begin"], self.origin, self.sink_table)
+        async with conn.transaction():
+            begun = await conn.fetchrow(SQL["sink_begin"], self.origin, self.sink_table,
+                                        self.pipelined)
             self.check_shape(self.dst, begun[1])
             if refused:  # no change this check sees: the two spell the shape apart
                 log.warning("event=one_shot_shape_mismatch link=%s action=transactions_only",
@@ -335,7 +450,7 @@ class PgDrain(HeldRecovery, Settling, QueueDrain):
         return errors.AlreadyApplied(f"{self.name}: signals of batch {held.batch_id} were "
                                      "applied before; recovering that batch first")
 
-    async def _apply_one_shot(self, held: Held) -> Outcome | None:
+    async def _apply_one_shot(self, conn: asyncpg.Connection, held: Held) -> Outcome | None:
         """A one-way batch of items as one sink statement, outside a transaction (one round
         trip where BEGIN, origin and shape, delete, upsert, record and COMMIT took five or
         six). None when the sink's table changed shape (or the sink lacks the function):
@@ -345,12 +460,13 @@ class PgDrain(HeldRecovery, Settling, QueueDrain):
         deletes = [] if self.link.deletes == "ignore" else held.deletes
         ids = held.taken.ids
         try:
-            row = await self.sink.fetchrow(
+            row = await conn.fetchrow(
                 SQL["apply_batch"], self.origin, self.sink_table, self.sink_shape,
                 self.sql.delete, json_array([i.payload for i in deletes]) if deletes else None,
                 self.sql.upsert,
                 json_array([i.payload for i in held.upserts]) if held.upserts else None,
-                held.batch_id, self.link.name, self.src, len(ids), id_ranges(ids))
+                held.batch_id, self.link.name, self.src, len(ids), id_ranges(ids),
+                self.pipelined)
         except asyncpg.UndefinedFunctionError as e:
             if "apply_batch" not in str(e):  # a function a trigger of the sink table calls
                 raise

@@ -191,14 +191,20 @@ class HeldRecovery:
                       signals: list) -> None:
         raise NotImplementedError
 
+    async def _sink_flush(self, conn: asyncpg.Connection) -> None:
+        raise NotImplementedError
+
+    async def _committed(self) -> None:
+        raise NotImplementedError
+
     async def recover(self) -> int:
         """Replay the follow-ups of batches the sink applied whose source commit was
         lost (their signals are still queued), then of batches an older bridge marked."""
+        await self._committed()  # the batches still committing go first (or fail)
         async with self.gate:
             n = await self._recover_marked()
             floor = await self.source.fetchval(SQL["queue_floor"], self.link.name, self.src)
-            records = [] if floor is None else await self.sink.fetch(
-                SQL["held_records"], self.link.name, self.src, floor)
+            records = [] if floor is None else await self._held_records(floor)
             if records:
                 pending = await self.source.fetch(SQL["still_queued"], self.link.name, self.src,
                                                   [r["queue_ids"] for r in records])
@@ -208,6 +214,18 @@ class HeldRecovery:
         if n:
             log.info("event=recovered link=%s batches=%d", self.name, n)
         return n
+
+    async def _held_records(self, floor: int) -> list:
+        """The sink's records of batches whose signals may still be queued. A batch's sink
+        commit may not be flushed yet (drain.py: pipelined links): a record is acted on
+        only once the sink's flush covers it, on the connection that read it (a sink
+        restart since closed it), so a sink crash cannot take back a batch whose signals
+        recovery deleted."""
+        async with self.sink.acquire() as conn:
+            records = await conn.fetch(SQL["held_records"], self.link.name, self.src, floor)
+            if records:
+                await self._sink_flush(conn)
+        return records
 
     async def _recover_marked(self) -> int:
         """Batches a bridge before the held design claimed by batch id: finished from the

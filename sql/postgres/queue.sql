@@ -113,8 +113,22 @@ select count(*) as queued, min(enqueued_at) as oldest
 select set_config('syncbridge.origin', $1, true)
 
 -- name: sink_begin
--- A sink transaction's first statement: tag its writes (as set_origin) and read the sink table's shape.
-select set_config('syncbridge.origin', $1, true), sync.table_shape($2::regclass)::text
+-- A sink transaction's first statement: tag its writes (as set_origin), read the sink table's shape, and commit without waiting for its flush when the third parameter says so (the drain then waits for it with sink_flush before the batch's source commit; else the session's own setting).
+select set_config('syncbridge.origin', $1, true), sync.table_shape($2::regclass)::text,
+       set_config('synchronous_commit',
+                  case when $3 then 'off' else current_setting('synchronous_commit') end, true)
+
+-- name: sink_flush
+-- Sink: returns once the WAL of every commit before it is flushed, as the session's synchronous_commit says (a batch the sink committed without waiting for its flush: its source commit waits for this). A transactional logical decoding message gives the statement a transaction id and a WAL record, so its commit flushes; any role may emit one (decoders of the sink see an empty message, prefix syncbridge).
+select pg_logical_emit_message(true, 'syncbridge', '')
+
+-- name: sink_flushed
+-- Sink, when sink_flush may not run (its function's EXECUTE revoked): whether the WAL is flushed up to the first parameter (pg_current_wal_insert_lsn read after the commits to wait for).
+select pg_current_wal_flush_lsn() >= $1::text::pg_lsn
+
+-- name: sink_insert_lsn
+-- Sink: the WAL position after every commit before it (sink_flushed waits for it).
+select pg_current_wal_insert_lsn()::text
 
 -- name: batch_record
 -- The sink's record of an applied batch (null when not applied).
@@ -137,10 +151,12 @@ select $1, $2, $3, $4, $5, $6, $7::jsonb, $8::jsonb, $9::jsonb, $10, $11::text::
                       and queue_ids && $11::text::int8multirange)
 
 -- name: apply_batch
--- A small one-way batch in one statement, its own transaction: shape check, origin tag, delete, upsert and record (sync.apply_batch, migration 0014).
+-- A small one-way batch in one statement, its own transaction: shape check, origin tag, delete, upsert and record (sync.apply_batch, migration 0014); committed without waiting for its flush when the last parameter says so (as sink_begin).
 select shape_ok, deleted, upserted
   from sync.apply_batch($1, $2::regclass, $3::jsonb, $4, $5::jsonb, $6, $7::jsonb, $8, $9, $10,
-                        $11, $12)
+                        $11, $12),
+       set_config('synchronous_commit',
+                  case when $13 then 'off' else current_setting('synchronous_commit') end, true)
 
 -- name: state_write
 -- Two-way links: remember each row's image as last synced (null = absent): a known base.
