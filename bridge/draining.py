@@ -36,9 +36,9 @@ from .waits import HUB_ERRORS, backoff, retryable, wait_any
 log = logging.getLogger("syncbridge.bridge")
 
 PROBE_TIMEOUT = 2.0  # seconds for the "which database is unreachable" probe
-# drains holding batches at once (a slot each, kept by a batch still committing); a slot
-# holds at most 4 connections of one peer: its source transactions (one committing, one
-# applying, one taken ahead) and a hub write, or two sink connections (one flushing)
+# drains holding batches at once; one holds at most 4 connections of one peer: its source
+# transactions (one committing, one applying, one taken ahead) and a hub write, or two
+# sink connections (one flushing)
 HELD_AT_ONCE = 4
 POOL_SIZE = 4 * HELD_AT_ONCE + 2  # per peer: every held batch gets its connections
 SCHEMA_PAUSE = "schema changed on peer"  # the pause reason a schema change gives

@@ -162,8 +162,6 @@ class PgDrain(HeldRecovery, Settling, QueueDrain):
         # turn, synchronously: the other direction reads what the follow-ups write
         self.pipelined = not self.two_way
         self.flush_by_message = True  # False once the sink may not run sink_flush
-        self.before: asyncio.Future | None = None  # the batch committing before `committing`
-        self.committing: asyncio.Future | None = None  # the last applied batch's _commit
         self.sink_shape = json.dumps(expected_shape(shape.table(self.dst)))
         self.max_attempts = max_attempts
         # an image named as on side a -> the sink's column names (merged rows)
@@ -186,70 +184,64 @@ class PgDrain(HeldRecovery, Settling, QueueDrain):
         """Apply a burst of batches; returns the number of changes they consumed (0 =
         idle: a batch of canaries only is not traffic, so it leaves the direction quiet).
         Under a rate limit (claim_limit) one batch, so the loop paces every batch.
-        A one-way link's last batch may still wait for its sink flush and source commit
-        when this returns (`committing`): the next call's take runs meanwhile, and the
-        batch keeps its gate slot (and connections) until it is done."""
+        A one-way batch's sink flush and source commit (_commit) run while the next batch
+        of the burst is taken and applied; all of them are done when this returns."""
         base = limit = min(self.link.batch_size, self.claim_limit or self.link.batch_size)
         n = 0
-        await self.gate.acquire()
-        try:
+        async with self.gate:
             deadline = time.monotonic() + BURST
             held = await self._take(limit)
             self.more = False
-            if held is None or not self.pipelined:
-                await self._committed()  # nothing to overlap it with (or not pipelined)
-            while held is not None:
-                ahead = None
-                full = len(held.signals) >= limit
-                if full and self.claim_limit is None and time.monotonic() < deadline:
-                    # a backlog: batches grow, so a catch-up pays fewer commits per row
-                    if held.staged is None or held.staged.size < GROW_BYTES:
-                        limit = min(limit * 2, base * GROW_MAX)
-                    ahead = asyncio.ensure_future(self._take(limit))
-                try:
-                    if self.before is not None:  # at most one batch commits while one applies
-                        await asyncio.shield(self.before)
-                    sink, out, record, canary = await self._apply_held(held)
-                except BaseException:
-                    self.floor.reset()  # the batch's signals are queued again, below it
-                    await held.release()
-                    if ahead is not None:
-                        await drop_ahead(ahead)
-                    raise
-                self.before, self.committing = self.committing, asyncio.ensure_future(
-                    self._commit(self.committing, held, sink, out, record, canary))
-                if not self.pipelined:
-                    await self._committed()
-                n += held.taken.changes
-                self.more = full
-                held = await ahead if ahead is not None else None
-        except BaseException:
-            await self._given_back()  # this failure is raised; theirs are logged
-            raise
-        finally:
-            last = self.committing
-            if last is None or last.done():
-                self.gate.release()
-            else:  # the slot goes with the batch still committing
-                last.add_done_callback(lambda _: self.gate.release())
+            before = committing = None  # batches still committing: the one before last, last
+            try:
+                while held is not None:
+                    ahead = None
+                    full = len(held.signals) >= limit
+                    try:
+                        if before is not None:  # at most one batch commits while one applies
+                            await asyncio.shield(before)
+                        if full and self.claim_limit is None and time.monotonic() < deadline:
+                            # a backlog: batches grow, so a catch-up pays fewer commits per row
+                            if held.staged is None or held.staged.size < GROW_BYTES:
+                                limit = min(limit * 2, base * GROW_MAX)
+                            ahead = asyncio.ensure_future(self._take(limit))
+                        held.unflushed = self.pipelined
+                        sink, out, record, canary = await self._apply_held(held)
+                    except BaseException:
+                        await held.release()
+                        self.floor.reset()  # the batch's signals are queued again, below it
+                        if ahead is not None:
+                            await drop_ahead(ahead)
+                        raise
+                    before, committing = committing, asyncio.ensure_future(
+                        self._commit(committing, held, sink, out, record, canary))
+                    if not held.unflushed:  # committed in turn
+                        try:
+                            await asyncio.shield(committing)
+                        except BaseException:
+                            if ahead is not None:
+                                await drop_ahead(ahead)
+                            raise
+                    n += held.taken.changes
+                    self.more = full
+                    held = await ahead if ahead is not None else None
+                for f in (before, committing):
+                    if f is not None:
+                        await asyncio.shield(f)
+            except BaseException as e:
+                await self._given_back([before, committing],
+                                       cancel=isinstance(e, asyncio.CancelledError))
+                raise
         return n
 
-    def _committing(self) -> list[asyncio.Future]:
-        out = [f for f in (self.before, self.committing) if f is not None]
-        self.before = self.committing = None
-        return out
-
-    async def _committed(self) -> None:
-        """Wait until the batches applied so far committed at the source (raises the
-        first failure among them: their signals are queued again, see _commit). A
-        cancelled caller (a stop) leaves them to finish: shielded."""
-        for f in self._committing():
-            await asyncio.shield(f)
-
-    async def _given_back(self) -> None:
+    async def _given_back(self, futures: list[asyncio.Future | None], cancel: bool) -> None:
         """Wait for the batches still committing while another failure is raised: each
-        commits or is given back (and logged so), never cancelled half way."""
-        pending = self._committing()
+        commits, or is given back and logged so (cancelled too, on a cancel: a stop or a
+        lost leadership ends its drain at once; recovery finishes what the sink kept)."""
+        pending = [f for f in futures if f is not None]
+        if cancel:
+            for f in pending:
+                f.cancel()
         if pending:
             await asyncio.wait(pending)
         for f in pending:
@@ -258,12 +250,6 @@ class PgDrain(HeldRecovery, Settling, QueueDrain):
                          errors.describe(f.exception()))
 
     async def flush(self) -> None:
-        """At a stop: the last batch's source commit, then the counts still being written."""
-        try:
-            await self._committed()
-        except errors.DATABASE_ERRORS as e:  # its signals are queued again: the next run
-            log.warning("event=batch_given_back link=%s error=%s", self.name,  # recovers it
-                        errors.describe(e))
         await self.tally.flush()
 
     async def _take(self, limit: int) -> Held | None:
@@ -351,7 +337,7 @@ class PgDrain(HeldRecovery, Settling, QueueDrain):
         follow-ups) and fails the batches after it the same way."""
         try:
             try:
-                if self.pipelined:
+                if held.unflushed:
                     await self._sink_flush(sink)
             finally:
                 await self.sink.release(sink)
@@ -360,8 +346,8 @@ class PgDrain(HeldRecovery, Settling, QueueDrain):
             await self._finish(held.conn, held.batch_id, record, held.signals)
             await held.commit()
         except BaseException:
-            self.floor.reset()  # the batch's signals are queued again, below it
             await held.release()
+            self.floor.reset()  # the batch's signals are queued again, below it
             raise
         faults.hit("after_source_commit")
         self.tally.add(out.upserts + out.deletes, out.deferred)
@@ -382,9 +368,10 @@ class PgDrain(HeldRecovery, Settling, QueueDrain):
                 await conn.execute(SQL["sink_flush"])
                 return
             except (asyncpg.InsufficientPrivilegeError, asyncpg.UndefinedFunctionError) as e:
-                log.warning("event=sink_flush_unavailable link=%s sqlstate=%s "
-                            "action=synchronous_commits hint=grant_execute_on_function_"
-                            "pg_logical_emit_message", self.name, errors.sqlstate(e))
+                if self.flush_by_message:  # once, though two batches may meet it at once
+                    log.warning("event=sink_flush_unavailable link=%s sqlstate=%s "
+                                "action=synchronous_commits hint=grant_execute_on_function_"
+                                "pg_logical_emit_message", self.name, errors.sqlstate(e))
                 self.flush_by_message = self.pipelined = False
         lsn = await conn.fetchval(SQL["sink_insert_lsn"])
         deadline = time.monotonic() + FLUSH_WAIT
@@ -410,7 +397,7 @@ class PgDrain(HeldRecovery, Settling, QueueDrain):
         out = Outcome()
         async with conn.transaction():
             begun = await conn.fetchrow(SQL["sink_begin"], self.origin, self.sink_table,
-                                        self.pipelined)
+                                        held.unflushed)
             self.check_shape(self.dst, begun[1])
             if refused:  # no change this check sees: the two spell the shape apart
                 log.warning("event=one_shot_shape_mismatch link=%s action=transactions_only",
@@ -466,7 +453,7 @@ class PgDrain(HeldRecovery, Settling, QueueDrain):
                 self.sql.upsert,
                 json_array([i.payload for i in held.upserts]) if held.upserts else None,
                 held.batch_id, self.link.name, self.src, len(ids), id_ranges(ids),
-                self.pipelined)
+                held.unflushed)
         except asyncpg.UndefinedFunctionError as e:
             if "apply_batch" not in str(e):  # a function a trigger of the sink table calls
                 raise

@@ -145,6 +145,9 @@ class Held:
         self.upserts: list[Item] = []
         self.deletes: list[Item] = []
         self.staged: Rows | None = None  # a large one-way batch's rows as COPY text
+        # its sink commit does not wait for its flush (drain.py: one-way links); its source
+        # commit then waits for sink_flush
+        self.unflushed = False
         self.batch_id = uuid.uuid4()
 
     async def commit(self) -> None:
@@ -194,13 +197,9 @@ class HeldRecovery:
     async def _sink_flush(self, conn: asyncpg.Connection) -> None:
         raise NotImplementedError
 
-    async def _committed(self) -> None:
-        raise NotImplementedError
-
     async def recover(self) -> int:
         """Replay the follow-ups of batches the sink applied whose source commit was
         lost (their signals are still queued), then of batches an older bridge marked."""
-        await self._committed()  # the batches still committing go first (or fail)
         async with self.gate:
             n = await self._recover_marked()
             floor = await self.source.fetchval(SQL["queue_floor"], self.link.name, self.src)
