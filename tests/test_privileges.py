@@ -42,7 +42,8 @@ def role(pg_server):
 LINKS = [link("t", "t", ["id"], "both"), link("u", "u", ["id"], "a_to_b")]
 
 
-def _rigs(new_db, tmp_path, role: str, readme: bool) -> tuple[Rig, Rig]:
+def _rigs(new_db, tmp_path, role: str, readme: bool,
+          settings: dict | None = None) -> tuple[Rig, Rig]:
     """The owner's rig (migrated, installed) and the bridge's, as `role` with the
     README's grants (readme) or all of them but TEMPORARY, on databases whose PUBLIC
     may not create temporary tables (a hardened server)."""
@@ -66,7 +67,8 @@ def _rigs(new_db, tmp_path, role: str, readme: bool) -> tuple[Rig, Rig]:
         p = urlsplit(d)
         return urlunsplit(p._replace(netloc=f"{role}@{p.hostname}:{p.port}"))
 
-    return owner, Rig(tmp_path / "bridge", as_role(dsn["a"]), as_role(dsn["b"]), LINKS)
+    return owner, Rig(tmp_path / "bridge", as_role(dsn["a"]), as_role(dsn["b"]), LINKS,
+                      settings)
 
 
 def test_bridge_runs_with_only_the_readme_grants(new_db, tmp_path, role):
@@ -111,11 +113,12 @@ def test_without_temporary_rows_flow_as_items_and_the_log_says_why(new_db, tmp_p
 
 def test_a_sink_that_may_not_emit_wal_messages_gets_every_batch_flushed_all_the_same(
         new_db, tmp_path, role):
-    """A one-way batch's source commit waits for the sink's flush of it, by a statement
-    (pg_logical_emit_message) any role may run unless the server revoked it. Revoked:
-    the link waits for the server's own flush once, says so, and commits synchronously
-    from then on; nothing is lost or kept back."""
-    owner, bridge = _rigs(new_db, tmp_path, role, readme=True)
+    """In a backlog a one-way batch's source commit waits for the sink's flush of it, by
+    a statement (pg_logical_emit_message) any role may run unless the server revoked it.
+    Revoked: the link waits for the server's own flush once, says so, and commits
+    synchronously from then on; nothing is lost or kept back. (500 rows in batches of
+    100: the first is taken with the next ahead of it.)"""
+    owner, bridge = _rigs(new_db, tmp_path, role, readme=True, settings={"batch_size": 100})
     try:
         owner.execute("b", """do $$ declare f regprocedure; begin
             for f in select oid::regprocedure from pg_proc

@@ -157,10 +157,6 @@ class PgDrain(HeldRecovery, Settling, QueueDrain):
         # a small one-way batch as one sink statement (sync.apply_batch); False once the
         # sink lacks the function (migrated before 0014)
         self.one_shot = not self.two_way
-        # a one-way batch's sink commit does not wait for its flush; its source commit does
-        # (in _commit, while the next batch is taken and applied). Two-way links commit in
-        # turn, synchronously: the other direction reads what the follow-ups write
-        self.pipelined = not self.two_way
         self.flush_by_message = True  # False once the sink may not run sink_flush
         self.sink_shape = json.dumps(expected_shape(shape.table(self.dst)))
         self.max_attempts = max_attempts
@@ -171,6 +167,15 @@ class PgDrain(HeldRecovery, Settling, QueueDrain):
         self.sink_table = sink_table.as_string(None)
         self.source_table = pg_sql.table_name(shape, self.src).as_string(None)
         self.truncate_table = pg_sql.APPLY.render("truncate_table", table=sink_table)
+
+    @property
+    def pipelined(self) -> bool:
+        """Whether a batch applied while the next one is taken ahead commits at the sink
+        without waiting for its flush (its source commit waits for sink_flush, in _commit,
+        while the next batch applies). Two-way links commit in turn, synchronously: the
+        other direction reads what the follow-ups write; so does a sink that may not run
+        sink_flush."""
+        return not self.two_way and self.flush_by_message
 
     def check_shape(self, side: str, shape: str | None) -> None:
         """Raise SchemaChanged when a linked table's shape (sync.table_shape, as read in
@@ -184,8 +189,8 @@ class PgDrain(HeldRecovery, Settling, QueueDrain):
         """Apply a burst of batches; returns the number of changes they consumed (0 =
         idle: a batch of canaries only is not traffic, so it leaves the direction quiet).
         Under a rate limit (claim_limit) one batch, so the loop paces every batch.
-        A one-way batch's sink flush and source commit (_commit) run while the next batch
-        of the burst is taken and applied; all of them are done when this returns."""
+        A one-way batch with another taken ahead of it has its sink flush and source commit
+        (_commit) run while that one applies; all of them are done when this returns."""
         base = limit = min(self.link.batch_size, self.claim_limit or self.link.batch_size)
         n = 0
         async with self.gate:
@@ -205,7 +210,9 @@ class PgDrain(HeldRecovery, Settling, QueueDrain):
                             if held.staged is None or held.staged.size < GROW_BYTES:
                                 limit = min(limit * 2, base * GROW_MAX)
                             ahead = asyncio.ensure_future(self._take(limit))
-                        held.unflushed = self.pipelined
+                        # with nothing taken ahead, nothing would overlap its flush: the
+                        # sink commit waits for it, one round trip fewer
+                        held.unflushed = self.pipelined and ahead is not None
                         sink, out, record, canary = await self._apply_held(held)
                     except BaseException:
                         await held.release()
@@ -372,7 +379,7 @@ class PgDrain(HeldRecovery, Settling, QueueDrain):
                     log.warning("event=sink_flush_unavailable link=%s sqlstate=%s "
                                 "action=synchronous_commits hint=grant_execute_on_function_"
                                 "pg_logical_emit_message", self.name, errors.sqlstate(e))
-                self.flush_by_message = self.pipelined = False
+                self.flush_by_message = False
         lsn = await conn.fetchval(SQL["sink_insert_lsn"])
         deadline = time.monotonic() + FLUSH_WAIT
         while not await conn.fetchval(SQL["sink_flushed"], lsn):
