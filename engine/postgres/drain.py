@@ -254,7 +254,7 @@ class PgDrain(HeldRecovery, Settling, QueueDrain):
         for f in pending:
             if not f.cancelled() and f.exception() is not None:
                 log.info("event=batch_given_back link=%s error=%s", self.name,
-                         errors.describe(f.exception()))
+                         errors.describe_safe(f.exception()))
 
     async def flush(self) -> None:
         await self.tally.flush()
