@@ -208,3 +208,31 @@ def test_a_take_above_a_floor_leaves_the_lower_ids_for_a_take_without_one(rig, s
     assert take(first) == [1, 2, 3]
     first.commit()
     assert queued(rig) == []
+
+
+def test_a_small_take_reads_its_rows_by_key_not_by_a_scan_of_the_table(rig):
+    """take_rows runs as a prepared statement whose generic plan guesses 100 keys: as a
+    plain join it hashed a seq scan of a table of a few thousand rows at every take, the
+    largest part of a one-row take (issue 16). Its read is one primary-key lookup a key,
+    and still reads a missing row as absent."""
+    from syncbridge.engine.validate import shapes
+
+    rig.execute("a", "insert into items select g, 'v' from generate_series(1, 5000) g")
+    rig.execute("a", "delete from sync.queue")
+    rig.execute("a", "analyze items")
+    rig.execute("a", "update items set v = 'changed' where id = 7")
+    rig.execute("a", "delete from items where id = 8")
+    take_rows = pg_sql.render(shapes(rig.config)["items"], "a", "b").take_rows
+    with psycopg.connect(rig.dsn["a"]) as conn:
+        conn.execute("set plan_cache_mode = force_generic_plan")  # as asyncpg's run is
+        conn.execute("prepare take_rows as " + take_rows)
+        args = "'items', 'a', 10, 'public.items', 0, 100"
+        plan = "\n".join(r[0] for r in conn.execute(
+            f"explain (analyze, costs off) execute take_rows({args})"))
+        conn.rollback()
+        assert "Seq Scan on items" not in plan, plan
+        assert "Index Scan using items_pkey on items" in plan, plan
+        taken = conn.execute(f"execute take_rows({args})").fetchall()
+    rows = {json.loads(r[1])["id"]: r[0] for r in taken[0][-1]}
+    assert [t[2] for t in taken] == ['{"id": 7}', '{"id": 8}']
+    assert rows[8] is None and json.loads(rows[7])["v"] == "changed"

@@ -140,7 +140,8 @@ class PgLinkSql:
 
 def render(shape: LinkShape, source: str, sink: str) -> PgLinkSql:
     """The statements of one direction of a link, as text for asyncpg."""
-    read_taken = sql.SQL(_read_rows(shape, source, sink, READ.compose("taken_keys")))
+    read_taken = sql.SQL(_read_rows(shape, source, sink, READ.compose("taken_keys"),
+                                    join="rows_looked_up"))
     return PgLinkSql(_read_rows(shape, source, sink),
                      take(READ.compose("take_rows", read=read_taken)),
                      _upsert(shape, sink),
@@ -155,11 +156,13 @@ def take(rows: sql.Composable = sql.SQL("")) -> str:
 
 
 def _read_rows(shape: LinkShape, source: str, sink: str,
-               keys: sql.Composable = sql.SQL("$1::jsonb")) -> str:
+               keys: sql.Composable = sql.SQL("$1::jsonb"), join: str = "rows_joined") -> str:
     """The rows are read through source_rows: a row the filter does not match reads as
     absent, so it is deleted at the sink (moved out) and inserted when it matches again.
     A found row's key as the row holds it (a citext key's case, numeric scale), not as
-    the signal spelled it: two signals of one row then name one sink row."""
+    the signal spelled it: two signals of one row then name one sink row.
+    `join` is how the keys meet the table: read.sql rows_joined (the planner's choice)
+    or rows_looked_up (a lookup a key, for take_rows' few keys)."""
     src_keys, dst_keys, a_keys = shape.key_cols(source), shape.key_cols(sink), shape.key_cols("a")
     img: sql.Composable = sql.SQL("null::jsonb")
     if shape.link.direction == "both":
@@ -176,7 +179,8 @@ def _read_rows(shape: LinkShape, source: str, sink: str,
         "read_rows", first_key=src_keys[0],
         row=text_obj(shape.cols(sink), "t", shape.cols(source)), key=spelled(dst_keys), ka=ka,
         skey=typed_obj(src_keys, "k", src_keys), img=img, key_defs=key_defs(shape, source),
-        table=source_rows(shape, source), join=key_match("t", "k", src_keys), keys=keys)
+        rows_of_keys=READ.compose(join, table=source_rows(shape, source),
+                                  join=key_match("t", "k", src_keys)), keys=keys)
 
 
 def _upsert(shape: LinkShape, sink: str) -> str:

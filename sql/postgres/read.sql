@@ -8,7 +8,15 @@
 select case when t.{first_key} is null then null else {row} end as row,
        {key} as key, {ka} as ka, {skey} as skey, {img} as img
   from jsonb_to_recordset({keys}) as k({key_defs})
-  left join {table} t on {join}
+  {rows_of_keys}
+
+-- name: rows_joined
+-- read_rows' join of the keys to the table, the planner's choice: a batch of many keys on a small table reads best as one hash join over it.
+left join {table} t on {join}
+
+-- name: rows_looked_up
+-- read_rows' join in take_rows (a few keys): one primary-key lookup a key. A generic plan guesses 100 keys, so as a plain join it scans a table of a few thousand rows whole at every take (0.3 to 0.6 ms of a one-row take); OFFSET 0 keeps the subquery a lookup the planner cannot merge back into that join.
+left join lateral (select * from {table} t where {join} offset 0) t on true
 
 -- name: take_rows
 -- The rows field of a take (queue.sql take): on its first row, when it took fewer signals than the sixth parameter, read_rows of their keys in the same statement and snapshot (empty: no key), else null (the drain reads them itself).
