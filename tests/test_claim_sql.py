@@ -23,6 +23,7 @@ from psycopg import sql
 from rigs import link, make_rig
 from syncbridge.engine import sqlfiles
 from syncbridge.engine.postgres import sql as pg_sql
+from syncbridge.engine.validate import shapes
 
 SCHEMA = "create table items (id int primary key, v text);"
 CLAIM = sqlfiles.query("postgres/queue.sql", "claim")
@@ -215,8 +216,6 @@ def test_a_small_take_reads_its_rows_by_key_not_by_a_scan_of_the_table(rig):
     plain join it hashed a seq scan of a table of a few thousand rows at every take, the
     largest part of a one-row take (issue 16). Its read is one primary-key lookup a key,
     and still reads a missing row as absent."""
-    from syncbridge.engine.validate import shapes
-
     rig.execute("a", "insert into items select g, 'v' from generate_series(1, 5000) g")
     rig.execute("a", "delete from sync.queue")
     rig.execute("a", "analyze items")
