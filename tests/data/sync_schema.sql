@@ -240,8 +240,6 @@ create table sync.queue (
     topic text,
     payload jsonb
 );
-alter table sync.queue add constraint queue_op_check CHECK ((op = ANY (ARRAY['K'::bpchar, 'T'::bpchar, 'R'::bpchar, 'W'::bpchar, 'C'::bpchar])));
-alter table sync.queue add constraint queue_side_check CHECK ((side = ANY (ARRAY['a'::bpchar, 'b'::bpchar])));
 CREATE INDEX queue_batch ON sync.queue USING btree (batch_id) WHERE (batch_id IS NOT NULL);
 CREATE INDEX queue_claim ON sync.queue USING btree (link, side, id) WHERE (batch_id IS NULL);
 CREATE INDEX queue_webhook ON sync.queue USING btree (id) WHERE (op = 'W'::bpchar);
