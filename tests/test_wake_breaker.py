@@ -570,5 +570,9 @@ def test_two_bridges_each_arm_the_links_they_hold_and_a_survivor_arms_the_dead_o
         for i, t in enumerate(names, start=20):
             rig.execute("a", f"insert into {t} values (%s, 'after the takeover')", (i,))
             _arrives(rig, i, table=t)
+        # and the dead bridge's row goes, the survivor's heartbeat its only one: a minute
+        # after the dead one's last beat plus a beat (2 s), with room for a loaded machine
+        wait_until(lambda: list(_holdings(rig).items()) == [(second.pid, names)], 120,
+                   "the dead bridge's sync.bridges row to be gone")
     finally:
         rig.close()
