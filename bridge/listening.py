@@ -100,6 +100,8 @@ class Listening:
             lost = asyncio.Event()
             try:
                 conn = await self._listen_connect(peer, lost)
+                # read now: a connection terminated elsewhere (_arm, _disarm) has no pid
+                backend = conn.get_server_pid()
                 self.listen_conns[peer] = (conn, asyncio.Lock())
                 if failures:
                     log.info("event=listen_restored peer=%s", peer)
@@ -125,7 +127,7 @@ class Listening:
             finally:
                 if conn is not None:
                     self._forget_locks(peer, conn)
-                    self.orphans[peer] = conn.get_server_pid()
+                    self.orphans[peer] = backend
                     conn.terminate()
 
     def _forget_locks(self, peer: str, conn: asyncpg.Connection) -> None:

@@ -576,3 +576,45 @@ def test_two_bridges_each_arm_the_links_they_hold_and_a_survivor_arms_the_dead_o
                    "the dead bridge's sync.bridges row to be gone")
     finally:
         rig.close()
+
+
+def test_a_listen_session_terminated_by_an_arm_is_replaced_not_fatal(new_db, tmp_path):
+    """_arm and _disarm terminate() the LISTEN connection when a statement on it fails;
+    the LISTEN loop then ended on asyncpg's AttributeError (a terminated connection has
+    no server pid) and the bridge exited, seen with every syncbridge backend killed under
+    writes. The loop must open a new session and end the old backend (its orphan)."""
+    from syncbridge.bridge import daemon
+
+    rig = make_rig(new_db, tmp_path, "create table t (id int primary key, v text);",
+                   [link("t", "t", ["id"], "a_to_b")])
+
+    async def scenario() -> tuple[int, int]:
+        bridge = daemon.Bridge(rig.config)
+        task = asyncio.create_task(bridge._listen("a"))
+        try:
+            async def session() -> tuple:
+                while "a" not in bridge.listen_conns:
+                    assert not task.done(), task.exception()
+                    await asyncio.sleep(0.01)
+                return bridge.listen_conns["a"]
+            first = await asyncio.wait_for(session(), 30)
+            old = first[0].get_server_pid()
+            first[0].terminate()  # what _arm does on a failed arm statement
+            async def replaced() -> int:
+                while bridge.listen_conns.get("a") in (None, first):
+                    assert not task.done(), task.exception()
+                    await asyncio.sleep(0.01)
+                return bridge.listen_conns["a"][0].get_server_pid()
+            return old, await asyncio.wait_for(replaced(), 30)
+        finally:
+            bridge.halt.set()
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    try:
+        old, new = asyncio.run(scenario())
+        assert new != old
+        assert rig.query("a", "select count(*) from pg_stat_activity where pid = %s", (old,)) \
+            == [(0,)], "the old LISTEN backend must be gone"
+    finally:
+        rig.close()
