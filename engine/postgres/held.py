@@ -159,12 +159,15 @@ class Held:
     async def release(self) -> None:
         """Give the connection back; a transaction still open is rolled back first, so
         the signals are queued again (asyncpg's own reset would too, but logs every such
-        release as an error). A connection that cannot roll back is closed by the pool."""
+        release as an error). A connection that cannot roll back is closed by the pool.
+        One whose session the server ended was already given back by asyncpg itself: any
+        call on it raises InterfaceError (one of DATABASE_ERRORS), which would otherwise
+        hide the failure the drain reports, and the pool's release of it does nothing."""
         if self.conn is not None:
             conn, self.conn = self.conn, None
             try:
-                if conn.is_in_transaction():
-                    with contextlib.suppress(*errors.DATABASE_ERRORS):
+                with contextlib.suppress(*errors.DATABASE_ERRORS):
+                    if conn.is_in_transaction():
                         await conn.execute("rollback")
             finally:
                 await self.pool.release(conn)
