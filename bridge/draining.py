@@ -46,7 +46,7 @@ ALIVE = lease.SQL["alive"]
 # NOTIFYs a second from one direction's writers before they are spared them (its wake lock
 # is let go, bridge/listening.py): below it every commit wakes the loop at once
 DISARM_WAKES = int(os.environ.get("SYNCBRIDGE_DISARM_WAKES", "1000"))
-LINGER = 0.01  # seconds between looks while rows flow with no wake lock (no NOTIFY comes)
+LINGER = 0.025  # seconds between looks while rows flow with no wake lock (no NOTIFY comes)
 WINDOW = 0.25  # seconds over which NOTIFYs are counted
 
 

@@ -82,7 +82,12 @@ def test_rig_bridges_run_in_the_units_environment(new_db, tmp_path, monkeypatch)
                    [link("t", "t", ["id"])])
     try:
         proc = rig.start_bridge()
-        environ = Path(f"/proc/{proc.pid}/environ").read_bytes().split(b"\0")
+        # Popen returns when exec closes the child's close-on-exec pipe, which the kernel
+        # does before it lays out the new image's environment: until then environ reads
+        # empty (seen on a loaded CI machine), so wait for the exec to finish
+        path = Path(f"/proc/{proc.pid}/environ")
+        wait_until(lambda: path.read_bytes() != b"", 30, "the bridge's exec to finish")
+        environ = path.read_bytes().split(b"\0")
         for name, value in BRIDGE_ENVIRONMENT.items():
             assert f"{name}={value}".encode() in environ
     finally:

@@ -10,9 +10,11 @@
     to drain them from bridge start;
 (d) write overhead: pgbench transactions/s of inserts and updates without
     capture, with capture while the bridge drains (as logical replication's are
-    measured with its subscription on), and with capture but no NOTIFY and no
-    bridge, at 1 and 4 clients. The bridge must run: writers notify only while
-    it sleeps on LISTEN, so with none there the NOTIFY would never be paid;
+    measured with its subscription on), and with capture but no bridge, with
+    and without NOTIFY in the trigger, at 1 and 4 clients (`_ratio_no_notify`,
+    `_ratio_idle`: the trigger's own cost, apart from the drain's). The headline
+    `_ratio` needs the bridge: writers notify only while it sleeps on LISTEN,
+    so with none there the NOTIFY would never be paid;
 (e) scaleout (only when asked): catch-up of a backlog split across 8 links,
     on 1 bridge and on 2 sharing the links (bridge/bench/scaleout.py);
 (f) links (only when asked, --only links): many busy and idle links on one
@@ -235,7 +237,8 @@ class Bench:
         self.reset()
         self.rig.execute("a", with_payload("seed_overhead"))
         out: dict[str, float] = {}
-        modes = [("none", None), ("capture", True), ("capture_no_notify", False)]
+        modes = [("none", None), ("capture", True), ("capture_no_notify", False),
+                 ("capture_idle", True)]
         for mode, notify in modes:
             self._set_capture(notify)
             if mode == "capture":
@@ -255,6 +258,8 @@ class Bench:
                 out[f"{kind}_{clients}c_ratio"] = out[f"{kind}_{clients}c_capture_tps"] / base
                 out[f"{kind}_{clients}c_ratio_no_notify"] = (
                     out[f"{kind}_{clients}c_capture_no_notify_tps"] / base)
+                out[f"{kind}_{clients}c_ratio_idle"] = (
+                    out[f"{kind}_{clients}c_capture_idle_tps"] / base)
         self._set_capture(not self.args.no_notify)
         return out
 
