@@ -8,9 +8,15 @@ from __future__ import annotations
 
 import json
 import math
+import os
+
+import psycopg
+import pytest
 
 from syncbridge.bridge import cli
-from syncbridge.bridge.bench.logical import ENGINES, KEYS
+from syncbridge.bridge.bench.logical import CPU_KEYS, ENGINES, KEYS
+from syncbridge.bridge.bench.native import cpu_seconds, server_cpu_seconds
+from syncbridge.bridge.bench.rig import wait_until
 
 
 def test_compare_logical_writes_every_figure_for_both_engines(tmp_path, capsys):
@@ -24,10 +30,29 @@ def test_compare_logical_writes_every_figure_for_both_engines(tmp_path, capsys):
         for engine in ENGINES:
             value = report[key][engine]["median"]
             assert not math.isnan(value), (key, engine)
-            if key in ("idle_statements_s", "idle_cpu_pct"):
+            if key in ("idle_statements_s", "idle_cpu_pct", *CPU_KEYS):
+                # CPU is counted in clock ticks (10 ms): a 500-row catch-up may use none
                 assert value >= 0, (key, engine)
             else:
                 assert value > 0, (key, engine)
         assert "ratio" in report[key]
     assert report["idle_statements_s"]["logical"]["median"] == 0
+    assert report["catchup_engine_cpu_us_row"]["logical"]["median"] == 0  # no process of its own
     assert "median of 1 run(s)" in capsys.readouterr().out
+
+
+def test_server_cpu_counts_the_sessions_that_ended(pg_server):
+    """A catch-up's server CPU includes processes that came and went in it (autovacuum
+    workers, sessions): the postmaster's reaped children count, not only the live ones."""
+    if pg_server.embedded is None:
+        pytest.skip("SYNC_TEST_PG_DSN: the server's processes are not this test's to read")
+    postmaster = int((pg_server.embedded.data / "postmaster.pid").read_text().split()[0])
+    before = server_cpu_seconds(postmaster)
+    with psycopg.connect(pg_server.admin_dsn) as c:
+        backend = c.execute("select pg_backend_pid()").fetchone()[0]
+        c.execute("select count(*) from generate_series(1, 5000000)")
+        used = cpu_seconds([backend])
+    assert used >= 0.1, "the query should have used a measurable share of a core"
+    # gone from /proc once the postmaster reaped it (a zombie is still listed)
+    wait_until(lambda: not os.path.exists(f"/proc/{backend}"), 10, "the backend to be reaped")
+    assert server_cpu_seconds(postmaster) - before >= used - 0.02  # one clock tick

@@ -29,6 +29,12 @@ Both engines run the same workloads, in one run, on the same two clusters
   (`log_statement = all`, set for the window only);
 - idle_cpu_pct: CPU (percent of one core) of the bridge process, or of the
   walsender plus the apply worker, over that idle window;
+- catchup_{source,sink,engine}_cpu_us_row: CPU microseconds per row of the timed
+  catch-up (catchup_rows_s): all of the source server's processes, the sink
+  server's, and the engine's own (the bridge process; logical replication's
+  walsender and apply worker are the servers' processes, so its engine figure is
+  0). Where the catch-up's time goes: on a machine of few cores these compete
+  for them;
 - rss_mb: peak RSS during bulk. syncbridge: VmHWM of the bridge process;
   logical: VmRSS minus RssShmem (shared_buffers pages) of the walsender plus
   the apply worker, sampled every 50 ms.
@@ -60,6 +66,7 @@ import psycopg
 
 from syncbridge.bridge.bench.native import (
     CompareBench,
+    CpuWindow,
     IdleWindow,
     LogicalBench,
     Server,
@@ -69,7 +76,9 @@ from syncbridge.bridge.bench.native import (
 
 KEYS = ("catchup_rows_s", "catchup_cold_rows_s", "bulk_rows_s", "latency_p50_ms", "latency_p99_ms",
         "overhead_insert_c1", "overhead_update_c1", "overhead_insert_c4", "overhead_update_c4",
-        "idle_statements_s", "idle_cpu_pct", "rss_mb")
+        "idle_statements_s", "idle_cpu_pct", "rss_mb",
+        "catchup_source_cpu_us_row", "catchup_sink_cpu_us_row", "catchup_engine_cpu_us_row")
+CPU_KEYS = KEYS[-3:]
 ENGINES = ("logical", "syncbridge")
 
 
@@ -86,9 +95,12 @@ class SyncbridgeRun:
     def measure(self) -> dict[str, float]:
         b, out = self.bench, {}
         b.setup()
+        cpu = CpuWindow(self.servers, lambda: [b.rig.proc.pid])
+        b.catchup_window = lambda: cpu
         catchup = b.catchup()
         out["catchup_rows_s"], out["catchup_cold_rows_s"] = (catchup["rows_per_s"],
                                                                catchup["cold_rows_per_s"])
+        out.update(cpu_figures(cpu, self.args.rows))
         out["bulk_rows_s"] = b.bulk()["rows_per_s"]
         out["rss_mb"] = status_kb(b.rig.proc.pid)["VmHWM"] / 1024
         with IdleWindow([b.rig.proc.pid]) as idle:
@@ -124,7 +136,10 @@ class LogicalRun:
         b, out = self.bench, {}
         b.setup()
         self._set_up = True
+        cpu = CpuWindow(self.servers, lambda: [])  # its walsender and apply worker: servers'
+        b.catchup_window = lambda: cpu
         out["catchup_rows_s"] = out["catchup_cold_rows_s"] = b.catchup()["rows_per_s"]
+        out.update(cpu_figures(cpu, self.args.rows))
         bulk = b.bulk()
         out["bulk_rows_s"], out["rss_mb"] = bulk["rows_per_s"], bulk["rss_mb"]
         with IdleWindow([b._apply_pid(), b._walsender_pid()]) as idle:
@@ -147,6 +162,12 @@ class LogicalRun:
             s.admin(f'drop database if exists "{self.dbs[side]}" with (force)')
 
 
+def cpu_figures(cpu: CpuWindow, rows: int) -> dict[str, float]:
+    """The catch-up's CPU per row: where its time goes, server by server and the engine."""
+    us = cpu.per_row_us(rows)
+    return {f"catchup_{part}_cpu_us_row": us[part] for part in ("source", "sink", "engine")}
+
+
 RUNS: dict[str, Callable[..., SyncbridgeRun | LogicalRun]] = {
     "logical": LogicalRun, "syncbridge": SyncbridgeRun}
 
@@ -165,10 +186,10 @@ def summarise(runs: dict[str, list[dict[str, float]]]) -> dict[str, dict]:
 
 
 def render(summary: dict[str, dict], title: str) -> str:
-    lines = [title, f"  {'figure':<22} {'logical':>14} {'syncbridge':>14} {'ratio':>8}"]
+    lines = [title, f"  {'figure':<26} {'logical':>14} {'syncbridge':>14} {'ratio':>8}"]
     for key, e in summary.items():
         ratio = "-" if e["ratio"] is None else f"{e['ratio']:.2f}x"
-        lines.append(f"  {key:<22} {e['logical']['median']:>14,.2f} "
+        lines.append(f"  {key:<26} {e['logical']['median']:>14,.2f} "
                      f"{e['syncbridge']['median']:>14,.2f} {ratio:>8}")
     return "\n".join(lines)
 
@@ -179,8 +200,8 @@ def _servers(args: argparse.Namespace, workdir: Path, stack: list) -> dict[str, 
         for side, s in servers.items():
             if s.admin("show wal_level")[0][0] != "logical":
                 raise SystemExit(f"syncbridge bench: --dsn-{side} needs wal_level = logical")
-        print("note: with --dsn-a/--dsn-b the server logs are not read; "
-              "idle_statements_s is nan", flush=True)
+        print("note: with --dsn-a/--dsn-b the server logs and processes are not read; "
+              "idle_statements_s and the servers' catchup_*_cpu_us_row are nan", flush=True)
         return servers
     from syncbridge.engine.embedded import EmbeddedPostgres
 
@@ -191,7 +212,8 @@ def _servers(args: argparse.Namespace, workdir: Path, stack: list) -> dict[str, 
         with psycopg.connect(pg.dsn(), autocommit=True) as c:
             c.execute("alter system set wal_level = 'logical'")
         pg.restart()
-        servers[side] = Server(pg.dsn(), pg.data / "server.log")
+        postmaster = int((pg.data / "postmaster.pid").read_text().split()[0])
+        servers[side] = Server(pg.dsn(), pg.data / "server.log", postmaster)
     return servers
 
 

@@ -14,6 +14,7 @@ import os
 import re
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -32,11 +33,13 @@ STATEMENT_LINE = re.compile(r" db=(\S+) LOG:  (?:statement|execute [^:]*):")
 
 
 class Server:
-    """One cluster as the compare sees it: admin DSN, a DSN per database, its log."""
+    """One cluster as the compare sees it: admin DSN, a DSN per database, its log, and its
+    postmaster's pid where the server runs here (the embedded one), for its CPU."""
 
-    def __init__(self, admin_dsn: str, log_path: Path | None) -> None:
+    def __init__(self, admin_dsn: str, log_path: Path | None, pid: int | None = None) -> None:
         self.admin_dsn = admin_dsn
         self.log_path = log_path
+        self.pid = pid
 
     def dsn(self, database: str) -> str:
         return urlunsplit(urlsplit(self.admin_dsn)._replace(path="/" + database))
@@ -100,6 +103,59 @@ def cpu_seconds(pids: list[int | None]) -> float:
                 fields = f.read().rsplit(")", 1)[1].split()
             total += int(fields[11]) + int(fields[12])  # utime, stime
     return total / os.sysconf("SC_CLK_TCK")
+
+
+def server_cpu_seconds(postmaster: int) -> float:
+    """CPU seconds a whole server used so far: its postmaster's, its live processes' and
+    those of the processes it reaped (cutime, cstime: the autovacuum workers and sessions
+    that came and went in between count too)."""
+    with open(f"/proc/{postmaster}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    reaped = (int(fields[13]) + int(fields[14])) / os.sysconf("SC_CLK_TCK")
+    live = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                with open(f"/proc/{entry.name}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == postmaster:  # ppid
+                        live.append(int(entry.name))
+            except (FileNotFoundError, ProcessLookupError):
+                continue  # ended while we looked: reaped, so counted in cutime
+    try:
+        return reaped + cpu_seconds([postmaster, *live])
+    except FileNotFoundError:  # a process ended between the two looks: look again
+        return server_cpu_seconds(postmaster)
+
+
+class CpuWindow:
+    """CPU seconds over a timed window (a catch-up): each server's whole (its sessions,
+    walsender, apply worker, autovacuum and WAL writer) and the engine's own processes
+    (the bridge; none for logical replication, whose processes are the servers'). NaN
+    for a server whose processes this machine cannot see (--dsn-a/--dsn-b)."""
+
+    def __init__(self, servers: dict[str, Server], engine: Callable[[], list[int | None]]
+                 ) -> None:
+        self.servers, self.engine = servers, engine
+        self.seconds: dict[str, float] = {}
+
+    def _now(self) -> dict[str, float]:
+        out = {side: server_cpu_seconds(s.pid) if s.pid else math.nan
+               for side, s in self.servers.items()}
+        out["engine"] = cpu_seconds(self.engine())
+        return out
+
+    def __enter__(self) -> CpuWindow:
+        self._start = self._now()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        end = self._now()
+        self.seconds = {k: end[k] - self._start[k] for k in end}
+
+    def per_row_us(self, rows: int) -> dict[str, float]:
+        """source, sink and engine CPU microseconds per row of the window."""
+        return {name: self.seconds[key] / rows * 1e6
+                for name, key in (("source", "a"), ("sink", "b"), ("engine", "engine"))}
 
 
 class IdleWindow:
@@ -221,10 +277,13 @@ class LogicalBench(CompareBench):
         self._set_enabled(False)
         n = self.args.rows
         self._write_rows(n)
-        start = time.monotonic()
-        self._set_enabled(True)
-        wait_until(lambda: self._target_count() >= n, 600, "catch-up rows on the target", 0.02)
-        return {"rows_per_s": n / (time.monotonic() - start)}
+        with self.catchup_window():
+            start = time.monotonic()
+            self._set_enabled(True)
+            wait_until(lambda: self._target_count() >= n, 600, "catch-up rows on the target",
+                       0.02)
+            took = time.monotonic() - start
+        return {"rows_per_s": n / took}
 
     def bulk(self) -> dict[str, float]:
         self.reset()
