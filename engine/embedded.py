@@ -127,10 +127,13 @@ class EmbeddedPostgres:
         finally:
             shutil.rmtree(self.base, ignore_errors=True)
 
+    def postmaster_pid(self) -> int:
+        """The running server's postmaster (the first line of its postmaster.pid)."""
+        return int((self.data / "postmaster.pid").read_text().split()[0])
+
     def _kill_postmaster(self) -> None:
-        pidfile = self.data / "postmaster.pid"
         with contextlib.suppress(OSError, ValueError, IndexError):
-            os.kill(int(pidfile.read_text().split()[0]), signal.SIGKILL)
+            os.kill(self.postmaster_pid(), signal.SIGKILL)
 
     def __enter__(self) -> EmbeddedPostgres:
         return self.start()

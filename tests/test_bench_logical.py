@@ -6,14 +6,17 @@ the test is that the compare produces them all, not how big they are."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
+import time
 
 import psycopg
 import pytest
 
 from syncbridge.bridge import cli
+from syncbridge.bridge.bench.core import SCHEMA, Bench, with_payload
 from syncbridge.bridge.bench.logical import CPU_KEYS, ENGINES, KEYS
 from syncbridge.bridge.bench.native import cpu_seconds, server_cpu_seconds
 from syncbridge.bridge.bench.rig import wait_until
@@ -46,7 +49,7 @@ def test_server_cpu_counts_the_sessions_that_ended(pg_server):
     workers, sessions): the postmaster's reaped children count, not only the live ones."""
     if pg_server.embedded is None:
         pytest.skip("SYNC_TEST_PG_DSN: the server's processes are not this test's to read")
-    postmaster = int((pg_server.embedded.data / "postmaster.pid").read_text().split()[0])
+    postmaster = pg_server.embedded.postmaster_pid()
     before = server_cpu_seconds(postmaster)
     with psycopg.connect(pg_server.admin_dsn) as c:
         backend = c.execute("select pg_backend_pid()").fetchone()[0]
@@ -56,3 +59,21 @@ def test_server_cpu_counts_the_sessions_that_ended(pg_server):
     # gone from /proc once the postmaster reaped it (a zombie is still listed)
     wait_until(lambda: not os.path.exists(f"/proc/{backend}"), 10, "the backend to be reaped")
     assert server_cpu_seconds(postmaster) - before >= used - 0.02  # one clock tick
+
+
+def test_the_timed_look_waits_for_every_row_not_only_the_last(new_db, tmp_path):
+    """The catch-up and bulk clocks stop at an index probe of the last row written; a
+    count in the probe's snapshot must still hold them while an earlier row is missing
+    (an engine that applied out of order would otherwise be timed too early)."""
+    dsn = new_db("look")
+    args = argparse.Namespace(direction="a_to_b", batch_size=100, no_notify=False)
+    bench = Bench(args, dsn, dsn, tmp_path)
+    bench.rig.execute("b", SCHEMA)
+    insert = with_payload("insert_100")
+    bench.rig.execute("b", insert, (1, 4))
+    bench.rig.execute("b", insert, (6, 10))
+    with pytest.raises(TimeoutError, match="every row"):
+        bench._wait_rows(10, 10, "every row", timeout=0.3)
+    bench.rig.execute("b", insert, (5, 5))
+    before = time.monotonic()
+    assert bench._wait_rows(10, 10, "every row", timeout=30) >= before

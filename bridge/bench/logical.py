@@ -100,7 +100,7 @@ class SyncbridgeRun:
         catchup = b.catchup()
         out["catchup_rows_s"], out["catchup_cold_rows_s"] = (catchup["rows_per_s"],
                                                                catchup["cold_rows_per_s"])
-        out.update(cpu_figures(cpu, self.args.rows))
+        out.update(cpu.per_row_us(self.args.rows))
         out["bulk_rows_s"] = b.bulk()["rows_per_s"]
         out["rss_mb"] = status_kb(b.rig.proc.pid)["VmHWM"] / 1024
         with IdleWindow([b.rig.proc.pid]) as idle:
@@ -139,7 +139,7 @@ class LogicalRun:
         cpu = CpuWindow(self.servers, lambda: [])  # its walsender and apply worker: servers'
         b.catchup_window = lambda: cpu
         out["catchup_rows_s"] = out["catchup_cold_rows_s"] = b.catchup()["rows_per_s"]
-        out.update(cpu_figures(cpu, self.args.rows))
+        out.update(cpu.per_row_us(self.args.rows))
         bulk = b.bulk()
         out["bulk_rows_s"], out["rss_mb"] = bulk["rows_per_s"], bulk["rss_mb"]
         with IdleWindow([b._apply_pid(), b._walsender_pid()]) as idle:
@@ -161,11 +161,6 @@ class LogicalRun:
         for side, s in self.servers.items():
             s.admin(f'drop database if exists "{self.dbs[side]}" with (force)')
 
-
-def cpu_figures(cpu: CpuWindow, rows: int) -> dict[str, float]:
-    """The catch-up's CPU per row: where its time goes, server by server and the engine."""
-    us = cpu.per_row_us(rows)
-    return {f"catchup_{part}_cpu_us_row": us[part] for part in ("source", "sink", "engine")}
 
 
 RUNS: dict[str, Callable[..., SyncbridgeRun | LogicalRun]] = {
@@ -212,8 +207,7 @@ def _servers(args: argparse.Namespace, workdir: Path, stack: list) -> dict[str, 
         with psycopg.connect(pg.dsn(), autocommit=True) as c:
             c.execute("alter system set wal_level = 'logical'")
         pg.restart()
-        postmaster = int((pg.data / "postmaster.pid").read_text().split()[0])
-        servers[side] = Server(pg.dsn(), pg.data / "server.log", postmaster)
+        servers[side] = Server(pg.dsn(), pg.data / "server.log", pg.postmaster_pid())
     return servers
 
 

@@ -94,13 +94,18 @@ def count_idle_statements(servers: dict[str, Server], dbs: dict[str, str],
     return {side: n / seconds for side, n in counts.items()}
 
 
+def _stat(pid: int | str) -> list[str]:
+    """/proc/<pid>/stat's fields after the command (field 3, the state, is [0])."""
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()
+
+
 def cpu_seconds(pids: list[int | None]) -> float:
     """User plus system CPU seconds the processes used so far (/proc/<pid>/stat)."""
     total = 0
     for pid in pids:
         if pid is not None:
-            with open(f"/proc/{pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
+            fields = _stat(pid)
             total += int(fields[11]) + int(fields[12])  # utime, stime
     return total / os.sysconf("SC_CLK_TCK")
 
@@ -109,16 +114,14 @@ def server_cpu_seconds(postmaster: int) -> float:
     """CPU seconds a whole server used so far: its postmaster's, its live processes' and
     those of the processes it reaped (cutime, cstime: the autovacuum workers and sessions
     that came and went in between count too)."""
-    with open(f"/proc/{postmaster}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
+    fields = _stat(postmaster)
     reaped = (int(fields[13]) + int(fields[14])) / os.sysconf("SC_CLK_TCK")
     live = []
     for entry in os.scandir("/proc"):
         if entry.name.isdigit():
             try:
-                with open(f"/proc/{entry.name}/stat") as f:
-                    if int(f.read().rsplit(")", 1)[1].split()[1]) == postmaster:  # ppid
-                        live.append(int(entry.name))
+                if int(_stat(entry.name)[1]) == postmaster:  # ppid
+                    live.append(int(entry.name))
             except (FileNotFoundError, ProcessLookupError):
                 continue  # ended while we looked: reaped, so counted in cutime
     try:
@@ -153,8 +156,9 @@ class CpuWindow:
         self.seconds = {k: end[k] - self._start[k] for k in end}
 
     def per_row_us(self, rows: int) -> dict[str, float]:
-        """source, sink and engine CPU microseconds per row of the window."""
-        return {name: self.seconds[key] / rows * 1e6
+        """The compare's catchup_{source,sink,engine}_cpu_us_row: CPU microseconds per row
+        of the window, server by server and the engine."""
+        return {f"catchup_{name}_cpu_us_row": self.seconds[key] / rows * 1e6
                 for name, key in (("source", "a"), ("sink", "b"), ("engine", "engine"))}
 
 
@@ -239,9 +243,10 @@ class LogicalBench(CompareBench):
     def teardown(self) -> None:
         self.rig.execute("b", f"drop subscription {self.SUB}")  # drops its slot on a too
 
-    def _set_enabled(self, on: bool) -> None:
+    def _set_enabled(self, on: bool, wait: bool = True) -> None:
         self.rig.execute("b", f"alter subscription {self.SUB} {'enable' if on else 'disable'}")
-        self._wait_worker(on)
+        if wait:
+            self._wait_worker(on)
 
     def _apply_pid(self) -> int | None:
         rows = self.rig.query("b", "select pid from pg_stat_subscription "
@@ -279,10 +284,9 @@ class LogicalBench(CompareBench):
         self._write_rows(n)
         with self.catchup_window():
             start = time.monotonic()
-            self._set_enabled(True)
-            wait_until(lambda: self._target_count() >= n, 600, "catch-up rows on the target",
-                       0.02)
-            took = time.monotonic() - start
+            self._set_enabled(True, wait=False)  # the worker's start counts, not our look for it
+            took = self._wait_rows(n, n, "catch-up rows on the target") - start
+        self._wait_worker(True)
         return {"rows_per_s": n / took}
 
     def bulk(self) -> dict[str, float]:
@@ -291,8 +295,7 @@ class LogicalBench(CompareBench):
         pids = [self._apply_pid(), self._walsender_pid()]
         with RssSampler([p for p in pids if p]) as rss:
             first = self._write_rows(n)
-            wait_until(lambda: self._target_count() >= n, 600, "bulk rows on the target", 0.02)
-            done = time.monotonic()
+            done = self._wait_rows(n, n, "bulk rows on the target")
         return {"rows_per_s": n / (done - first), "rss_mb": rss.peak_kb / 1024}
 
     def latency(self) -> dict[str, float]:
